@@ -1,0 +1,29 @@
+// Causal scaled-dot-product attention for the CPU, flash style: keys are processed in tiles with an
+// online softmax, so memory is linear in T (no T×T matrix); backward recomputes the probabilities.
+#pragma once
+#include <cstdint>
+
+namespace llm::cpu {
+
+struct AttentionShape {
+  int64_t B;    // batch
+  int64_t T;    // sequence length (queries and keys)
+  int64_t Hq;   // query heads
+  int64_t Hkv;  // key/value heads; Hq % Hkv == 0 and query head h reads kv head h / (Hq / Hkv)
+  int64_t D;    // head dimension
+};
+
+// Layouts (contiguous, row-major): q, out, dout, dq: [B, T, Hq, D]; k, v, dk, dv: [B, T, Hkv, D];
+// lse: [B, Hq, T] (natural-log sum of exp of the scaled scores, saved for backward).
+// doc: optional [B, T] segment ids; query t attends to key s iff s <= t and doc[b,s] == doc[b,t]
+// (null: plain causal). Packed documents are contiguous runs of equal ids.
+// scale is usually 1/sqrt(D).
+void attention_forward(const AttentionShape& shape, const float* q, const float* k, const float* v,
+                       const int32_t* doc, float scale, float* out, float* lse);
+
+// Gradients of attention_forward; dq, dk, dv are overwritten (not accumulated).
+void attention_backward(const AttentionShape& shape, const float* q, const float* k, const float* v,
+                        const int32_t* doc, float scale, const float* out, const float* lse,
+                        const float* dout, float* dq, float* dk, float* dv);
+
+}  // namespace llm::cpu
