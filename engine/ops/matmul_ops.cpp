@@ -1,0 +1,154 @@
+// matmul (plain, transposed, batched) and linear.
+#include "engine/ops/op_util.h"
+#include "engine/ops/ops.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/gemm.h"
+
+namespace llm::ops {
+
+using autograd::Node;
+using autograd::SavedTensor;
+using detail::cpu_f32;
+using detail::record_op;
+
+namespace {
+// The geometry of C = op(A)·op(B) over the last two dims, with `batch` products (B shared when
+// b_shared).
+struct MatmulDims {
+  int64_t batch = 1, M = 0, N = 0, K = 0;
+  bool b_shared = false;
+};
+
+MatmulDims matmul_dims(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+  LLM_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: operands need at least 2 dimensions, got ", a.str(), " and ", b.str());
+  MatmulDims d;
+  d.M = ta ? a.size(-1) : a.size(-2);
+  d.K = ta ? a.size(-2) : a.size(-1);
+  const int64_t kb = tb ? b.size(-1) : b.size(-2);
+  d.N = tb ? b.size(-2) : b.size(-1);
+  LLM_CHECK(d.K == kb, "matmul: inner dimensions differ: ", a.shape().str(), (ta ? "ᵀ" : ""), " · ", b.shape().str(),
+            (tb ? "ᵀ" : ""), " (", d.K, " vs ", kb, ")");
+  d.b_shared = b.dim() == 2 && a.dim() > 2;
+  LLM_CHECK(!(d.b_shared && ta), "matmul: trans_a with a batched a and a shared 2-D b is not supported; "
+            "transpose a explicitly");
+  LLM_CHECK(d.b_shared || a.dim() == b.dim(), "matmul: batch dimensions of ", a.shape().str(), " and ",
+            b.shape().str(), " differ");
+  for (int i = 0; i < a.dim() - 2; ++i) {
+    LLM_CHECK(d.b_shared || a.shape()[i] == b.shape()[i], "matmul: batch dimensions of ", a.shape().str(), " and ",
+              b.shape().str(), " differ");
+    d.batch *= a.shape()[i];
+  }
+  return d;
+}
+
+// C = op(A)·op(B) into out (contiguous), all contiguous f32 CPU buffers.
+void gemm(const MatmulDims& d, bool ta, bool tb, const float* A, const float* B, float* C) {
+  const int64_t lda = ta ? d.M : d.K, ldb = tb ? d.K : d.N;
+  if (d.b_shared) {  // one tall product: the batch folds into M
+    cpu::sgemm(false, tb, d.batch * d.M, d.N, d.K, 1.f, A, lda, B, ldb, 0.f, C, d.N);
+  } else {
+    cpu::sgemm_batched(d.batch, ta, tb, d.M, d.N, d.K, 1.f, A, lda, d.M * d.K, B, ldb, d.b_shared ? 0 : d.K * d.N,
+                       0.f, C, d.N, d.M * d.N);
+  }
+}
+
+struct MatmulBackward : Node {
+  SavedTensor a, b;
+  bool ta = false, tb = false;
+  std::vector<Tensor> apply(std::vector<Tensor> g) override {
+    const Tensor av = a.get(*this), bv = b.get(*this);
+    const Tensor gc = g[0].contiguous();
+    Tensor da, db;
+    // C = op(A)·op(B):  dop(A) = dC·op(B)ᵀ,  dop(B) = op(A)ᵀ·dC; a transposed operand takes the
+    // transpose of that, which is the same product with the operands swapped.
+    if (next_edges[0].fn) da = ta ? matmul(bv, gc, tb, true) : matmul(gc, bv, false, !tb);
+    if (next_edges[1].fn) {
+      if (bv.dim() == 2 && av.dim() > 2) {  // B shared by the batch: fold the batch into the rows
+        const Tensor a2 = av.reshape(Shape{-1, av.size(-1)});
+        const Tensor g2 = gc.reshape(Shape{-1, gc.size(-1)});
+        db = tb ? matmul(g2, a2, true, false) : matmul(a2, g2, true, false);
+      } else {
+        db = tb ? matmul(gc, av, true, ta) : matmul(av, gc, !ta, false);
+      }
+    }
+    return {da, db};
+  }
+  std::vector<SavedTensor*> saved() override { return {&a, &b}; }
+  std::string name() const override { return "MatmulBackward"; }
+};
+}  // namespace
+
+Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool trans_a, bool trans_b) {
+  Tensor a = cpu_f32(a_in, "matmul", "a"), b = cpu_f32(b_in, "matmul", "b");
+  const MatmulDims d = matmul_dims(a, b, trans_a, trans_b);
+  std::vector<int64_t> shape = a.shape().vec();
+  shape[shape.size() - 2] = d.M;
+  shape[shape.size() - 1] = d.N;
+  Tensor out = Tensor::empty(Shape(shape));
+  gemm(d, trans_a, trans_b, a.data<float>(), b.data<float>(), out.data<float>());
+  record_op<MatmulBackward>({&a_in, &b_in}, {&out}, [&](MatmulBackward& n) {
+    n.a = SavedTensor(a);
+    n.b = SavedTensor(b);
+    n.ta = trans_a;
+    n.tb = trans_b;
+  });
+  return out;
+}
+
+namespace {
+struct LinearBackward : Node {
+  SavedTensor x, w;
+  bool has_bias = false;
+  std::vector<Tensor> apply(std::vector<Tensor> g) override {
+    const Tensor xv = x.get(*this), wv = w.get(*this);
+    const int64_t in = wv.size(1), out = wv.size(0), rows = xv.numel() / in;
+    const Tensor gc = g[0].contiguous();
+    Tensor dx, dw, db;
+    if (next_edges[0].fn) {  // dx = dy · W
+      dx = Tensor::empty(xv.shape());
+      cpu::sgemm(false, false, rows, in, out, 1.f, gc.data<float>(), out, wv.data<float>(), in, 0.f, dx.data<float>(), in);
+    }
+    if (next_edges[1].fn) {  // dW = dyᵀ · x
+      dw = Tensor::empty(wv.shape());
+      cpu::sgemm(true, false, out, in, rows, 1.f, gc.data<float>(), out, xv.data<float>(), in, 0.f, dw.data<float>(), in);
+    }
+    if (has_bias && next_edges[2].fn) {
+      db = Tensor::empty(Shape{out});
+      cpu::sum_rows(rows, out, gc.data<float>(), db.data<float>());
+    }
+    std::vector<Tensor> grads{dx, dw};
+    if (has_bias) grads.push_back(db);
+    return grads;
+  }
+  std::vector<SavedTensor*> saved() override { return {&x, &w}; }
+  std::string name() const override { return "LinearBackward"; }
+};
+}  // namespace
+
+Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
+  Tensor x = cpu_f32(x_in, "linear", "x"), w = cpu_f32(w_in, "linear", "weight");
+  LLM_CHECK(w.dim() == 2, "linear: weight must be 2-D [out, in], got ", w.str());
+  LLM_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "linear: input ", x.shape().str(), " has last dimension ",
+            x.dim() ? x.size(-1) : 0, ", but the weight ", w.shape().str(), " expects ", w.size(1));
+  const int64_t in = w.size(1), out = w.size(0), rows = x.numel() / in;
+  Tensor bias;
+  if (bias_in.defined()) {
+    bias = cpu_f32(bias_in, "linear", "bias");
+    check_shape(bias, Shape{out}, "linear", "bias");
+  }
+  std::vector<int64_t> shape = x.shape().vec();
+  shape.back() = out;
+  Tensor y = Tensor::empty(Shape(shape));
+  cpu::sgemm(false, true, rows, out, in, 1.f, x.data<float>(), in, w.data<float>(), in, 0.f, y.data<float>(), out,
+             bias.defined() ? bias.data<float>() : nullptr);
+  std::vector<const Tensor*> inputs{&x_in, &w_in};
+  if (bias_in.defined()) inputs.push_back(&bias_in);
+  record_op<LinearBackward>(inputs, {&y}, [&](LinearBackward& n) {
+    n.x = SavedTensor(x);
+    n.w = SavedTensor(w);
+    n.has_bias = bias_in.defined();
+  });
+  return y;
+}
+
+}  // namespace llm::ops

@@ -1,0 +1,76 @@
+// Differentiable ops. Each op is a forward function and, next to it in the same file, the autograd
+// node with its backward (the MLX shape: adding an op touches one place per backend). Ops take
+// tensors of any layout (they make inputs contiguous as needed) and return new contiguous tensors;
+// floating-point math is f32 on the CPU. Misuse (shape, dtype, device) throws llm::Error naming the op.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "engine/core/tensor.h"
+#include "kernels/cpu/fused.h"
+
+namespace llm::ops {
+
+// ---- shapes and copies (views share storage) -- shape_ops.cpp ------------------------------
+Tensor view(const Tensor& x, const Shape& shape);     // contiguous x; one dim may be -1
+Tensor reshape(const Tensor& x, const Shape& shape);  // a view when possible, else a copy
+Tensor transpose(const Tensor& x, int d0, int d1);
+Tensor permute(const Tensor& x, const std::vector<int>& dims);
+Tensor slice(const Tensor& x, int dim, int64_t start, int64_t end);
+Tensor select(const Tensor& x, int dim, int64_t index);
+Tensor unsqueeze(const Tensor& x, int dim);
+Tensor squeeze(const Tensor& x, int dim);
+Tensor clone(const Tensor& x);  // contiguous copy
+// Concatenation along dim (all other sizes equal).
+Tensor cat(const std::vector<Tensor>& xs, int dim);
+
+// ---- elementwise and reductions -- elementwise_ops.cpp --------------------------------------
+// Broadcasting: b has a's shape, or a suffix of it (a bias row, [C] against [..., C]), or one element.
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& x, float alpha);
+Tensor sum(const Tensor& x);   // all elements → scalar
+Tensor mean(const Tensor& x);  // all elements → scalar
+// Inverted dropout with a counter-based mask from `seed` (same mask for any thread count).
+// Identity when !training or p == 0.
+Tensor dropout(const Tensor& x, float p, uint64_t seed, bool training = true);
+
+// ---- matrix products -- matmul_ops.cpp ------------------------------------------------------
+// op(a)·op(b) over the last two dimensions; leading (batch) dimensions of a and b must be equal,
+// or b may be 2-D and shared by every batch.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// x [..., in] · wᵀ (w [out, in], as nn.Linear) + bias [out] (optional) → [..., out].
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
+
+// ---- neural-network ops -- nn_ops.cpp ---------------------------------------------------------
+Tensor gelu(const Tensor& x);  // tanh approximation (GPT-2)
+Tensor silu(const Tensor& x);
+Tensor swiglu(const Tensor& gate, const Tensor& up);  // silu(gate) * up
+Tensor softmax(const Tensor& x);                      // over the last dimension
+// Over the last dimension; w and b have that dimension's size.
+Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps = 1e-5f);
+Tensor rms_norm(const Tensor& x, const Tensor& w, float eps = 1e-5f);
+// ids (i32, any shape) into table [V, C] → [ids..., C]. Ids out of range are an error.
+Tensor embedding(const Tensor& ids, const Tensor& table);
+// x [B, T, H, D]; positions i32 [T] (shared by the batch) or [B, T].
+Tensor rope(const Tensor& x, const Tensor& positions, float theta,
+            cpu::RopeLayout layout = cpu::RopeLayout::kHalf);
+// Causal attention. q [B, T, Hq, D], k and v [B, T, Hkv, D] (Hq a multiple of Hkv) → [B, T, Hq, D].
+// doc (optional, i32 [B, T]): segment ids; a token attends only within its own segment.
+// scale <= 0 means 1/sqrt(D).
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& doc = Tensor(),
+                 float scale = 0.f);
+// Mean over rows whose target is not ignore_index of -log softmax(logits)[target].
+// logits [..., V], targets i32 with logits' leading shape. All rows ignored gives 0.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index = -100);
+
+}  // namespace llm::ops
+
+namespace llm {
+inline Tensor operator+(const Tensor& a, const Tensor& b) { return ops::add(a, b); }
+inline Tensor operator-(const Tensor& a, const Tensor& b) { return ops::sub(a, b); }
+inline Tensor operator*(const Tensor& a, const Tensor& b) { return ops::mul(a, b); }
+inline Tensor operator*(const Tensor& a, float s) { return ops::scale(a, s); }
+inline Tensor operator*(float s, const Tensor& a) { return ops::scale(a, s); }
+}  // namespace llm
