@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and tests need (only those missing), then configures and
+# builds into build/ (or build-asan/ with --sanitize). Idempotent and non-interactive.
+#   scripts/setup.sh [--sanitize] [--no-install] [extra cmake -D options...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sanitize=0
+install=1
+cmake_args=()
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) sanitize=1 ;;
+    --no-install) install=0 ;;
+    -D*) cmake_args+=("$arg") ;;
+    *) echo "error: scripts/setup.sh: unknown argument '$arg'" >&2; exit 2 ;;
+  esac
+done
+
+# Each package and its job (the README lists the same):
+packages=(
+  g++              # C++17 compiler with OpenMP (libgomp)
+  cmake            # build system
+  make             # build driver
+  libgtest-dev     # GoogleTest: the test suite
+  libopenblas-dev  # benchmark comparison only (llm-bench kernels); the engine never links it
+)
+if [ "$install" = 1 ]; then
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    sudo_cmd=()
+    [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo_cmd[@]}" apt-get update -qq
+    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+build_dir=build
+if [ "$sanitize" = 1 ]; then
+  build_dir=build-asan
+  # Debug-level optimisation keeps sanitizer reports readable and the build quick.
+  cmake_args+=(-DLLM_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLLM_CUDA=OFF)
+fi
+jobs=$(nproc 2>/dev/null || echo 2)
+cmake -S . -B "$build_dir" "${cmake_args[@]}" >/dev/null
+cmake --build "$build_dir" -j "$jobs"
+echo "setup: built into $build_dir/"

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs setup (install + build), then the whole test suite under ctest.
+#   scripts/test.sh              release build in build/
+#   scripts/test.sh --sanitize   AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build_dir=build
+setup_args=()
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) build_dir=build-asan; setup_args+=(--sanitize) ;;
+    *) echo "error: scripts/test.sh: unknown argument '$arg'" >&2; exit 2 ;;
+  esac
+done
+
+scripts/setup.sh "${setup_args[@]}"
+if [ "$build_dir" = build-asan ]; then
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+fi
+jobs=$(nproc 2>/dev/null || echo 2)
+cd "$build_dir"
+ctest --output-on-failure -j "$jobs"
