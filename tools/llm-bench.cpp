@@ -13,6 +13,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
@@ -67,23 +68,32 @@ class Reporter {
   int threads_;
 };
 
-// Median seconds per call of `fn`, after warm-up, over at least `min_repeats` calls and ~min_seconds.
-template <typename Fn>
-double median_seconds(Fn&& fn, int min_repeats = 10, double min_seconds = 0.25) {
+// Seconds per call of `first` and of `second`, called alternately for at least `min_repeats` pairs and
+// ~min_seconds, after warm-up.
+template <typename Fn1, typename Fn2>
+void time_calls(Fn1&& first, Fn2&& second, std::vector<double>* first_times, std::vector<double>* second_times,
+                int min_repeats = 10, double min_seconds = 0.5) {
   using clock = std::chrono::steady_clock;
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<double> times;
-  const auto start = clock::now();
-  while (int(times.size()) < min_repeats ||
-         std::chrono::duration<double>(clock::now() - start).count() < min_seconds) {
+  const auto timed = [](auto& fn, std::vector<double>* times) {
     const auto t0 = clock::now();
     fn();
-    times.push_back(std::chrono::duration<double>(clock::now() - t0).count());
-    if (times.size() >= 2000) break;
+    times->push_back(std::chrono::duration<double>(clock::now() - t0).count());
+  };
+  for (int i = 0; i < 2; ++i) first(), second();
+  const auto start = clock::now();
+  for (int n = 0; n < min_repeats || std::chrono::duration<double>(clock::now() - start).count() < min_seconds; ++n) {
+    timed(first, first_times);
+    timed(second, second_times);
+    if (n >= 2000) break;
   }
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
 }
+
+double median(std::vector<double> v) {
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(150)); }
 
 std::vector<float> random_vector(size_t n, uint32_t seed) {
   std::mt19937 gen(seed);
@@ -134,17 +144,26 @@ void bench_gemm(Reporter& reporter, int threads) {
     row.pass = g.pass;
     row.shape = std::to_string(g.M) + "x" + std::to_string(g.K) + "x" + std::to_string(g.N) + " " +
                 (g.trans_a ? "T" : "N") + (g.trans_b ? "T" : "N");
-    row.gflops = flop / median_seconds([&] {
-                   llm::cpu::sgemm(g.trans_a, g.trans_b, g.M, g.N, g.K, 1.f, A.data(), lda, B.data(), ldb, 0.f,
-                                   C.data(), ldc);
-                 }) * 1e-9;
+    const auto ours = [&] {
+      llm::cpu::sgemm(g.trans_a, g.trans_b, g.M, g.N, g.K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(), ldc);
+    };
+    std::vector<double> our_times, ref_times;
 #if defined(LLM_HAVE_OPENBLAS)
-    row.ref_gflops = flop / median_seconds([&] {
-                       cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans,
-                                   g.trans_b ? CblasTrans : CblasNoTrans, int(g.M), int(g.N), int(g.K), 1.f,
-                                   A.data(), int(lda), B.data(), int(ldb), 0.f, C.data(), int(ldc));
-                     }) * 1e-9;
+    const auto reference = [&] {
+      cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans, g.trans_b ? CblasTrans : CblasNoTrans,
+                  int(g.M), int(g.N), int(g.K), 1.f, A.data(), int(lda), B.data(), int(ldb), 0.f, C.data(), int(ldc));
+    };
 #endif
+    // Interleave the two libraries call by call so load from other processes hits both alike.
+    settle();
+#if defined(LLM_HAVE_OPENBLAS)
+    time_calls([&] { ours(); }, [&] { reference(); }, &our_times, &ref_times);
+#else
+    time_calls([&] { ours(); }, [] {}, &our_times, &ref_times);
+    ref_times.clear();
+#endif
+    row.gflops = flop / median(our_times) * 1e-9;
+    if (!ref_times.empty()) row.ref_gflops = flop / median(ref_times) * 1e-9;
     reporter.row(row);
   }
 }

@@ -23,8 +23,16 @@ using gemm_detail::kNR;
 // Cache blocking (Zen 4/5: 32-48 KiB L1d, 1 MiB L2 per core). The loop order keeps one packed MR×KC
 // sliver of A in L1 while the packed KC×NC block of B streams from L2, so KC·NC·4 bytes should use
 // about half of L2; KC bounds how many times C is read and rewritten (K / KC).
-constexpr int64_t kKC = 256;
-constexpr int64_t kNC = kNR * ((512 * 1024 / 4 / kKC) / kNR);
+#ifndef GEMM_TUNE_KC
+#define GEMM_TUNE_KC 128
+#define GEMM_TUNE_NCB (512 * 1024)
+#endif
+#ifndef GEMM_TUNE_MCB
+#define GEMM_TUNE_MCB (384 * 1024)
+#endif
+constexpr int64_t kKC = GEMM_TUNE_KC;
+constexpr int64_t kNC = kNR * ((GEMM_TUNE_NCB / 4 / kKC) / kNR);
+constexpr int64_t kMC = kMR * ((GEMM_TUNE_MCB / 4 / kKC) / kMR);
 
 // Per-thread packing buffer that only grows, so steady-state calls never allocate.
 class PackBuffer {
@@ -74,7 +82,7 @@ void pack_a(const Operands& op, int64_t i0, int64_t m, int64_t k0, int64_t kc, f
     const int64_t rows = std::min<int64_t>(kMR, m - i);
     float* sliver = out + i * kc;
     if (op.trans_a)  // stored K×M: each k is a contiguous run of rows
-      gemm_detail::pack_copy(op.A + k0 * op.lda + (i0 + i), op.lda, rows, kc, kMR, sliver);
+      gemm_detail::pack_copy<kMR>(op.A + k0 * op.lda + (i0 + i), op.lda, rows, kc, sliver);
     else
       gemm_detail::pack_transpose(op.A + (i0 + i) * op.lda + k0, op.lda, rows, kc, kMR, sliver);
   }
@@ -88,18 +96,18 @@ void pack_b(const Operands& op, int64_t j0, int64_t n, int64_t k0, int64_t kc, f
     if (op.trans_b)  // stored N×K: each column of op(B) is a contiguous row
       gemm_detail::pack_transpose(op.B + (j0 + j) * op.ldb + k0, op.ldb, cols, kc, kNR, panel);
     else
-      gemm_detail::pack_copy(op.B + k0 * op.ldb + (j0 + j), op.ldb, cols, kc, kNR, panel);
+      gemm_detail::pack_copy<kNR>(op.B + k0 * op.ldb + (j0 + j), op.ldb, cols, kc, panel);
   }
 }
 
 // One thread computes the rectangle C[i0:i1, j0:j1] completely (all of K), single-threaded.
 void gemm_rectangle(const Operands& op, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-  const int64_t m = i1 - i0;
-  if (m <= 0 || j1 <= j0) return;
-  const int64_t m_padded = (m + kMR - 1) / kMR * kMR;
+  if (i1 <= i0 || j1 <= j0) return;
   const int64_t kc_max = std::min(kKC, op.K);
-  float* packed_a = pack_buffer_a().get(size_t(m_padded * kc_max));
-  float* packed_b = pack_buffer_b().get(size_t(std::min(kNC, (j1 - j0 + kNR - 1) / kNR * kNR) * kc_max));
+  const int64_t mc_max = std::min(kMC, (i1 - i0 + kMR - 1) / kMR * kMR);
+  const int64_t nc_max = std::min(kNC, (j1 - j0 + kNR - 1) / kNR * kNR);
+  float* packed_a = pack_buffer_a().get(size_t(mc_max * kc_max));
+  float* packed_b = pack_buffer_b().get(size_t(nc_max * kc_max));
 
   for (int64_t jc = j0; jc < j1; jc += kNC) {
     const int64_t nc = std::min(kNC, j1 - jc);
@@ -110,15 +118,19 @@ void gemm_rectangle(const Operands& op, int64_t i0, int64_t i1, int64_t j0, int6
       const float beta = first ? op.beta : 1.f;
       const float* bias = last ? op.bias : nullptr;
       pack_b(op, jc, nc, pc, kc, packed_b);
-      pack_a(op, i0, m, pc, kc, packed_a);
-      for (int64_t ir = 0; ir < m; ir += kMR) {
-        const int rows = int(std::min<int64_t>(kMR, m - ir));
-        const float* a_sliver = packed_a + ir * kc;
+      for (int64_t ic = i0; ic < i1; ic += kMC) {
+        const int64_t mc = std::min(kMC, i1 - ic);
+        pack_a(op, ic, mc, pc, kc, packed_a);
+        // One KC×NR panel of B stays in L1 while the MC×KC block of A streams past it from L2.
         for (int64_t jr = 0; jr < nc; jr += kNR) {
           const int cols = int(std::min<int64_t>(kNR, nc - jr));
-          float* c_tile = op.C + (i0 + ir) * op.ldc + (jc + jr);
-          gemm_detail::micro_kernel(kc, a_sliver, packed_b + jr * kc, c_tile, op.ldc, rows, cols, op.alpha,
-                                    beta, bias ? bias + jc + jr : nullptr);
+          const float* b_panel = packed_b + jr * kc;
+          for (int64_t ir = 0; ir < mc; ir += kMR) {
+            const int rows = int(std::min<int64_t>(kMR, mc - ir));
+            float* c_tile = op.C + (ic + ir) * op.ldc + (jc + jr);
+            gemm_detail::micro_kernel(kc, packed_a + ir * kc, b_panel, c_tile, op.ldc, rows, cols, op.alpha, beta,
+                                      bias ? bias + jc + jr : nullptr);
+          }
         }
       }
     }

@@ -32,7 +32,13 @@ inline constexpr int kNR = 8;
 #endif
 
 // out[k·width + c] = src[k·ld + c] for c < valid, 0 for valid ≤ c < width.
-inline void pack_copy(const float* src, int64_t ld, int64_t valid, int64_t kc, int width, float* out) {
+template <int kWidth>
+inline void pack_copy(const float* src, int64_t ld, int64_t valid, int64_t kc, float* out) {
+  if (valid == kWidth) {  // full panel: a fixed-size copy the compiler turns into a few vector moves
+    for (int64_t k = 0; k < kc; ++k) std::memcpy(out + k * kWidth, src + k * ld, kWidth * sizeof(float));
+    return;
+  }
+  constexpr int width = kWidth;
   for (int64_t k = 0; k < kc; ++k) {
     std::memcpy(out + k * width, src + k * ld, size_t(valid) * sizeof(float));
     if (valid < width) std::memset(out + k * width + valid, 0, size_t(width - valid) * sizeof(float));
