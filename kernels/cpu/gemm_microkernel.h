@@ -96,6 +96,10 @@ inline void pack_transpose(const float* src, int64_t ld, int64_t valid, int64_t 
 inline void micro_kernel(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int rows, int cols,
                          float alpha, float beta, const float* bias) {
   constexpr int kV = kNR / 16;
+  // Start fetching the C tile now: its rows are far apart in memory (no hardware prefetch), and the
+  // kc-long loop below hides the latency.
+  for (int i = 0; i < rows; ++i)
+    for (int v = 0; v < kV; ++v) _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16 * v), _MM_HINT_T0);
   __m512 acc[kMR][kV];
 #pragma GCC unroll 8
   for (int i = 0; i < kMR; ++i)
