@@ -132,6 +132,10 @@ void bench_gemm(Reporter& reporter, int threads) {
   const bool has_ref = false;
 #endif
   reporter.section(title, has_ref);
+  // Other processes on the cores make every number here (ours and the reference) unreliable.
+  double load = 0;
+  if (getloadavg(&load, 1) == 1 && load > 0.5)
+    std::fprintf(stderr, "warning: load average %.1f before the run; other processes share the cores\n", load);
 
   for (const GemmCase& g : gpt2_gemm_cases()) {
     const int64_t lda = g.trans_a ? g.M : g.K, ldb = g.trans_b ? g.K : g.N, ldc = g.N;
