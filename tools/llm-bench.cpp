@@ -1,0 +1,212 @@
+// llm-bench: times the engine's kernels on the shapes a model really runs, against a ceiling.
+//
+//   llm-bench kernels [--threads N] [--json]
+//
+// Each section (gemm today) is one function that measures its cases and hands rows to a Reporter,
+// which prints either an aligned table or one JSON object per line.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/parallel.h"
+
+#if defined(LLM_HAVE_OPENBLAS)
+#include <cblas.h>
+#endif
+
+namespace {
+
+struct Options {
+  int threads = 0;  // 0: the OpenMP default
+  bool json = false;
+};
+
+// One measured case. ref_gflops < 0 means no reference was measured.
+struct Row {
+  std::string op, shape, pass;
+  double gflops = 0, ref_gflops = -1;
+};
+
+class Reporter {
+ public:
+  Reporter(const Options& options, int threads) : json_(options.json), threads_(threads) {}
+
+  // Starts a section of the human table; JSON output has no headers.
+  void section(const std::string& title, bool has_ref) {
+    if (json_) return;
+    std::printf("\n%s\n", title.c_str());
+    std::printf("%-8s %-22s %-8s %12s", "op", "shape (MxKxN)", "pass", "GFLOP/s");
+    if (has_ref) std::printf(" %12s %8s", "ref GFLOP/s", "ratio");
+    std::printf("\n");
+  }
+
+  void row(const Row& r) {
+    if (json_) {
+      std::printf("{\"op\":\"%s\",\"shape\":\"%s\",\"pass\":\"%s\",\"threads\":%d,\"gflops\":%.2f", r.op.c_str(),
+                  r.shape.c_str(), r.pass.c_str(), threads_, r.gflops);
+      if (r.ref_gflops >= 0) std::printf(",\"ref_gflops\":%.2f", r.ref_gflops);
+      std::printf("}\n");
+    } else {
+      std::printf("%-8s %-22s %-8s %12.1f", r.op.c_str(), r.shape.c_str(), r.pass.c_str(), r.gflops);
+      if (r.ref_gflops >= 0) std::printf(" %12.1f %7.1f%%", r.ref_gflops, 100.0 * r.gflops / r.ref_gflops);
+      std::printf("\n");
+    }
+    std::fflush(stdout);
+  }
+
+ private:
+  bool json_;
+  int threads_;
+};
+
+// Seconds per call of `first` and of `second`, called alternately for at least `min_repeats` pairs and
+// ~min_seconds, after warm-up.
+template <typename Fn1, typename Fn2>
+void time_calls(Fn1&& first, Fn2&& second, std::vector<double>* first_times, std::vector<double>* second_times,
+                int min_repeats = 10, double min_seconds = 0.5) {
+  using clock = std::chrono::steady_clock;
+  const auto timed = [](auto& fn, std::vector<double>* times) {
+    const auto t0 = clock::now();
+    fn();
+    times->push_back(std::chrono::duration<double>(clock::now() - t0).count());
+  };
+  for (int i = 0; i < 2; ++i) first(), second();
+  const auto start = clock::now();
+  for (int n = 0; n < min_repeats || std::chrono::duration<double>(clock::now() - start).count() < min_seconds; ++n) {
+    timed(first, first_times);
+    timed(second, second_times);
+    if (n >= 2000) break;
+  }
+}
+
+double median(std::vector<double> v) {
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(150)); }
+
+std::vector<float> random_vector(size_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+struct GemmCase {
+  const char* pass;
+  bool trans_a, trans_b;
+  int64_t M, K, N;
+};
+
+// The GEMMs of one GPT-2 124M training step with 256 tokens: each Linear (K_fwd → N_fwd, weight
+// stored N_fwd×K_fwd) runs forward x·Wᵀ, then backward dX = dY·W and dW = dYᵀ·X.
+std::vector<GemmCase> gpt2_gemm_cases() {
+  const int64_t tokens = 256;
+  const int64_t linears[][2] = {{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}};  // {K_fwd, N_fwd}
+  std::vector<GemmCase> cases;
+  for (const auto& l : linears) cases.push_back({"forward", false, true, tokens, l[0], l[1]});
+  for (const auto& l : linears) cases.push_back({"dX", false, false, tokens, l[1], l[0]});
+  for (const auto& l : linears) cases.push_back({"dW", true, false, l[1], tokens, l[0]});
+  return cases;
+}
+
+void bench_gemm(Reporter& reporter, int threads) {
+  std::string title = std::string("sgemm  isa=") + llm::cpu::sgemm_isa() + "  threads=" + std::to_string(threads);
+#if defined(LLM_HAVE_OPENBLAS)
+  openblas_set_num_threads(threads);
+  title += std::string("  ref=OpenBLAS (core ") + openblas_get_corename() + ")";
+  const bool has_ref = true;
+#else
+  title += "  ref=none (OpenBLAS not found at build time)";
+  const bool has_ref = false;
+#endif
+  reporter.section(title, has_ref);
+  // Other processes on the cores make every number here (ours and the reference) unreliable.
+  double load = 0;
+  if (getloadavg(&load, 1) == 1 && load > 0.5)
+    std::fprintf(stderr, "warning: load average %.1f before the run; other processes share the cores\n", load);
+
+  for (const GemmCase& g : gpt2_gemm_cases()) {
+    const int64_t lda = g.trans_a ? g.M : g.K, ldb = g.trans_b ? g.K : g.N, ldc = g.N;
+    const std::vector<float> A = random_vector(size_t(g.M * g.K), 1), B = random_vector(size_t(g.K * g.N), 2);
+    std::vector<float> C(size_t(g.M * g.N), 0.f);
+    const double flop = 2.0 * double(g.M) * double(g.N) * double(g.K);
+
+    Row row;
+    row.op = "sgemm";
+    row.pass = g.pass;
+    row.shape = std::to_string(g.M) + "x" + std::to_string(g.K) + "x" + std::to_string(g.N) + " " +
+                (g.trans_a ? "T" : "N") + (g.trans_b ? "T" : "N");
+    const auto ours = [&] {
+      llm::cpu::sgemm(g.trans_a, g.trans_b, g.M, g.N, g.K, 1.f, A.data(), lda, B.data(), ldb, 0.f, C.data(), ldc);
+    };
+    std::vector<double> our_times, ref_times;
+#if defined(LLM_HAVE_OPENBLAS)
+    const auto reference = [&] {
+      cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans, g.trans_b ? CblasTrans : CblasNoTrans,
+                  int(g.M), int(g.N), int(g.K), 1.f, A.data(), int(lda), B.data(), int(ldb), 0.f, C.data(), int(ldc));
+    };
+#endif
+    // Interleave the two libraries call by call so load from other processes hits both alike.
+    settle();
+#if defined(LLM_HAVE_OPENBLAS)
+    time_calls([&] { ours(); }, [&] { reference(); }, &our_times, &ref_times);
+#else
+    time_calls([&] { ours(); }, [] {}, &our_times, &ref_times);
+    ref_times.clear();
+#endif
+    row.gflops = flop / median(our_times) * 1e-9;
+    if (!ref_times.empty()) row.ref_gflops = flop / median(ref_times) * 1e-9;
+    reporter.row(row);
+  }
+}
+
+// Sections of `llm-bench kernels`; a new kernel family adds one function here.
+int run_kernels(const Options& options) {
+  if (options.threads > 0) llm::cpu::set_num_threads(options.threads);
+  const int threads = llm::cpu::num_threads();
+  Reporter reporter(options, threads);
+  bench_gemm(reporter, threads);
+  return 0;
+}
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "error: %s (usage: llm-bench kernels [--threads N] [--json])\n", message.c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage_error("missing command");
+  const std::string command = argv[1];
+  if (command != "kernels") return usage_error("unknown command '" + command + "'");
+  Options options;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--json") {
+      options.json = true;
+    } else if (arg == "--threads") {
+      if (i + 1 >= argc) return usage_error("--threads needs a value");
+      char* end = nullptr;
+      const long n = std::strtol(argv[++i], &end, 10);
+      if (*argv[i] == '\0' || *end != '\0' || n < 1 || n > 4096)
+        return usage_error(std::string("--threads: expected a positive integer, got '") + argv[i] + "'");
+      options.threads = int(n);
+    } else {
+      return usage_error("unknown argument '" + arg + "'");
+    }
+  }
+  return run_kernels(options);
+}
