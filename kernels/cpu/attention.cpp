@@ -118,7 +118,7 @@ inline Vec vload(const float* p) { return *p; }
 inline void vstore(float* p, Vec v) { *p = v; }
 inline Vec vset(float x) { return x; }
 inline Vec vzero() { return 0.f; }
-inline Vec vfma(Vec a, Vec b, Vec c) { return std::fma(a, b, c); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return a * b + c; }  // std::fma is a libm call without FMA
 inline Vec vadd(Vec a, Vec b) { return a + b; }
 inline Vec vsub(Vec a, Vec b) { return a - b; }
 inline Vec vmul(Vec a, Vec b) { return a * b; }
@@ -128,23 +128,41 @@ inline float vreduce_add(Vec v) { return v; }
 inline Vec vexp(Vec x) { return x < -87.3f ? 0.f : std::exp(x); }
 #endif
 
-// Query rows per block and keys per tile (multiples of kW). Tuned on Zen 4 for D = 64.
-constexpr int64_t kBQ = 64;
-constexpr int64_t kBK = 64;
-static_assert(kBK % kW == 0, "key tile must be whole vectors");
+// Query rows per block and keys per tile (multiples of kW), tuned on Zen 4 for D = 64. The forward
+// wants wide key tiles: each row pays a fixed cost per tile (two reductions, a rescale of its
+// accumulator) that long tiles amortize.
+#ifndef LLM_ATTN_FWD_BQ
+#define LLM_ATTN_FWD_BQ 96
+#define LLM_ATTN_FWD_BK 128
+#define LLM_ATTN_BWD_BQ 64
+#define LLM_ATTN_BWD_BK 64
+#endif
+constexpr int64_t kBQ = LLM_ATTN_FWD_BQ;
+constexpr int64_t kBK = LLM_ATTN_FWD_BK;
+constexpr int64_t kBwdBQ = LLM_ATTN_BWD_BQ;
+constexpr int64_t kBwdBK = LLM_ATTN_BWD_BK;
+static_assert(kBK % kW == 0 && kBwdBK % kW == 0, "key tiles must be whole vectors");
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// Zero-initialized, 64-byte aligned float buffer.
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<float[], AlignedFree>;
-Buffer make_buffer(int64_t n) {
-  const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(n, 1) * 4, 64));
-  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
-  std::memset(p, 0, bytes);
-  return Buffer(p);
+// Scratch memory, kept per thread and reused across calls: fresh multi-megabyte allocations would
+// page-fault on every call, which costs more than the attention itself at small T. Contents are
+// unspecified; callers write every element they read. OpenMP pool threads are long-lived, so each
+// keeps its high-water mark until the thread exits.
+enum Slot { kPackedK, kPackedV, kQueries, kScores, kAccumulator, kGradOut, kGradQ, kDelta, kKeysT,
+            kValuesT, kKeys, kGradK, kGradV, kGradScores, kNumSlots };
+float* scratch(Slot slot, int64_t n) {
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<float[], Free> buffers[kNumSlots];
+  thread_local int64_t capacity[kNumSlots] = {};
+  if (capacity[slot] < n) {
+    const size_t bytes = static_cast<size_t>(round_up(n * 4, 64));
+    buffers[slot].reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    capacity[slot] = n;
+  }
+  return buffers[slot].get();
 }
 
 // ---- the one inner product shape: C (M×N) (+)= A (M×K) · B (K×N) ---------------------------------
@@ -220,37 +238,44 @@ std::vector<int64_t> document_starts(int64_t B, int64_t T, const int32_t* doc) {
 // per key tile (so Q·Kᵀ is a row-major product) and vp[b][hkv][s][d] is V with rows padded to Dp.
 // Padding keys (s >= T) and padding columns are zero, so they add nothing.
 struct PackedKV {
-  int64_t num_tiles, Dp;
-  Buffer kt, vp;
-  const float* k_tile(int64_t b, int64_t h, int64_t Hkv, int64_t D, int64_t tile) const {
-    return kt.get() + (((b * Hkv + h) * num_tiles + tile) * D) * kBK;
+  int64_t Hkv, D, Dp, num_tiles;
+  float* kt;
+  float* vp;
+  const float* k_tile(int64_t b, int64_t h, int64_t tile) const {
+    return kt + (((b * Hkv + h) * num_tiles + tile) * D) * kBK;
   }
-  const float* v_rows(int64_t b, int64_t h, int64_t Hkv, int64_t s0) const {
-    return vp.get() + ((b * Hkv + h) * num_tiles * kBK + s0) * Dp;
+  const float* v_rows(int64_t b, int64_t h, int64_t s0) const {
+    return vp + ((b * Hkv + h) * num_tiles * kBK + s0) * Dp;
   }
 };
 
-PackedKV pack_kv(const AttentionShape& sh, const float* k, const float* v) {
-  PackedKV p;
-  p.num_tiles = (sh.T + kBK - 1) / kBK;
-  p.Dp = round_up(sh.D, kW);
+// Called by the calling thread before the parallel region (the buffers are its scratch).
+PackedKV packed_kv_buffers(const AttentionShape& sh) {
+  PackedKV p{sh.Hkv, sh.D, round_up(sh.D, kW), (sh.T + kBK - 1) / kBK, nullptr, nullptr};
   const int64_t Tp = p.num_tiles * kBK;
-  p.kt = make_buffer(sh.B * sh.Hkv * Tp * sh.D);
-  p.vp = make_buffer(sh.B * sh.Hkv * Tp * p.Dp);
-  const int64_t jobs = sh.B * sh.Hkv * p.num_tiles;
-#pragma omp parallel for schedule(static)
-  for (int64_t job = 0; job < jobs; ++job) {
-    const int64_t tile = job % p.num_tiles, h = (job / p.num_tiles) % sh.Hkv, b = job / (p.num_tiles * sh.Hkv);
-    float* kt = const_cast<float*>(p.k_tile(b, h, sh.Hkv, sh.D, tile));
-    float* vp = const_cast<float*>(p.v_rows(b, h, sh.Hkv, tile * kBK));
-    const int64_t keys = std::min(kBK, sh.T - tile * kBK);
-    for (int64_t j = 0; j < keys; ++j) {
-      const int64_t src = ((b * sh.T + tile * kBK + j) * sh.Hkv + h) * sh.D;
-      for (int64_t d = 0; d < sh.D; ++d) kt[d * kBK + j] = k[src + d];
-      std::memcpy(vp + j * p.Dp, v + src, sizeof(float) * sh.D);
-    }
-  }
+  p.kt = scratch(kPackedK, sh.B * sh.Hkv * Tp * sh.D);
+  p.vp = scratch(kPackedV, sh.B * sh.Hkv * Tp * p.Dp);
   return p;
+}
+
+// One key tile of one (batch row, kv head); runs inside a parallel region.
+void pack_kv_tile(const AttentionShape& sh, const float* k, const float* v, const PackedKV& p, int64_t job) {
+  const int64_t tile = job % p.num_tiles, h = (job / p.num_tiles) % sh.Hkv, b = job / (p.num_tiles * sh.Hkv);
+  float* kt = const_cast<float*>(p.k_tile(b, h, tile));
+  float* vp = const_cast<float*>(p.v_rows(b, h, tile * kBK));
+  const int64_t keys = std::min(kBK, sh.T - tile * kBK);
+  for (int64_t j = 0; j < kBK; ++j) {
+    float* vrow = vp + j * p.Dp;
+    if (j >= keys) {
+      for (int64_t d = 0; d < sh.D; ++d) kt[d * kBK + j] = 0.f;
+      std::fill(vrow, vrow + p.Dp, 0.f);
+      continue;
+    }
+    const int64_t src = ((b * sh.T + tile * kBK + j) * sh.Hkv + h) * sh.D;
+    for (int64_t d = 0; d < sh.D; ++d) kt[d * kBK + j] = k[src + d];
+    std::memcpy(vrow, v + src, sizeof(float) * sh.D);
+    std::fill(vrow + sh.D, vrow + p.Dp, 0.f);
+  }
 }
 
 // Columns [lo, hi] of a score row that are allowed (may be empty: lo > hi).
@@ -268,14 +293,21 @@ void attention_forward(const AttentionShape& sh, const float* q, const float* k,
   const int64_t B = sh.B, T = sh.T, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D, group = Hq / Hkv;
   if (B <= 0 || T <= 0 || Hq <= 0 || D <= 0) return;
   const std::vector<int64_t> doc_start = document_starts(B, T, doc);
-  const PackedKV kv = pack_kv(sh, k, v);
+  const PackedKV kv = packed_kv_buffers(sh);
   const int64_t Dp = kv.Dp, num_blocks = (T + kBQ - 1) / kBQ, jobs = B * Hq * num_blocks;
+  const int64_t pack_jobs = B * Hkv * kv.num_tiles;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 #pragma omp parallel
   {
-    Buffer qs = make_buffer(kBQ * Dp), scores = make_buffer(kBQ * kBK), acc = make_buffer(kBQ * Dp);
-    std::vector<float> row_max(kBQ), row_sum(kBQ);
+#pragma omp for schedule(static)
+    for (int64_t job = 0; job < pack_jobs; ++job) pack_kv_tile(sh, k, v, kv, job);
+
+    float* qs = scratch(kQueries, kBQ * Dp);
+    float* scores = scratch(kScores, kBQ * kBK);
+    float* acc = scratch(kAccumulator, kBQ * Dp);
+    float row_max[kBQ];
+    Vec row_sum[kBQ];  // lane-wise partial sums, reduced once per row at the end
     // Later query blocks see more keys: hand them out first so the tail of the schedule is short.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t job = 0; job < jobs; ++job) {
@@ -286,9 +318,9 @@ void attention_forward(const AttentionShape& sh, const float* q, const float* k,
         const float* src = q + ((b * T + t0 + i) * Hq + h) * D;
         for (int64_t d = 0; d < D; ++d) qs[i * Dp + d] = scale * src[d];
       }
-      std::fill(acc.get(), acc.get() + M * Dp, 0.f);
-      std::fill(row_max.begin(), row_max.end(), kNegInf);
-      std::fill(row_sum.begin(), row_sum.end(), 0.f);
+      std::fill(acc, acc + M * Dp, 0.f);
+      std::fill(row_max, row_max + kBQ, kNegInf);
+      std::fill(row_sum, row_sum + kBQ, vzero());
 
       // Allowed keys of the block form the contiguous range [starts[t0], t_last].
       for (int64_t tile = starts[t0] / kBK; tile * kBK <= t_last; ++tile) {
@@ -296,10 +328,10 @@ void attention_forward(const AttentionShape& sh, const float* q, const float* k,
         const int64_t keys = std::min(kBK, t_last + 1 - k0);  // keys past t_last are masked for all
         const int64_t ncols = round_up(keys, kW);
         const bool unmasked = k0 >= starts[t_last] && k0 + ncols - 1 <= t0;
-        gemm<false>(M, ncols, D, qs.get(), Dp, 1, kv.k_tile(b, hk, Hkv, D, tile), kBK, scores.get(), kBK);
+        gemm<false>(M, ncols, D, qs, Dp, 1, kv.k_tile(b, hk, tile), kBK, scores, kBK);
 
         for (int64_t i = 0; i < M; ++i) {
-          float* s = scores.get() + i * kBK;
+          float* s = scores + i * kBK;
           if (!unmasked) {
             const ColumnRange c = allowed_columns(k0, ncols, starts[t0 + i], t0 + i);
             for (int64_t j = 0; j < ncols; ++j)
@@ -312,7 +344,9 @@ void attention_forward(const AttentionShape& sh, const float* q, const float* k,
             std::fill(s, s + ncols, 0.f);
             continue;
           }
-          const float alpha = std::exp(row_max[i] - m_new);  // 0 on the row's first allowed tile
+          // 0 on the row's first allowed tile; all lanes equal, so no scalar exp call is needed.
+          const Vec valpha = vexp(vset(row_max[i] - m_new));
+          const bool max_changed = m_new != row_max[i];
           row_max[i] = m_new;
           Vec vsum = vzero();
           const Vec shift = vset(m_new);
@@ -321,21 +355,20 @@ void attention_forward(const AttentionShape& sh, const float* q, const float* k,
             vstore(s + j, p);
             vsum = vadd(vsum, p);
           }
-          row_sum[i] = row_sum[i] * alpha + vreduce_add(vsum);
-          if (alpha != 1.f) {
-            float* o = acc.get() + i * Dp;
-            const Vec va = vset(alpha);
-            for (int64_t d = 0; d < Dp; d += kW) vstore(o + d, vmul(vload(o + d), va));
+          row_sum[i] = vfma(row_sum[i], valpha, vsum);
+          if (max_changed) {
+            float* o = acc + i * Dp;
+            for (int64_t d = 0; d < Dp; d += kW) vstore(o + d, vmul(vload(o + d), valpha));
           }
         }
-        gemm<true>(M, Dp, keys, scores.get(), kBK, 1, kv.v_rows(b, hk, Hkv, k0), Dp, acc.get(), Dp);
+        gemm<true>(M, Dp, keys, scores, kBK, 1, kv.v_rows(b, hk, k0), Dp, acc, Dp);
       }
 
       for (int64_t i = 0; i < M; ++i) {
-        const float inv = 1.f / row_sum[i];
+        const float sum = vreduce_add(row_sum[i]), inv = 1.f / sum;
         float* dst = out + ((b * T + t0 + i) * Hq + h) * D;
         for (int64_t d = 0; d < D; ++d) dst[d] = acc[i * Dp + d] * inv;
-        lse[(b * Hq + h) * T + t0 + i] = row_max[i] + std::log(row_sum[i]);
+        lse[(b * Hq + h) * T + t0 + i] = row_max[i] + std::log(sum);
       }
     }
   }
@@ -347,33 +380,38 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
   const int64_t B = sh.B, T = sh.T, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D, group = Hq / Hkv;
   if (B <= 0 || T <= 0 || Hq <= 0 || D <= 0) return;
   const std::vector<int64_t> doc_start = document_starts(B, T, doc);
-  const int64_t Dp = round_up(D, kW), num_tiles = (T + kBK - 1) / kBK;
+  const int64_t Dp = round_up(D, kW), num_tiles = (T + kBwdBK - 1) / kBwdBK;
   const int64_t jobs = B * Hkv;
 
   // One task per (batch row, kv head) owns dk/dv of that head and dq of all query heads in its
   // group, so no two tasks write the same element and each accumulates in a fixed order.
 #pragma omp parallel
   {
-    Buffer qs, dos, dqs, delta;  // per group: scale·Q, dO, dQ accumulator (rows padded to Dp), Delta
-    Buffer kt = make_buffer(D * kBK), vt = make_buffer(D * kBK), ks = make_buffer(kBK * Dp);
-    Buffer dk_acc = make_buffer(kBK * Dp), dv_acc = make_buffer(kBK * Dp);
-    Buffer p = make_buffer(kBQ * kBK), ds = make_buffer(kBQ * kBK);
+    // Per group of query heads: scale·Q, dO and the dQ accumulator (rows padded to Dp), and Δ.
+    float* qs = scratch(kQueries, group * T * Dp);
+    float* dos = scratch(kGradOut, group * T * Dp);
+    float* dqs = scratch(kGradQ, group * T * Dp);
+    float* delta = scratch(kDelta, group * T);
+    // Per key tile: Kᵀ and Vᵀ (for S and dP), scale·K (for dQ), and the dK, dV accumulators.
+    float* kt = scratch(kKeysT, D * kBwdBK);
+    float* vt = scratch(kValuesT, D * kBwdBK);
+    float* ks = scratch(kKeys, kBwdBK * Dp);
+    float* dk_acc = scratch(kGradK, kBwdBK * Dp);
+    float* dv_acc = scratch(kGradV, kBwdBK * Dp);
+    float* p = scratch(kScores, kBwdBQ * kBwdBK);
+    float* ds = scratch(kGradScores, kBwdBQ * kBwdBK);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t job = 0; job < jobs; ++job) {
       const int64_t b = job / Hkv, hk = job % Hkv;
       const int64_t* starts = doc_start.data() + b * T;
-      if (!qs) {
-        qs = make_buffer(group * T * Dp);
-        dos = make_buffer(group * T * Dp);
-        dqs = make_buffer(group * T * Dp);
-        delta = make_buffer(group * T);
-      }
       for (int64_t g = 0; g < group; ++g) {
         const int64_t h = hk * group + g;
         for (int64_t t = 0; t < T; ++t) {
           const int64_t src = ((b * T + t) * Hq + h) * D;
-          float* qrow = qs.get() + (g * T + t) * Dp;
-          float* drow = dos.get() + (g * T + t) * Dp;
+          float* qrow = qs + (g * T + t) * Dp;
+          float* drow = dos + (g * T + t) * Dp;
+          std::fill(qrow + D, qrow + Dp, 0.f);
+          std::fill(drow + D, drow + Dp, 0.f);
           float dot = 0.f;
           for (int64_t d = 0; d < D; ++d) {
             qrow[d] = scale * q[src + d];
@@ -383,21 +421,22 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
           delta[g * T + t] = dot;
         }
       }
-      std::fill(dqs.get(), dqs.get() + group * T * Dp, 0.f);
+      std::fill(dqs, dqs + group * T * Dp, 0.f);
 
       for (int64_t tile = 0; tile < num_tiles; ++tile) {
-        const int64_t k0 = tile * kBK, tile_keys = std::min(kBK, T - k0);
-        for (int64_t j = 0; j < kBK; ++j) {
+        const int64_t k0 = tile * kBwdBK, tile_keys = std::min(kBwdBK, T - k0);
+        for (int64_t j = 0; j < kBwdBK; ++j) {
           const bool real = j < tile_keys;
           const int64_t src = ((b * T + k0 + j) * Hkv + hk) * D;
           for (int64_t d = 0; d < D; ++d) {
-            kt[d * kBK + j] = real ? k[src + d] : 0.f;
-            vt[d * kBK + j] = real ? v[src + d] : 0.f;
+            kt[d * kBwdBK + j] = real ? k[src + d] : 0.f;
+            vt[d * kBwdBK + j] = real ? v[src + d] : 0.f;
             ks[j * Dp + d] = real ? scale * k[src + d] : 0.f;
           }
+          std::fill(ks + j * Dp + D, ks + (j + 1) * Dp, 0.f);
         }
-        std::fill(dk_acc.get(), dk_acc.get() + kBK * Dp, 0.f);
-        std::fill(dv_acc.get(), dv_acc.get() + kBK * Dp, 0.f);
+        std::fill(dk_acc, dk_acc + kBwdBK * Dp, 0.f);
+        std::fill(dv_acc, dv_acc + kBwdBK * Dp, 0.f);
         // Queries that see this tile: t >= k0 up to the first t whose document starts after the tile.
         int64_t t_end = k0;
         while (t_end < T && starts[t_end] < k0 + tile_keys) ++t_end;
@@ -405,17 +444,17 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
         for (int64_t g = 0; g < group; ++g) {
           const int64_t h = hk * group + g;
           const float* lse_h = lse + (b * Hq + h) * T;
-          for (int64_t t0 = k0 / kBQ * kBQ; t0 < t_end; t0 += kBQ) {
-            const int64_t M = std::min(kBQ, T - t0), t_last = t0 + M - 1;
+          for (int64_t t0 = k0 / kBwdBQ * kBwdBQ; t0 < t_end; t0 += kBwdBQ) {
+            const int64_t M = std::min(kBwdBQ, T - t0), t_last = t0 + M - 1;
             const int64_t keys = std::min(tile_keys, t_last + 1 - k0), ncols = round_up(keys, kW);
             const bool unmasked = k0 >= starts[t_last] && k0 + ncols - 1 <= t0;
-            const float* qb = qs.get() + (g * T + t0) * Dp;
-            const float* dob = dos.get() + (g * T + t0) * Dp;
-            gemm<false>(M, ncols, D, qb, Dp, 1, kt.get(), kBK, p.get(), kBK);   // S = scale·Q·Kᵀ
-            gemm<false>(M, ncols, D, dob, Dp, 1, vt.get(), kBK, ds.get(), kBK); // dP = dO·Vᵀ
+            const float* qb = qs + (g * T + t0) * Dp;
+            const float* dob = dos + (g * T + t0) * Dp;
+            gemm<false>(M, ncols, D, qb, Dp, 1, kt, kBwdBK, p, kBwdBK);   // S = scale·Q·Kᵀ
+            gemm<false>(M, ncols, D, dob, Dp, 1, vt, kBwdBK, ds, kBwdBK); // dP = dO·Vᵀ
             for (int64_t i = 0; i < M; ++i) {
-              float* pr = p.get() + i * kBK;
-              float* dsr = ds.get() + i * kBK;
+              float* pr = p + i * kBwdBK;
+              float* dsr = ds + i * kBwdBK;
               const Vec row_lse = vset(lse_h[t0 + i]), row_delta = vset(delta[g * T + t0 + i]);
               for (int64_t j = 0; j < ncols; j += kW) {
                 const Vec pj = vexp(vsub(vload(pr + j), row_lse));
@@ -428,21 +467,21 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
                   if (j < c.lo || j > c.hi) pr[j] = dsr[j] = 0.f;
               }
             }
-            gemm<true>(keys, Dp, M, p.get(), 1, kBK, dob, Dp, dv_acc.get(), Dp);  // dV += Pᵀ·dO
-            gemm<true>(keys, Dp, M, ds.get(), 1, kBK, qb, Dp, dk_acc.get(), Dp);  // dK += dSᵀ·scale·Q
-            gemm<true>(M, Dp, keys, ds.get(), kBK, 1, ks.get(), Dp,              // dQ += dS·scale·K
-                       dqs.get() + (g * T + t0) * Dp, Dp);
+            gemm<true>(keys, Dp, M, p, 1, kBwdBK, dob, Dp, dv_acc, Dp);  // dV += Pᵀ·dO
+            gemm<true>(keys, Dp, M, ds, 1, kBwdBK, qb, Dp, dk_acc, Dp);  // dK += dSᵀ·scale·Q
+            gemm<true>(M, Dp, keys, ds, kBwdBK, 1, ks, Dp,              // dQ += dS·scale·K
+                       dqs + (g * T + t0) * Dp, Dp);
           }
         }
         for (int64_t j = 0; j < tile_keys; ++j) {
           const int64_t dst = ((b * T + k0 + j) * Hkv + hk) * D;
-          std::memcpy(dk + dst, dk_acc.get() + j * Dp, sizeof(float) * D);
-          std::memcpy(dv + dst, dv_acc.get() + j * Dp, sizeof(float) * D);
+          std::memcpy(dk + dst, dk_acc + j * Dp, sizeof(float) * D);
+          std::memcpy(dv + dst, dv_acc + j * Dp, sizeof(float) * D);
         }
       }
       for (int64_t g = 0; g < group; ++g)
         for (int64_t t = 0; t < T; ++t)
-          std::memcpy(dq + ((b * T + t) * Hq + hk * group + g) * D, dqs.get() + (g * T + t) * Dp,
+          std::memcpy(dq + ((b * T + t) * Hq + hk * group + g) * D, dqs + (g * T + t) * Dp,
                       sizeof(float) * D);
     }
   }
