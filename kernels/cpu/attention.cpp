@@ -381,108 +381,171 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
   if (B <= 0 || T <= 0 || Hq <= 0 || D <= 0) return;
   const std::vector<int64_t> doc_start = document_starts(B, T, doc);
   const int64_t Dp = round_up(D, kW), num_tiles = (T + kBwdBK - 1) / kBwdBK;
-  const int64_t jobs = B * Hkv;
+  constexpr int64_t BQ = kBwdBQ, BK = kBwdBK;
 
-  // One task per (batch row, kv head) owns dk/dv of that head and dq of all query heads in its
-  // group, so no two tasks write the same element and each accumulates in a fixed order.
+  // Rows [t0, t0 + n) of query head h: scale·Q and dO padded to Dp, and Δ = rowsum(dO ⊙ O).
+  auto pack_rows = [&](int64_t b, int64_t h, int64_t t0, int64_t n, float* qs, float* dos, float* delta) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t src = ((b * T + t0 + i) * Hq + h) * D;
+      float* qrow = qs + i * Dp;
+      float* drow = dos + i * Dp;
+      float dot = 0.f;
+      for (int64_t d = 0; d < D; ++d) {
+        qrow[d] = scale * q[src + d];
+        drow[d] = dout[src + d];
+        dot += dout[src + d] * out[src + d];
+      }
+      std::fill(qrow + D, qrow + Dp, 0.f);
+      std::fill(drow + D, drow + Dp, 0.f);
+      delta[i] = dot;
+    }
+  };
+  // Key tile `tile` of kv head hk: Kᵀ and Vᵀ (for S and dP) and scale·K (for dQ), zero-padded.
+  auto pack_key_tile = [&](int64_t b, int64_t hk, int64_t tile, float* kt, float* vt, float* ks) {
+    const int64_t k0 = tile * BK, tile_keys = std::min(BK, T - k0);
+    for (int64_t j = 0; j < BK; ++j) {
+      const bool real = j < tile_keys;
+      const int64_t src = ((b * T + k0 + j) * Hkv + hk) * D;
+      for (int64_t d = 0; d < D; ++d) {
+        kt[d * BK + j] = real ? k[src + d] : 0.f;
+        vt[d * BK + j] = real ? v[src + d] : 0.f;
+        ks[j * Dp + d] = real ? scale * k[src + d] : 0.f;
+      }
+      std::fill(ks + j * Dp + D, ks + (j + 1) * Dp, 0.f);
+    }
+  };
+  // P and dS = P ⊙ (dP − Δ) of query rows [t0, t0 + M) of head h against one key tile; returns the
+  // number of keys that any of these rows may see (a prefix of the tile).
+  auto scores_and_grads = [&](int64_t b, int64_t h, int64_t tile, int64_t t0, const float* qs,
+                              const float* dos, const float* delta, const float* kt, const float* vt,
+                              float* p, float* ds) {
+    const int64_t* starts = doc_start.data() + b * T;
+    const float* lse_h = lse + (b * Hq + h) * T;
+    const int64_t k0 = tile * BK, M = std::min(BQ, T - t0), t_last = t0 + M - 1;
+    const int64_t keys = std::min(std::min(BK, T - k0), t_last + 1 - k0), ncols = round_up(keys, kW);
+    const bool unmasked = k0 >= starts[t_last] && k0 + ncols - 1 <= t0;
+    gemm<false>(M, ncols, D, qs, Dp, 1, kt, BK, p, BK);    // S = scale·Q·Kᵀ
+    gemm<false>(M, ncols, D, dos, Dp, 1, vt, BK, ds, BK);  // dP = dO·Vᵀ
+    for (int64_t i = 0; i < M; ++i) {
+      float* pr = p + i * BK;
+      float* dsr = ds + i * BK;
+      const Vec row_lse = vset(lse_h[t0 + i]), row_delta = vset(delta[i]);
+      for (int64_t j = 0; j < ncols; j += kW) {
+        const Vec pj = vexp(vsub(vload(pr + j), row_lse));
+        vstore(pr + j, pj);
+        vstore(dsr + j, vmul(pj, vsub(vload(dsr + j), row_delta)));
+      }
+      if (!unmasked) {
+        const ColumnRange c = allowed_columns(k0, ncols, starts[t0 + i], t0 + i);
+        for (int64_t j = 0; j < ncols; ++j)
+          if (j < c.lo || j > c.hi) pr[j] = dsr[j] = 0.f;
+      }
+    }
+    return keys;
+  };
+  // Last query (exclusive) that sees any key of the tile: documents starting after it end the range.
+  auto queries_end = [&](int64_t b, int64_t tile) {
+    const int64_t* starts = doc_start.data() + b * T;
+    const int64_t k1 = std::min(T, (tile + 1) * BK);
+    int64_t t_end = tile * BK;
+    while (t_end < T && starts[t_end] < k1) ++t_end;
+    return t_end;
+  };
+  auto write_kv_tile = [&](int64_t b, int64_t hk, int64_t tile, const float* dk_acc, const float* dv_acc) {
+    for (int64_t j = 0; j < std::min(BK, T - tile * BK); ++j) {
+      const int64_t dst = ((b * T + tile * BK + j) * Hkv + hk) * D;
+      std::memcpy(dk + dst, dk_acc + j * Dp, sizeof(float) * D);
+      std::memcpy(dv + dst, dv_acc + j * Dp, sizeof(float) * D);
+    }
+  };
+
+  // Two schedules with the same arithmetic. Fused: one task per (batch row, kv head) owns dk/dv of
+  // that head and dq of its query heads, so P and dS are computed once. When there are too few such
+  // tasks to occupy the threads, split instead: tasks over key tiles for dk/dv, then over query
+  // blocks for dq (recomputing P and dS). Every output element is accumulated in the same order by
+  // the same code either way (dq over key tiles in increasing order), so the bits do not depend on
+  // the schedule, and thus not on the thread count.
+  const int threads = omp_get_max_threads();
+  const bool fused = threads == 1 || B * Hkv >= 2 * threads;
+
 #pragma omp parallel
   {
-    // Per group of query heads: scale·Q, dO and the dQ accumulator (rows padded to Dp), and Δ.
-    float* qs = scratch(kQueries, group * T * Dp);
-    float* dos = scratch(kGradOut, group * T * Dp);
-    float* dqs = scratch(kGradQ, group * T * Dp);
-    float* delta = scratch(kDelta, group * T);
-    // Per key tile: Kᵀ and Vᵀ (for S and dP), scale·K (for dQ), and the dK, dV accumulators.
-    float* kt = scratch(kKeysT, D * kBwdBK);
-    float* vt = scratch(kValuesT, D * kBwdBK);
-    float* ks = scratch(kKeys, kBwdBK * Dp);
-    float* dk_acc = scratch(kGradK, kBwdBK * Dp);
-    float* dv_acc = scratch(kGradV, kBwdBK * Dp);
-    float* p = scratch(kScores, kBwdBQ * kBwdBK);
-    float* ds = scratch(kGradScores, kBwdBQ * kBwdBK);
+    float* kt = scratch(kKeysT, D * BK);
+    float* vt = scratch(kValuesT, D * BK);
+    float* ks = scratch(kKeys, BK * Dp);
+    float* dk_acc = scratch(kGradK, BK * Dp);
+    float* dv_acc = scratch(kGradV, BK * Dp);
+    float* p = scratch(kScores, BQ * BK);
+    float* ds = scratch(kGradScores, BQ * BK);
+    // Rows of scale·Q, dO, the dQ accumulator and Δ: a whole group of heads (fused) or one block.
+    const int64_t rows = fused ? group * T : BQ;
+    float* qs = scratch(kQueries, rows * Dp);
+    float* dos = scratch(kGradOut, rows * Dp);
+    float* dqs = scratch(kGradQ, rows * Dp);
+    float* delta = scratch(kDelta, rows);
+
+    if (fused) {
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t job = 0; job < jobs; ++job) {
-      const int64_t b = job / Hkv, hk = job % Hkv;
-      const int64_t* starts = doc_start.data() + b * T;
-      for (int64_t g = 0; g < group; ++g) {
-        const int64_t h = hk * group + g;
-        for (int64_t t = 0; t < T; ++t) {
-          const int64_t src = ((b * T + t) * Hq + h) * D;
-          float* qrow = qs + (g * T + t) * Dp;
-          float* drow = dos + (g * T + t) * Dp;
-          std::fill(qrow + D, qrow + Dp, 0.f);
-          std::fill(drow + D, drow + Dp, 0.f);
-          float dot = 0.f;
-          for (int64_t d = 0; d < D; ++d) {
-            qrow[d] = scale * q[src + d];
-            drow[d] = dout[src + d];
-            dot += dout[src + d] * out[src + d];
-          }
-          delta[g * T + t] = dot;
-        }
-      }
-      std::fill(dqs, dqs + group * T * Dp, 0.f);
-
-      for (int64_t tile = 0; tile < num_tiles; ++tile) {
-        const int64_t k0 = tile * kBwdBK, tile_keys = std::min(kBwdBK, T - k0);
-        for (int64_t j = 0; j < kBwdBK; ++j) {
-          const bool real = j < tile_keys;
-          const int64_t src = ((b * T + k0 + j) * Hkv + hk) * D;
-          for (int64_t d = 0; d < D; ++d) {
-            kt[d * kBwdBK + j] = real ? k[src + d] : 0.f;
-            vt[d * kBwdBK + j] = real ? v[src + d] : 0.f;
-            ks[j * Dp + d] = real ? scale * k[src + d] : 0.f;
-          }
-          std::fill(ks + j * Dp + D, ks + (j + 1) * Dp, 0.f);
-        }
-        std::fill(dk_acc, dk_acc + kBwdBK * Dp, 0.f);
-        std::fill(dv_acc, dv_acc + kBwdBK * Dp, 0.f);
-        // Queries that see this tile: t >= k0 up to the first t whose document starts after the tile.
-        int64_t t_end = k0;
-        while (t_end < T && starts[t_end] < k0 + tile_keys) ++t_end;
-
-        for (int64_t g = 0; g < group; ++g) {
-          const int64_t h = hk * group + g;
-          const float* lse_h = lse + (b * Hq + h) * T;
-          for (int64_t t0 = k0 / kBwdBQ * kBwdBQ; t0 < t_end; t0 += kBwdBQ) {
-            const int64_t M = std::min(kBwdBQ, T - t0), t_last = t0 + M - 1;
-            const int64_t keys = std::min(tile_keys, t_last + 1 - k0), ncols = round_up(keys, kW);
-            const bool unmasked = k0 >= starts[t_last] && k0 + ncols - 1 <= t0;
-            const float* qb = qs + (g * T + t0) * Dp;
-            const float* dob = dos + (g * T + t0) * Dp;
-            gemm<false>(M, ncols, D, qb, Dp, 1, kt, kBwdBK, p, kBwdBK);   // S = scale·Q·Kᵀ
-            gemm<false>(M, ncols, D, dob, Dp, 1, vt, kBwdBK, ds, kBwdBK); // dP = dO·Vᵀ
-            for (int64_t i = 0; i < M; ++i) {
-              float* pr = p + i * kBwdBK;
-              float* dsr = ds + i * kBwdBK;
-              const Vec row_lse = vset(lse_h[t0 + i]), row_delta = vset(delta[g * T + t0 + i]);
-              for (int64_t j = 0; j < ncols; j += kW) {
-                const Vec pj = vexp(vsub(vload(pr + j), row_lse));
-                vstore(pr + j, pj);
-                vstore(dsr + j, vmul(pj, vsub(vload(dsr + j), row_delta)));  // dS = P ⊙ (dP − Δ)
-              }
-              if (!unmasked) {
-                const ColumnRange c = allowed_columns(k0, ncols, starts[t0 + i], t0 + i);
-                for (int64_t j = 0; j < ncols; ++j)
-                  if (j < c.lo || j > c.hi) pr[j] = dsr[j] = 0.f;
-              }
+      for (int64_t job = 0; job < B * Hkv; ++job) {
+        const int64_t b = job / Hkv, hk = job % Hkv;
+        for (int64_t g = 0; g < group; ++g)
+          pack_rows(b, hk * group + g, 0, T, qs + g * T * Dp, dos + g * T * Dp, delta + g * T);
+        std::fill(dqs, dqs + group * T * Dp, 0.f);
+        for (int64_t tile = 0; tile < num_tiles; ++tile) {
+          pack_key_tile(b, hk, tile, kt, vt, ks);
+          std::fill(dk_acc, dk_acc + BK * Dp, 0.f);
+          std::fill(dv_acc, dv_acc + BK * Dp, 0.f);
+          const int64_t t_end = queries_end(b, tile);
+          for (int64_t g = 0; g < group; ++g)
+            for (int64_t t0 = tile * BK / BQ * BQ; t0 < t_end; t0 += BQ) {
+              const int64_t row = g * T + t0, M = std::min(BQ, T - t0);
+              const int64_t keys = scores_and_grads(b, hk * group + g, tile, t0, qs + row * Dp,
+                                                    dos + row * Dp, delta + row, kt, vt, p, ds);
+              gemm<true>(keys, Dp, M, p, 1, BK, dos + row * Dp, Dp, dv_acc, Dp);   // dV += Pᵀ·dO
+              gemm<true>(keys, Dp, M, ds, 1, BK, qs + row * Dp, Dp, dk_acc, Dp);   // dK += dSᵀ·scale·Q
+              gemm<true>(M, Dp, keys, ds, BK, 1, ks, Dp, dqs + row * Dp, Dp);      // dQ += dS·scale·K
             }
-            gemm<true>(keys, Dp, M, p, 1, kBwdBK, dob, Dp, dv_acc, Dp);  // dV += Pᵀ·dO
-            gemm<true>(keys, Dp, M, ds, 1, kBwdBK, qb, Dp, dk_acc, Dp);  // dK += dSᵀ·scale·Q
-            gemm<true>(M, Dp, keys, ds, kBwdBK, 1, ks, Dp,              // dQ += dS·scale·K
-                       dqs + (g * T + t0) * Dp, Dp);
-          }
+          write_kv_tile(b, hk, tile, dk_acc, dv_acc);
         }
-        for (int64_t j = 0; j < tile_keys; ++j) {
-          const int64_t dst = ((b * T + k0 + j) * Hkv + hk) * D;
-          std::memcpy(dk + dst, dk_acc + j * Dp, sizeof(float) * D);
-          std::memcpy(dv + dst, dv_acc + j * Dp, sizeof(float) * D);
-        }
+        for (int64_t g = 0; g < group; ++g)
+          for (int64_t t = 0; t < T; ++t)
+            std::memcpy(dq + ((b * T + t) * Hq + hk * group + g) * D, dqs + (g * T + t) * Dp,
+                        sizeof(float) * D);
       }
-      for (int64_t g = 0; g < group; ++g)
-        for (int64_t t = 0; t < T; ++t)
-          std::memcpy(dq + ((b * T + t) * Hq + hk * group + g) * D, dqs + (g * T + t) * Dp,
-                      sizeof(float) * D);
+    } else {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t job = 0; job < B * Hkv * num_tiles; ++job) {
+        const int64_t tile = job % num_tiles, hk = (job / num_tiles) % Hkv, b = job / (num_tiles * Hkv);
+        pack_key_tile(b, hk, tile, kt, vt, ks);
+        std::fill(dk_acc, dk_acc + BK * Dp, 0.f);
+        std::fill(dv_acc, dv_acc + BK * Dp, 0.f);
+        const int64_t t_end = queries_end(b, tile);
+        for (int64_t g = 0; g < group; ++g)
+          for (int64_t t0 = tile * BK / BQ * BQ; t0 < t_end; t0 += BQ) {
+            const int64_t h = hk * group + g, M = std::min(BQ, T - t0);
+            pack_rows(b, h, t0, M, qs, dos, delta);
+            const int64_t keys = scores_and_grads(b, h, tile, t0, qs, dos, delta, kt, vt, p, ds);
+            gemm<true>(keys, Dp, M, p, 1, BK, dos, Dp, dv_acc, Dp);
+            gemm<true>(keys, Dp, M, ds, 1, BK, qs, Dp, dk_acc, Dp);
+          }
+        write_kv_tile(b, hk, tile, dk_acc, dv_acc);
+      }
+      const int64_t num_blocks = (T + BQ - 1) / BQ;
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t job = 0; job < B * Hq * num_blocks; ++job) {
+        const int64_t block = num_blocks - 1 - job / (B * Hq), h = job % Hq, b = (job / Hq) % B;
+        const int64_t t0 = block * BQ, M = std::min(BQ, T - t0), t_last = t0 + M - 1;
+        pack_rows(b, h, t0, M, qs, dos, delta);
+        std::fill(dqs, dqs + M * Dp, 0.f);
+        // The same tiles, in the same order, that the fused schedule visits for this block.
+        for (int64_t tile = doc_start[b * T + t0] / BK; tile * BK <= t_last; ++tile) {
+          pack_key_tile(b, h / group, tile, kt, vt, ks);
+          const int64_t keys = scores_and_grads(b, h, tile, t0, qs, dos, delta, kt, vt, p, ds);
+          gemm<true>(M, Dp, keys, ds, BK, 1, ks, Dp, dqs, Dp);
+        }
+        for (int64_t i = 0; i < M; ++i)
+          std::memcpy(dq + ((b * T + t0 + i) * Hq + h) * D, dqs + i * Dp, sizeof(float) * D);
+      }
     }
   }
 }

@@ -281,16 +281,24 @@ bool same_bits(const Outputs& a, const Outputs& b) {
 }
 
 // Each task writes disjoint outputs in a fixed order, so the bits do not depend on the thread count.
+// The backward picks its schedule from the thread count (fused per kv head with enough batch×kv
+// heads, split over key tiles and query blocks otherwise): 1 thread runs the fused schedule for both
+// shapes, 2 threads split the first, 3 threads split both, and all must agree bit for bit.
 TEST(Attention, DeterministicAcrossRunsAndThreadCounts) {
-  const Case c{{2, 200, 4, 2, 40}, true, 0};
-  const Inputs in = make_inputs(c, 900);
-  set_num_threads(2);
-  const Outputs first = run_kernels(c.shape, in), second = run_kernels(c.shape, in);
-  set_num_threads(1);
-  const Outputs single = run_kernels(c.shape, in);
-  set_num_threads(0);
-  EXPECT_TRUE(same_bits(first, second));
-  EXPECT_TRUE(same_bits(first, single));
+  for (const Case& c : {Case{{1, 200, 3, 1, 40}, true, 0}, Case{{2, 150, 4, 2, 24}, false, 0}}) {
+    SCOPED_TRACE(describe(c));
+    const Inputs in = make_inputs(c, 900);
+    set_num_threads(2);
+    const Outputs first = run_kernels(c.shape, in), second = run_kernels(c.shape, in);
+    set_num_threads(1);
+    const Outputs single = run_kernels(c.shape, in);
+    set_num_threads(3);
+    const Outputs three = run_kernels(c.shape, in);
+    set_num_threads(0);
+    EXPECT_TRUE(same_bits(first, second));
+    EXPECT_TRUE(same_bits(first, single));
+    EXPECT_TRUE(same_bits(first, three));
+  }
 }
 
 }  // namespace
