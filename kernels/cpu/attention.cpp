@@ -1,13 +1,13 @@
 // Flash-style causal attention on the CPU (see attention.h for the contract).
 //
-// Both directions work on tiles: a block of kBQ query rows against a tile of kBK keys, so every inner
-// loop is a small matrix product C (M×N) += A (M×K) · B (K×N) with N contiguous and vectorized. K and
-// V are repacked once per call (K transposed, so Q·Kᵀ becomes such a product); the packed copies
-// are the size of k and v, so memory stays linear in T.
+// Both directions work on tiles: a block of query rows against a tile of keys, so every inner loop is
+// a small matrix product C (M×N) += A (M×K) · B (K×N) with N contiguous and vectorized. K is packed
+// transposed per tile (so Q·Kᵀ becomes such a product); the packed copies are at most the size of k
+// and v, so memory stays linear in T. Tiles outside a block's allowed key range are skipped.
 //
-// Determinism: every task (forward: one query block of one head; backward: one kv head of one batch
-// row with all its query heads) is computed by one thread in a fixed order and writes disjoint outputs,
-// so results are bit-identical for any thread count.
+// Determinism: every task (forward: one query block of one head; backward: see attention_backward)
+// is computed by one thread in a fixed order and writes disjoint outputs, so results are
+// bit-identical for any thread count.
 #include "kernels/cpu/attention.h"
 
 // GCC 12 reports its own AVX-512 headers' deliberate `__Y = __Y` placeholders as uninitialized.
@@ -128,9 +128,10 @@ inline float vreduce_add(Vec v) { return v; }
 inline Vec vexp(Vec x) { return x < -87.3f ? 0.f : std::exp(x); }
 #endif
 
-// Query rows per block and keys per tile (multiples of kW), tuned on Zen 4 for D = 64. The forward
-// wants wide key tiles: each row pays a fixed cost per tile (two reductions, a rescale of its
-// accumulator) that long tiles amortize.
+// Query rows per block and keys per tile (key tiles in whole vectors), tuned on Zen 4 for D = 64
+// (the differences between nearby choices were within the noise of a shared machine). The forward
+// likes wider key tiles: each row pays a fixed cost per tile (a max reduction, a rescale of its
+// accumulator) that long tiles amortize. Overridable at compile time for tuning experiments.
 #ifndef LLM_ATTN_FWD_BQ
 #define LLM_ATTN_FWD_BQ 96
 #define LLM_ATTN_FWD_BK 128
