@@ -208,7 +208,13 @@ TEST(RmsNorm, BackwardMatchesReference) {
     rmsnorm_backward(s.N, s.C, dy.data(), x.data(), w.data(), rstd.data(), dx.data(), dw.data());
     std::vector<double> rdx, rdw;
     ref_rmsnorm_backward(s.N, s.C, to_double(dy), to_double(x), to_double(w), &rdx, &rdw);
-    EXPECT_REL_NEAR(dx, rdx, 1e-5);
+    if (s.C > 1) {
+      EXPECT_REL_NEAR(dx, rdx, 1e-5);
+    } else {
+      // C = 1: dx = g rstd (1 - x² rstd²) with x² rstd² = 1 - O(eps), so the true dx is ~eps-sized
+      // and the fp32 rstd alone leaves ~1e-7 of the unit-sized g rstd; check that absolute scale.
+      for (size_t i = 0; i < dx.size(); ++i) EXPECT_NEAR(dx[i], rdx[i], 1e-5 * std::fabs(dy[i] * w[0] * rstd[i]));
+    }
     EXPECT_REL_NEAR(dw, rdw, 1e-5);
   }
 }
