@@ -125,7 +125,7 @@ std::string read_text(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int steps = 300, threads = 0;
+  int steps = 600, threads = 0;
   uint64_t seed = 1337;
   double expect_loss = -1;
   std::string data_path = std::string(LLM_SOURCE_DIR) + "/../shared/data/tinyshakespeare/input.txt";
@@ -187,7 +187,7 @@ int main(int argc, char** argv) {
     Tensor logits = forward(model, Tensor::from_vector(inputs, Shape{B, T}));
     Tensor loss = ops::cross_entropy(logits, Tensor::from_vector(targets, Shape{B, T}));
     loss.backward();
-    const float lr = 3e-3f * std::min(1.f, step / 20.f);
+    const float lr = 1e-2f * std::min(1.f, step / 20.f);
     opt.update(model.parameters(), lr);
     const float l = loss.item();
     loss_avg = step == 1 ? l : 0.9f * loss_avg + 0.1f * l;

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-build/examples/tiny_lm --steps "${STEPS:-300}"
+build/examples/tiny_lm --steps "${STEPS:-600}"

@@ -2,7 +2,7 @@
 //
 //   llm-bench kernels [--threads N] [--json]
 //
-// Each section (gemm today) is one function that measures its cases and hands rows to a Reporter,
+// Each section (gemm, attention) is one function that measures its cases and hands rows to a Reporter,
 // which prints either an aligned table or one JSON object per line.
 #include <omp.h>
 
@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/parallel.h"
 
@@ -44,7 +45,7 @@ class Reporter {
   void section(const std::string& title, bool has_ref) {
     if (json_) return;
     std::printf("\n%s\n", title.c_str());
-    std::printf("%-8s %-22s %-8s %12s", "op", "shape (MxKxN)", "pass", "GFLOP/s");
+    std::printf("%-9s %-22s %-8s %12s", "op", "shape", "pass", "GFLOP/s");
     if (has_ref) std::printf(" %12s %8s", "ref GFLOP/s", "ratio");
     std::printf("\n");
   }
@@ -56,7 +57,7 @@ class Reporter {
       if (r.ref_gflops >= 0) std::printf(",\"ref_gflops\":%.2f", r.ref_gflops);
       std::printf("}\n");
     } else {
-      std::printf("%-8s %-22s %-8s %12.1f", r.op.c_str(), r.shape.c_str(), r.pass.c_str(), r.gflops);
+      std::printf("%-9s %-22s %-8s %12.1f", r.op.c_str(), r.shape.c_str(), r.pass.c_str(), r.gflops);
       if (r.ref_gflops >= 0) std::printf(" %12.1f %7.1f%%", r.ref_gflops, 100.0 * r.gflops / r.ref_gflops);
       std::printf("\n");
     }
@@ -68,23 +69,30 @@ class Reporter {
   int threads_;
 };
 
-// Seconds per call of `first` and of `second`, called alternately for at least `min_repeats` pairs and
-// ~min_seconds, after warm-up.
+void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(150)); }
+
+// Seconds per call of `first` and of `second`, after warm-up, measured in alternating blocks of
+// ~min_seconds/rounds each with a pause between blocks. Blocks, not call-by-call interleaving: an
+// OpenMP or OpenBLAS thread pool keeps spinning for a while after its call and would steal the core
+// from the other library's threads; the pause lets it go to sleep.
 template <typename Fn1, typename Fn2>
 void time_calls(Fn1&& first, Fn2&& second, std::vector<double>* first_times, std::vector<double>* second_times,
-                int min_repeats = 10, double min_seconds = 0.5) {
+                int rounds = 3, double min_seconds = 0.6) {
   using clock = std::chrono::steady_clock;
-  const auto timed = [](auto& fn, std::vector<double>* times) {
-    const auto t0 = clock::now();
-    fn();
-    times->push_back(std::chrono::duration<double>(clock::now() - t0).count());
+  const auto block = [&](auto& fn, std::vector<double>* times) {
+    settle();
+    fn();  // warm-up: caches, page faults, thread pool start
+    const auto start = clock::now();
+    for (int n = 0; n < 5 || std::chrono::duration<double>(clock::now() - start).count() < min_seconds / rounds; ++n) {
+      const auto t0 = clock::now();
+      fn();
+      times->push_back(std::chrono::duration<double>(clock::now() - t0).count());
+      if (n >= 2000) break;
+    }
   };
-  for (int i = 0; i < 2; ++i) first(), second();
-  const auto start = clock::now();
-  for (int n = 0; n < min_repeats || std::chrono::duration<double>(clock::now() - start).count() < min_seconds; ++n) {
-    timed(first, first_times);
-    timed(second, second_times);
-    if (n >= 2000) break;
+  for (int r = 0; r < rounds; ++r) {
+    block(first, first_times);
+    block(second, second_times);
   }
 }
 
@@ -92,8 +100,6 @@ double median(std::vector<double> v) {
   std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
   return v[v.size() / 2];
 }
-
-void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(150)); }
 
 std::vector<float> random_vector(size_t n, uint32_t seed) {
   std::mt19937 gen(seed);
@@ -158,17 +164,43 @@ void bench_gemm(Reporter& reporter, int threads) {
                   int(g.M), int(g.N), int(g.K), 1.f, A.data(), int(lda), B.data(), int(ldb), 0.f, C.data(), int(ldc));
     };
 #endif
-    // Interleave the two libraries call by call so load from other processes hits both alike.
-    settle();
 #if defined(LLM_HAVE_OPENBLAS)
     time_calls([&] { ours(); }, [&] { reference(); }, &our_times, &ref_times);
 #else
-    time_calls([&] { ours(); }, [] {}, &our_times, &ref_times);
+    time_calls([&] { ours(); }, [] {}, &our_times, &ref_times, 1);
     ref_times.clear();
 #endif
     row.gflops = flop / median(our_times) * 1e-9;
     if (!ref_times.empty()) row.ref_gflops = flop / median(ref_times) * 1e-9;
     reporter.row(row);
+  }
+}
+
+// Causal attention at GPT-2 small's head geometry (B=4, H=12, D=64). FLOPs are counted as
+// FlashAttention does: forward 4·B·H·T²·D / 2 (causal half), backward 2.5× that.
+void bench_attention(Reporter& reporter, int threads) {
+  reporter.section("attention (causal, flash-style)  threads=" + std::to_string(threads), false);
+  for (const int64_t T : {64, 256, 1024}) {
+    const llm::cpu::AttentionShape s{4, T, 12, 12, 64};
+    const size_t n = size_t(s.B * s.T * s.Hq * s.D);
+    const std::vector<float> q = random_vector(n, 1), k = random_vector(n, 2), v = random_vector(n, 3),
+                             dout = random_vector(n, 4);
+    std::vector<float> out(n), lse(size_t(s.B * s.Hq * s.T)), dq(n), dk(n), dv(n);
+    const float scale = 0.125f;
+    const auto forward = [&] {
+      llm::cpu::attention_forward(s, q.data(), k.data(), v.data(), nullptr, scale, out.data(), lse.data());
+    };
+    const auto backward = [&] {
+      llm::cpu::attention_backward(s, q.data(), k.data(), v.data(), nullptr, scale, out.data(), lse.data(),
+                                   dout.data(), dq.data(), dk.data(), dv.data());
+    };
+    forward();  // backward reads out and lse
+    std::vector<double> fwd_times, bwd_times;
+    time_calls(forward, backward, &fwd_times, &bwd_times);
+    const double fwd_flop = 4.0 * s.B * s.Hq * double(T) * double(T) * s.D / 2;
+    const std::string shape = "B4 H12 T" + std::to_string(T) + " D64";
+    reporter.row({"attention", shape, "forward", fwd_flop / median(fwd_times) * 1e-9});
+    reporter.row({"attention", shape, "backward", 2.5 * fwd_flop / median(bwd_times) * 1e-9});
   }
 }
 
@@ -178,6 +210,7 @@ int run_kernels(const Options& options) {
   const int threads = llm::cpu::num_threads();
   Reporter reporter(options, threads);
   bench_gemm(reporter, threads);
+  bench_attention(reporter, threads);
   return 0;
 }
 
