@@ -57,7 +57,8 @@ Tensor embedding(const Tensor& ids, const Tensor& table);
 Tensor rope(const Tensor& x, const Tensor& positions, float theta,
             cpu::RopeLayout layout = cpu::RopeLayout::kHalf);
 // Causal attention. q [B, T, Hq, D], k and v [B, T, Hkv, D] (Hq a multiple of Hkv) → [B, T, Hq, D].
-// doc (optional, i32 [B, T]): segment ids; a token attends only within its own segment.
+// doc (optional, i32 [B, T]): segment ids; each run of equal ids is one packed document, and a
+// token attends only to earlier tokens of its own run.
 // scale <= 0 means 1/sqrt(D).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& doc = Tensor(),
                  float scale = 0.f);

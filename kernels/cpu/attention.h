@@ -15,8 +15,9 @@ struct AttentionShape {
 
 // Layouts (contiguous, row-major): q, out, dout, dq: [B, T, Hq, D]; k, v, dk, dv: [B, T, Hkv, D];
 // lse: [B, Hq, T] (natural-log sum of exp of the scaled scores, saved for backward).
-// doc: optional [B, T] segment ids; query t attends to key s iff s <= t and doc[b,s] == doc[b,t]
-// (null: plain causal). Packed documents are contiguous runs of equal ids.
+// doc: optional [B, T] segment ids for packed sequences: each maximal run of equal ids is one
+// document, and query t attends to key s iff s <= t and s lies in t's run (null: plain causal). An id
+// that reappears after a different one starts a new document.
 // scale is usually 1/sqrt(D).
 void attention_forward(const AttentionShape& shape, const float* q, const float* k, const float* v,
                        const int32_t* doc, float scale, float* out, float* lse);
