@@ -23,6 +23,9 @@ Tensor squeeze(const Tensor& x, int dim);
 Tensor clone(const Tensor& x);  // contiguous copy
 // Concatenation along dim (all other sizes equal).
 Tensor cat(const std::vector<Tensor>& xs, int dim);
+// Splits x along dim into contiguous pieces of the given sizes (summing to x's size there); one node
+// whose backward concatenates the pieces' gradients (e.g. a fused QKV projection into q, k, v).
+std::vector<Tensor> split(const Tensor& x, int dim, const std::vector<int64_t>& sizes);
 
 // ---- elementwise and reductions -- elementwise_ops.cpp --------------------------------------
 // Broadcasting: b has a's shape, or a suffix of it (a bias row, [C] against [..., C]), or one element.

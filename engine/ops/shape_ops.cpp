@@ -247,4 +247,43 @@ Tensor cat(const std::vector<Tensor>& xs, int dim) {
   return out;
 }
 
+namespace {
+struct SplitBackward : Node {
+  int dim = 0;
+  std::vector<Shape> shapes;
+  std::vector<Tensor> apply(std::vector<Tensor> g) override {
+    std::vector<Tensor> parts;
+    for (size_t i = 0; i < shapes.size(); ++i)
+      parts.push_back(g[i].defined() ? g[i] : Tensor::zeros(shapes[i]));  // an unused piece has zero gradient
+    return {cat(parts, dim)};
+  }
+  std::string name() const override { return "SplitBackward"; }
+};
+}  // namespace
+
+std::vector<Tensor> split(const Tensor& x, int dim, const std::vector<int64_t>& sizes) {
+  check_defined(x, "split", "x");
+  const int d = x.shape().wrap_dim(dim);
+  int64_t total = 0;
+  for (int64_t s : sizes) total += s;
+  LLM_CHECK(total == x.shape()[d], "split: sizes add up to ", total, ", but dimension ", d, " of ", x.str(), " has ",
+            x.shape()[d]);
+  std::vector<Tensor> out;
+  {
+    NoGradGuard no_grad;
+    int64_t start = 0;
+    for (int64_t s : sizes) {
+      out.push_back(clone(slice(x, d, start, start + s)));
+      start += s;
+    }
+  }
+  std::vector<Tensor*> outputs;
+  for (Tensor& t : out) outputs.push_back(&t);
+  record_op<SplitBackward>({&x}, outputs, [&](SplitBackward& n) {
+    n.dim = d;
+    for (const Tensor& t : out) n.shapes.push_back(t.shape());
+  });
+  return out;
+}
+
 }  // namespace llm::ops

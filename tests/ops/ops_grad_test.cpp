@@ -31,6 +31,10 @@ TEST(OpsGrad, Shapes) {
   gradcheck([](const V& in) { return in[0].slice(1, 1, 3).select(0, 1); }, {param(Shape{2, 4, 3}, 3)});
   gradcheck([](const V& in) { return ops::cat({in[0], in[1]}, 1); }, {param(Shape{2, 3}, 4), param(Shape{2, 5}, 5)});
   gradcheck([](const V& in) { return in[0].unsqueeze(1).squeeze(1).clone(); }, {param(Shape{3, 2}, 6)});
+  gradcheck([](const V& in) {  // pieces used unevenly, one not at all
+    auto p = ops::split(in[0], -1, {2, 3, 1});
+    return ops::cat({ops::scale(p[0], 2.f), p[2]}, -1);
+  }, {param(Shape{2, 6}, 7)});
 }
 
 TEST(OpsGrad, Matmul) {

@@ -1,0 +1,131 @@
+#include "engine/io/hf_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include "engine/core/error.h"
+
+namespace llm::io {
+
+using json = nlohmann::json;
+using models::Arch;
+using models::ModelConfig;
+
+namespace {
+// Typed access to config keys with errors that name the file and key.
+class Keys {
+ public:
+  Keys(const json& j, const std::string& source) : j_(j), source_(source) {}
+
+  bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
+
+  int64_t integer(const char* key) const {
+    LLM_CHECK(has(key), source_, ": missing key '", key, "'");
+    return integer_or(key, 0);
+  }
+  int64_t integer_or(const char* key, int64_t fallback) const {
+    if (!has(key)) return fallback;
+    const json& v = j_[key];
+    LLM_CHECK(v.is_number_integer(), source_, ": key '", key, "': expected an integer, got ", v.dump());
+    return v.get<int64_t>();
+  }
+  double number_or(const char* key, double fallback) const {
+    if (!has(key)) return fallback;
+    const json& v = j_[key];
+    LLM_CHECK(v.is_number(), source_, ": key '", key, "': expected a number, got ", v.dump());
+    return v.get<double>();
+  }
+  bool boolean_or(const char* key, bool fallback) const {
+    if (!has(key)) return fallback;
+    const json& v = j_[key];
+    LLM_CHECK(v.is_boolean(), source_, ": key '", key, "': expected true or false, got ", v.dump());
+    return v.get<bool>();
+  }
+  std::string string(const char* key) const {
+    LLM_CHECK(has(key) && j_[key].is_string(), source_, ": key '", key, "': expected a string");
+    return j_[key].get<std::string>();
+  }
+
+ private:
+  const json& j_;
+  const std::string& source_;
+};
+}  // namespace
+
+ModelConfig config_from_hf_json(const std::string& text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw Error(source + ": not valid JSON: " + e.what());
+  }
+  LLM_CHECK(j.is_object(), source, ": expected a JSON object");
+  const Keys k(j, source);
+  const std::string type = k.string("model_type");
+  ModelConfig c;
+  if (type == "gpt2") {
+    c.arch = Arch::GPT2;
+    c.vocab_size = k.integer("vocab_size");
+    c.max_seq_len = k.has("n_positions") ? k.integer("n_positions") : k.integer("n_ctx");
+    c.dim = k.integer("n_embd");
+    c.n_layers = k.integer("n_layer");
+    c.n_heads = k.integer("n_head");
+    c.n_kv_heads = c.n_heads;
+    c.hidden_dim = k.integer_or("n_inner", 4 * c.dim);
+    c.norm_eps = static_cast<float>(k.number_or("layer_norm_epsilon", 1e-5));
+    c.tie_embeddings = k.boolean_or("tie_word_embeddings", true);
+    if (k.has("activation_function")) {
+      const std::string act = k.string("activation_function");
+      LLM_CHECK(act == "gelu_new" || act == "gelu_pytorch_tanh", source, ": key 'activation_function': '", act,
+                "' is not supported (the tanh-approximate GELU is)");
+    }
+  } else if (type == "llama" || type == "mistral" || type == "qwen2") {
+    c.arch = Arch::Llama;
+    c.vocab_size = k.integer("vocab_size");
+    c.max_seq_len = k.integer("max_position_embeddings");
+    c.dim = k.integer("hidden_size");
+    c.n_layers = k.integer("num_hidden_layers");
+    c.n_heads = k.integer("num_attention_heads");
+    c.n_kv_heads = k.integer_or("num_key_value_heads", c.n_heads);
+    c.hidden_dim = k.integer("intermediate_size");
+    c.norm_eps = static_cast<float>(k.number_or("rms_norm_eps", 1e-6));
+    c.rope_theta = static_cast<float>(k.number_or("rope_theta", 10000.0));
+    c.tie_embeddings = k.boolean_or("tie_word_embeddings", false);
+    c.attention_bias = type == "qwen2" ? true : k.boolean_or("attention_bias", false);
+    if (k.has("head_dim"))
+      LLM_CHECK(k.integer("head_dim") == c.dim / std::max<int64_t>(c.n_heads, 1), source,
+                ": key 'head_dim': a head_dim other than hidden_size / num_attention_heads is not supported");
+    LLM_CHECK(!k.has("rope_scaling"), source, ": key 'rope_scaling': RoPE scaling is not supported");
+    if (k.has("hidden_act"))
+      LLM_CHECK(k.string("hidden_act") == "silu", source, ": key 'hidden_act': '", k.string("hidden_act"),
+                "' is not supported (silu is)");
+  } else {
+    throw Error(source + ": key 'model_type': unknown architecture '" + type +
+                "' (supported: gpt2, llama, mistral, qwen2)");
+  }
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    throw Error(source + ": " + e.what());
+  }
+  return c;
+}
+
+std::string config_to_hf_json(const ModelConfig& c) {
+  json j;
+  if (c.arch == Arch::GPT2) {
+    j = {{"architectures", {"GPT2LMHeadModel"}}, {"model_type", "gpt2"}, {"vocab_size", c.vocab_size},
+         {"n_positions", c.max_seq_len}, {"n_ctx", c.max_seq_len}, {"n_embd", c.dim}, {"n_layer", c.n_layers},
+         {"n_head", c.n_heads}, {"n_inner", c.hidden_dim}, {"layer_norm_epsilon", c.norm_eps},
+         {"activation_function", "gelu_new"}, {"tie_word_embeddings", true}};
+  } else {
+    j = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", c.vocab_size},
+         {"max_position_embeddings", c.max_seq_len}, {"hidden_size", c.dim}, {"num_hidden_layers", c.n_layers},
+         {"num_attention_heads", c.n_heads}, {"num_key_value_heads", c.n_kv_heads},
+         {"intermediate_size", c.hidden_dim}, {"rms_norm_eps", c.norm_eps}, {"rope_theta", c.rope_theta},
+         {"tie_word_embeddings", c.tie_embeddings}, {"attention_bias", c.attention_bias}, {"hidden_act", "silu"}};
+  }
+  j["torch_dtype"] = "float32";
+  return j.dump(2) + "\n";
+}
+
+}  // namespace llm::io

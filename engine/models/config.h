@@ -1,0 +1,38 @@
+// One model configuration for both families. Fields map one to one onto the keys of a Hugging Face
+// config.json of each family (see engine/io for the mapping).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace llm::models {
+
+enum class Arch {
+  GPT2,   // learned positions, pre-LayerNorm, GELU MLP, biases, tied embeddings
+  Llama,  // RMSNorm, RoPE, SwiGLU MLP, grouped-query attention, no biases (Mistral; Qwen2 with attention_bias)
+};
+
+struct ModelConfig {
+  Arch arch = Arch::Llama;
+  int64_t vocab_size = 0;
+  int64_t max_seq_len = 0;  // n_positions / max_position_embeddings
+  int64_t dim = 0;          // n_embd / hidden_size
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;   // = n_heads for GPT-2
+  int64_t hidden_dim = 0;   // MLP width: 4·dim for GPT-2, intermediate_size for LLaMA
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.f;
+  bool tie_embeddings = true;
+  bool attention_bias = false;  // biases on q/k/v projections (Qwen2)
+
+  int64_t head_dim() const { return n_heads ? dim / n_heads : 0; }
+  const char* arch_name() const { return arch == Arch::GPT2 ? "gpt2" : "llama"; }
+  // Throws llm::Error naming the first inconsistent field.
+  void validate() const;
+  // A readable one-line summary ("llama: 2 layers, dim 48, 4/2 heads, ...").
+  std::string summary() const;
+  // Parameters of a model with this configuration.
+  int64_t num_parameters() const;
+};
+
+}  // namespace llm::models

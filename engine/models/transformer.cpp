@@ -1,0 +1,224 @@
+#include "engine/models/transformer.h"
+
+#include <cmath>
+
+namespace llm::models {
+
+// ---- config ---------------------------------------------------------------------------------
+void ModelConfig::validate() const {
+  auto positive = [](int64_t v, const char* name) { LLM_CHECK(v > 0, "model config: ", name, " must be positive, got ", v); };
+  positive(vocab_size, "vocab_size");
+  positive(max_seq_len, "max_seq_len");
+  positive(dim, "dim");
+  positive(n_layers, "n_layers");
+  positive(n_heads, "n_heads");
+  positive(n_kv_heads, "n_kv_heads");
+  positive(hidden_dim, "hidden_dim");
+  LLM_CHECK(dim % n_heads == 0, "model config: dim ", dim, " is not a multiple of n_heads ", n_heads);
+  LLM_CHECK(n_heads % n_kv_heads == 0, "model config: n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads);
+  LLM_CHECK(arch != Arch::GPT2 || n_kv_heads == n_heads, "model config: GPT-2 has n_kv_heads == n_heads");
+  LLM_CHECK(arch != Arch::Llama || head_dim() % 2 == 0, "model config: RoPE needs an even head_dim, got ", head_dim());
+  LLM_CHECK(norm_eps > 0, "model config: norm_eps must be positive");
+  LLM_CHECK(arch != Arch::Llama || rope_theta > 0, "model config: rope_theta must be positive");
+}
+
+std::string ModelConfig::summary() const {
+  return std::string(arch_name()) + ": " + std::to_string(n_layers) + " layers, dim " + std::to_string(dim) + ", " +
+         std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " heads, mlp " + std::to_string(hidden_dim) +
+         ", vocab " + std::to_string(vocab_size) + ", context " + std::to_string(max_seq_len) +
+         (tie_embeddings ? ", tied embeddings" : "");
+}
+
+int64_t ModelConfig::num_parameters() const {
+  const int64_t kv = n_kv_heads * head_dim();
+  int64_t per_layer, n;
+  if (arch == Arch::GPT2) {
+    per_layer = 2 * 2 * dim + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + (dim * hidden_dim + hidden_dim) +
+                (hidden_dim * dim + dim);
+    n = vocab_size * dim + max_seq_len * dim + 2 * dim;
+  } else {
+    per_layer = 2 * dim + dim * dim * 2 + 2 * dim * kv + 3 * dim * hidden_dim + (attention_bias ? dim + 2 * kv : 0);
+    n = vocab_size * dim + dim;
+  }
+  return n + n_layers * per_layer + (tie_embeddings ? 0 : vocab_size * dim);
+}
+
+// ---- initialization -------------------------------------------------------------------------
+namespace {
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Positions 0..T-1, as the default for every row.
+Tensor default_positions(int64_t T) {
+  std::vector<int32_t> p(T);
+  for (int64_t t = 0; t < T; ++t) p[t] = static_cast<int32_t>(t);
+  return Tensor::from_vector(p, Shape{T});
+}
+}  // namespace
+
+void CausalLM::init_weights(uint64_t seed) {
+  NoGradGuard no_grad;
+  Generator gen(seed);
+  const float std = 0.02f, residual_std = 0.02f / std::sqrt(2.f * config_.n_layers);
+  for (auto& [name, p] : named_parameters()) {
+    if (p.dim() >= 2) {
+      const bool residual = ends_with(name, "attn.c_proj.weight") || ends_with(name, "mlp.c_proj.weight") ||
+                            ends_with(name, "o_proj.weight") || ends_with(name, "down_proj.weight");
+      p.copy_(Tensor::randn(p.shape(), gen, 0.f, residual ? residual_std : std));
+    } else {
+      p.fill_(ends_with(name, "norm.weight") || ends_with(name, "ln_1.weight") || ends_with(name, "ln_2.weight") ||
+                      ends_with(name, "ln_f.weight")
+                  ? 1.0
+                  : 0.0);
+    }
+  }
+}
+
+// ---- GPT-2 ----------------------------------------------------------------------------------
+namespace {
+class GPT2Block : public nn::Module {
+ public:
+  explicit GPT2Block(const ModelConfig& c)
+      : ln_1(c.dim, c.norm_eps), c_attn(c.dim, 3 * c.dim, true), attn_proj(c.dim, c.dim, true),
+        ln_2(c.dim, c.norm_eps), c_fc(c.dim, c.hidden_dim, true), mlp_proj(c.hidden_dim, c.dim, true),
+        heads_(c.n_heads) {
+    register_module("ln_1", &ln_1);
+    register_module("attn.c_attn", &c_attn);
+    register_module("attn.c_proj", &attn_proj);
+    register_module("ln_2", &ln_2);
+    register_module("mlp.c_fc", &c_fc);
+    register_module("mlp.c_proj", &mlp_proj);
+  }
+
+  Tensor forward(const Tensor& x, const Tensor& doc) const {
+    const int64_t B = x.size(0), T = x.size(1), C = x.size(2), hd = C / heads_;
+    const std::vector<Tensor> qkv = ops::split(c_attn.forward(ln_1.forward(x)), -1, {C, C, C});
+    const Shape heads{B, T, heads_, hd};
+    const Tensor y = ops::attention(qkv[0].view(heads), qkv[1].view(heads), qkv[2].view(heads), doc);
+    const Tensor h = x + attn_proj.forward(y.view(Shape{B, T, C}));
+    return h + mlp_proj.forward(ops::gelu(c_fc.forward(ln_2.forward(h))));
+  }
+
+  nn::LayerNorm ln_1;
+  nn::Linear c_attn, attn_proj;
+  nn::LayerNorm ln_2;
+  nn::Linear c_fc, mlp_proj;
+
+ private:
+  int64_t heads_;
+};
+
+class GPT2 : public CausalLM {
+ public:
+  explicit GPT2(const ModelConfig& c) : CausalLM(c), wte(c.vocab_size, c.dim), wpe(c.max_seq_len, c.dim), ln_f(c.dim, c.norm_eps) {
+    LLM_CHECK(c.tie_embeddings, "model config: GPT-2 ties its output head to the token embedding");
+    register_module("transformer.wte", &wte);
+    register_module("transformer.wpe", &wpe);
+    for (int64_t i = 0; i < c.n_layers; ++i) {
+      blocks.push_back(std::make_unique<GPT2Block>(c));
+      register_module("transformer.h." + std::to_string(i), blocks.back().get());
+    }
+    register_module("transformer.ln_f", &ln_f);
+  }
+
+  Tensor forward(const Tensor& ids, const ForwardOptions& options) override {
+    LLM_CHECK(ids.dim() == 2, "gpt2: token ids must be [B, T], got ", ids.str());
+    const int64_t T = ids.size(1);
+    LLM_CHECK(T <= config_.max_seq_len, "gpt2: sequence length ", T, " exceeds the context of ", config_.max_seq_len);
+    const Tensor positions = options.positions.defined() ? options.positions : default_positions(T);
+    Tensor x = wte.forward(ids) + wpe.forward(positions);
+    for (const auto& block : blocks) x = block->forward(x, options.doc);
+    return ops::linear(ln_f.forward(x), wte.weight);
+  }
+
+  nn::Embedding wte, wpe;
+  std::vector<std::unique_ptr<GPT2Block>> blocks;
+  nn::LayerNorm ln_f;
+};
+
+// ---- LLaMA ----------------------------------------------------------------------------------
+class LlamaBlock : public nn::Module {
+ public:
+  explicit LlamaBlock(const ModelConfig& c)
+      : input_layernorm(c.dim, c.norm_eps),
+        q_proj(c.dim, c.n_heads * c.head_dim(), c.attention_bias),
+        k_proj(c.dim, c.n_kv_heads * c.head_dim(), c.attention_bias),
+        v_proj(c.dim, c.n_kv_heads * c.head_dim(), c.attention_bias),
+        o_proj(c.n_heads * c.head_dim(), c.dim, false),
+        post_attention_layernorm(c.dim, c.norm_eps),
+        gate_proj(c.dim, c.hidden_dim, false), up_proj(c.dim, c.hidden_dim, false), down_proj(c.hidden_dim, c.dim, false),
+        config_(c) {
+    register_module("input_layernorm", &input_layernorm);
+    register_module("self_attn.q_proj", &q_proj);
+    register_module("self_attn.k_proj", &k_proj);
+    register_module("self_attn.v_proj", &v_proj);
+    register_module("self_attn.o_proj", &o_proj);
+    register_module("post_attention_layernorm", &post_attention_layernorm);
+    register_module("mlp.gate_proj", &gate_proj);
+    register_module("mlp.up_proj", &up_proj);
+    register_module("mlp.down_proj", &down_proj);
+  }
+
+  Tensor forward(const Tensor& x, const Tensor& positions, const Tensor& doc) const {
+    const int64_t B = x.size(0), T = x.size(1), hd = config_.head_dim();
+    const Tensor h = input_layernorm.forward(x);
+    const Tensor q = ops::rope(q_proj.forward(h).view(Shape{B, T, config_.n_heads, hd}), positions, config_.rope_theta);
+    const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope_theta);
+    const Tensor v = v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd});
+    const Tensor y = ops::attention(q, k, v, doc).view(Shape{B, T, config_.n_heads * hd});
+    const Tensor r = x + o_proj.forward(y);
+    const Tensor m = post_attention_layernorm.forward(r);
+    return r + down_proj.forward(ops::swiglu(gate_proj.forward(m), up_proj.forward(m)));
+  }
+
+  nn::RMSNorm input_layernorm;
+  nn::Linear q_proj, k_proj, v_proj, o_proj;
+  nn::RMSNorm post_attention_layernorm;
+  nn::Linear gate_proj, up_proj, down_proj;
+
+ private:
+  ModelConfig config_;
+};
+
+class Llama : public CausalLM {
+ public:
+  explicit Llama(const ModelConfig& c)
+      : CausalLM(c), embed_tokens(c.vocab_size, c.dim), norm(c.dim, c.norm_eps) {
+    register_module("model.embed_tokens", &embed_tokens);
+    for (int64_t i = 0; i < c.n_layers; ++i) {
+      blocks.push_back(std::make_unique<LlamaBlock>(c));
+      register_module("model.layers." + std::to_string(i), blocks.back().get());
+    }
+    register_module("model.norm", &norm);
+    if (!c.tie_embeddings) {
+      lm_head = std::make_unique<nn::Linear>(c.dim, c.vocab_size, false);
+      register_module("lm_head", lm_head.get());
+    }
+  }
+
+  Tensor forward(const Tensor& ids, const ForwardOptions& options) override {
+    LLM_CHECK(ids.dim() == 2, "llama: token ids must be [B, T], got ", ids.str());
+    const Tensor positions = options.positions.defined() ? options.positions : default_positions(ids.size(1));
+    Tensor x = embed_tokens.forward(ids);
+    for (const auto& block : blocks) x = block->forward(x, positions, options.doc);
+    return ops::linear(norm.forward(x), lm_head ? lm_head->weight : embed_tokens.weight);
+  }
+
+  nn::Embedding embed_tokens;
+  std::vector<std::unique_ptr<LlamaBlock>> blocks;
+  nn::RMSNorm norm;
+  std::unique_ptr<nn::Linear> lm_head;  // only when untied
+};
+}  // namespace
+
+std::unique_ptr<CausalLM> make_model(const ModelConfig& config, uint64_t seed) {
+  config.validate();
+  std::unique_ptr<CausalLM> model;
+  if (config.arch == Arch::GPT2) model = std::make_unique<GPT2>(config);
+  else model = std::make_unique<Llama>(config);
+  model->init_weights(seed);
+  return model;
+}
+
+}  // namespace llm::models

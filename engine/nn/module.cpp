@@ -1,0 +1,96 @@
+#include "engine/nn/module.h"
+
+#include <set>
+
+namespace llm::nn {
+
+void Module::register_parameter(const std::string& name, Tensor* slot) {
+  slot->set_requires_grad(true);
+  params_.emplace_back(name, slot);
+}
+
+void Module::register_module(const std::string& name, Module* child) { children_.emplace_back(name, child); }
+
+void Module::collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>* out) const {
+  for (const auto& [name, slot] : params_)
+    if (slot->defined()) out->emplace_back(prefix + name, *slot);
+  for (const auto& [name, child] : children_) child->collect(prefix + name + ".", out);
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  collect("", &out);
+  return out;
+}
+
+std::vector<Tensor> Module::parameters() const {
+  std::vector<Tensor> out;
+  for (auto& [name, t] : named_parameters()) out.push_back(t);
+  return out;
+}
+
+int64_t Module::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& [name, t] : named_parameters()) n += t.numel();
+  return n;
+}
+
+Tensor Module::parameter(const std::string& name) const {
+  for (const auto& [n, t] : named_parameters())
+    if (n == name) return t;
+  throw Error("no parameter named '" + name + "' in this model");
+}
+
+void Module::load_state(const std::map<std::string, Tensor>& tensors, bool strict) {
+  NoGradGuard no_grad;
+  std::set<std::string> used;
+  std::vector<std::string> missing;
+  for (auto& [name, param] : named_parameters()) {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) {
+      missing.push_back(name);
+      continue;
+    }
+    LLM_CHECK(it->second.shape() == param.shape(), "tensor '", name, "' has shape ", it->second.shape().str(),
+              ", but the model expects ", param.shape().str());
+    param.copy_(it->second);
+    used.insert(name);
+  }
+  if (!strict) return;
+  LLM_CHECK(missing.empty(), "missing tensor '", missing.front(), "'", missing.size() > 1 ? " (and " : "",
+            missing.size() > 1 ? std::to_string(missing.size() - 1) + " more)" : "");
+  for (const auto& [name, t] : tensors) LLM_CHECK(used.count(name), "unexpected tensor '", name, "' (", t.str(), ")");
+}
+
+void Module::set_training(bool on) {
+  training_ = on;
+  for (auto& [name, child] : children_) child->set_training(on);
+}
+
+Linear::Linear(int64_t in, int64_t out, bool has_bias) {
+  weight = Tensor::zeros(Shape{out, in});
+  register_parameter("weight", &weight);
+  if (has_bias) {
+    bias = Tensor::zeros(Shape{out});
+    register_parameter("bias", &bias);
+  }
+}
+
+Embedding::Embedding(int64_t vocab, int64_t dim) {
+  weight = Tensor::zeros(Shape{vocab, dim});
+  register_parameter("weight", &weight);
+}
+
+LayerNorm::LayerNorm(int64_t dim, float eps_) : eps(eps_) {
+  weight = Tensor::ones(Shape{dim});
+  bias = Tensor::zeros(Shape{dim});
+  register_parameter("weight", &weight);
+  register_parameter("bias", &bias);
+}
+
+RMSNorm::RMSNorm(int64_t dim, float eps_) : eps(eps_) {
+  weight = Tensor::ones(Shape{dim});
+  register_parameter("weight", &weight);
+}
+
+}  // namespace llm::nn

@@ -1,0 +1,78 @@
+// Modules: named parameters in a tree, as torch.nn. Parameter names are dotted paths
+// ("model.layers.0.self_attn.q_proj.weight"), which is how checkpoints and Hugging Face files name them.
+#pragma once
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/core/tensor.h"
+#include "engine/ops/ops.h"
+
+namespace llm::nn {
+
+class Module {
+ public:
+  Module() = default;
+  virtual ~Module() = default;
+  // Modules register pointers to their members, so they never move or copy.
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // Every parameter below this module, in registration order, with its dotted name.
+  std::vector<std::pair<std::string, Tensor>> named_parameters() const;
+  std::vector<Tensor> parameters() const;
+  int64_t num_parameters() const;
+  // The parameter with this dotted name; throws naming it when there is none.
+  Tensor parameter(const std::string& name) const;
+
+  // Copies tensors into the parameters of the same names (shapes must match). strict: every
+  // parameter must be given and every given name must exist; errors name the offending tensors.
+  void load_state(const std::map<std::string, Tensor>& tensors, bool strict = true);
+
+  void set_training(bool on);
+  bool training() const { return training_; }
+
+ protected:
+  void register_parameter(const std::string& name, Tensor* slot);
+  void register_module(const std::string& name, Module* child);
+
+ private:
+  void collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>* out) const;
+  std::vector<std::pair<std::string, Tensor*>> params_;
+  std::vector<std::pair<std::string, Module*>> children_;
+  bool training_ = true;
+};
+
+// y = x·Wᵀ + b with W [out, in] (nn.Linear).
+class Linear : public Module {
+ public:
+  Linear(int64_t in, int64_t out, bool bias);
+  Tensor forward(const Tensor& x) const { return ops::linear(x, weight, bias); }
+  Tensor weight, bias;
+};
+
+class Embedding : public Module {
+ public:
+  Embedding(int64_t vocab, int64_t dim);
+  Tensor forward(const Tensor& ids) const { return ops::embedding(ids, weight); }
+  Tensor weight;
+};
+
+class LayerNorm : public Module {
+ public:
+  LayerNorm(int64_t dim, float eps);
+  Tensor forward(const Tensor& x) const { return ops::layer_norm(x, weight, bias, eps); }
+  Tensor weight, bias;
+  float eps;
+};
+
+class RMSNorm : public Module {
+ public:
+  RMSNorm(int64_t dim, float eps);
+  Tensor forward(const Tensor& x) const { return ops::rms_norm(x, weight, eps); }
+  Tensor weight;
+  float eps;
+};
+
+}  // namespace llm::nn

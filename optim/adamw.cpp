@@ -1,0 +1,98 @@
+#include "optim/adamw.h"
+
+#include <cmath>
+
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/fused.h"
+
+namespace llm::optim {
+
+AdamW::AdamW(std::vector<std::pair<std::string, Tensor>> named_params, AdamWConfig config) : config_(std::move(config)) {
+  for (auto& [name, p] : named_params) {
+    check_dtype(p, DType::F32, "AdamW", name.c_str());
+    LLM_CHECK(p.is_contiguous() && p.device().is_cpu(), "AdamW: parameter '", name, "' must be a contiguous CPU tensor");
+    const bool decay = config_.decay_filter ? config_.decay_filter(name, p) : p.dim() >= 2;
+    slots_.push_back({name, p, Tensor::zeros(p.shape()), Tensor::zeros(p.shape()), decay});
+  }
+}
+
+void AdamW::step(float lr, float grad_scale) {
+  ++step_;
+  NoGradGuard no_grad;
+  for (Slot& s : slots_) {
+    const Tensor g = s.param.grad();
+    if (!g.defined()) continue;
+    const Tensor gc = g.contiguous();
+    const cpu::AdamWHyper h{lr, config_.beta1, config_.beta2, config_.eps, s.decay ? config_.weight_decay : 0.f, step_,
+                            grad_scale};
+    cpu::adamw_update(s.param.numel(), s.param.data<float>(), gc.data<float>(), s.m.data<float>(), s.v.data<float>(), h);
+    s.param.storage()->bump_version();
+  }
+}
+
+void AdamW::zero_grad() {
+  for (Slot& s : slots_) s.param.zero_grad();
+}
+
+std::vector<std::string> AdamW::decayed() const {
+  std::vector<std::string> out;
+  for (const Slot& s : slots_)
+    if (s.decay) out.push_back(s.name);
+  return out;
+}
+
+AdamW::State AdamW::state() const {
+  State st;
+  st.step = step_;
+  for (const Slot& s : slots_) {
+    st.m.emplace_back(s.name, s.m);
+    st.v.emplace_back(s.name, s.v);
+  }
+  return st;
+}
+
+void AdamW::set_state(const State& st) {
+  LLM_CHECK(st.m.size() == slots_.size() && st.v.size() == slots_.size(), "optimizer state has ", st.m.size(),
+            " tensors, the model has ", slots_.size(), " parameters");
+  NoGradGuard no_grad;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    LLM_CHECK(st.m[i].first == slots_[i].name && st.v[i].first == slots_[i].name, "optimizer state: expected '",
+              slots_[i].name, "', found '", st.m[i].first, "'");
+    slots_[i].m.copy_(st.m[i].second);
+    slots_[i].v.copy_(st.v[i].second);
+  }
+  step_ = st.step;
+}
+
+double grad_norm(const std::vector<Tensor>& params) {
+  double total = 0;
+  for (const Tensor& p : params) {
+    const Tensor g = p.grad();
+    if (!g.defined()) continue;
+    const Tensor gc = g.contiguous();
+    total += cpu::sum_squares(gc.numel(), gc.data<float>());
+  }
+  return std::sqrt(total);
+}
+
+float clip_scale(double norm, double max_norm) {
+  if (max_norm <= 0 || !(norm > max_norm)) return 1.f;
+  return static_cast<float>(max_norm / (norm + 1e-6));
+}
+
+float Schedule::at(int64_t step) const {
+  if (warmup_steps > 0 && step < warmup_steps) return lr * static_cast<float>(step + 1) / static_cast<float>(warmup_steps);
+  if (kind == Kind::Constant || total_steps <= warmup_steps) return lr;
+  const double progress = std::min(1.0, static_cast<double>(step - warmup_steps) / static_cast<double>(total_steps - warmup_steps));
+  const double factor = kind == Kind::Cosine ? 0.5 * (1.0 + std::cos(M_PI * progress)) : 1.0 - progress;
+  return static_cast<float>(min_lr + (lr - min_lr) * factor);
+}
+
+Schedule::Kind Schedule::parse(const std::string& name) {
+  if (name == "constant") return Kind::Constant;
+  if (name == "cosine") return Kind::Cosine;
+  if (name == "linear") return Kind::Linear;
+  throw Error("unknown learning-rate schedule '" + name + "' (expected constant, cosine or linear)");
+}
+
+}  // namespace llm::optim
