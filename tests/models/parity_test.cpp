@@ -90,9 +90,23 @@ void check_model(const std::string& name) {
     l.backward();
     opt.step(oc.lr);
   }
-  for (auto& [pname, t] : f["params_after"].items())
-    EXPECT_LE(testing::max_rel_error(model->parameter(pname).to_vector<float>(), doubles_of(t)), 1e-5)
-        << name << " after AdamW: " << pname;
+  // Parameters after the steps: relative L2 distance per tensor, ||got − want|| / ||want||, within
+  // 1e-5 — or within 2× what PyTorch's own float32 AdamW reaches on that tensor (recorded in the
+  // fixture). Adam normalizes each element's update (lr·m̂/(√v̂ + eps)), so where a gradient is near
+  // zero (GPT-2's key bias has an exactly zero one) float32 round-off becomes an lr-sized move, and
+  // no float32 engine, PyTorch included, meets 1e-5 on those tensors.
+  for (auto& [pname, t] : f["params_after"].items()) {
+    const std::vector<float> got = model->parameter(pname).to_vector<float>();
+    const std::vector<double> want = doubles_of(t);
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      diff += (got[i] - want[i]) * (got[i] - want[i]);
+      norm += want[i] * want[i];
+    }
+    const double torch_f32 = f["params_after_f32_rel_l2"][pname].get<double>();
+    EXPECT_LE(std::sqrt(diff / norm), std::max(1e-5, 2 * torch_f32))
+        << name << " after AdamW: " << pname << " (PyTorch float32: " << torch_f32 << ")";
+  }
 }
 
 TEST(ModelParity, Gpt2MatchesPyTorch) { check_model("gpt2_tiny"); }
