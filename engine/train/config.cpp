@@ -1,0 +1,233 @@
+#include "engine/train/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include "engine/core/error.h"
+
+namespace llm::train {
+
+namespace {
+// Every key of every section, with how to read and write it: one table, so parsing, unknown-key
+// errors and to_yaml cannot drift apart.
+struct Field {
+  const char* section;
+  const char* key;
+  std::function<void(TrainConfig&, const YAML::Node&, const std::string& where)> set;
+  std::function<std::string(const TrainConfig&)> get;
+};
+
+std::string scalar_text(const YAML::Node& n) {
+  if (n.IsScalar()) return n.Scalar();
+  std::stringstream ss;
+  ss << n;
+  return ss.str();
+}
+
+template <typename T>
+T as(const YAML::Node& n, const std::string& where, const char* expected) {
+  if (!n.IsScalar()) throw Error(where + ": expected " + expected + ", got a " + (n.IsMap() ? "map" : "list"));
+  try {
+    return n.as<T>();
+  } catch (const YAML::Exception&) {
+    throw Error(where + ": expected " + expected + ", got \"" + n.Scalar() + "\"");
+  }
+}
+
+std::string number_text(double v) {
+  std::ostringstream os;
+  os.precision(9);
+  os << v;
+  return os.str();
+}
+
+Field integer(const char* section, const char* key, int64_t TrainConfig::*member) {
+  return {section, key, [member](TrainConfig& c, const YAML::Node& n, const std::string& w) { c.*member = as<int64_t>(n, w, "an integer"); },
+          [member](const TrainConfig& c) { return std::to_string(c.*member); }};
+}
+Field model_integer(const char* key, int64_t models::ModelConfig::*member) {
+  return {"model", key, [member](TrainConfig& c, const YAML::Node& n, const std::string& w) { c.model.*member = as<int64_t>(n, w, "an integer"); },
+          [member](const TrainConfig& c) { return std::to_string(c.model.*member); }};
+}
+Field number(const char* section, const char* key, float TrainConfig::*member) {
+  return {section, key, [member](TrainConfig& c, const YAML::Node& n, const std::string& w) { c.*member = as<float>(n, w, "a number"); },
+          [member](const TrainConfig& c) { return number_text(c.*member); }};
+}
+Field text(const char* section, const char* key, std::string TrainConfig::*member) {
+  return {section, key, [member](TrainConfig& c, const YAML::Node& n, const std::string& w) { c.*member = as<std::string>(n, w, "a string"); },
+          [member](const TrainConfig& c) { return "\"" + c.*member + "\""; }};
+}
+
+const std::vector<Field>& fields() {
+  using C = TrainConfig;
+  using M = models::ModelConfig;
+  static const std::vector<Field> table = {
+      {"model", "arch",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         const std::string a = as<std::string>(n, w, "a string");
+         if (a == "gpt2") c.model.arch = models::Arch::GPT2;
+         else if (a == "llama") c.model.arch = models::Arch::Llama;
+         else throw Error(w + ": expected gpt2 or llama, got \"" + a + "\"");
+       },
+       [](const C& c) { return std::string(c.model.arch_name()); }},
+      {"model", "vocab_size",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         c.vocab_from_data = n.IsScalar() && n.Scalar() == "auto";
+         if (!c.vocab_from_data) c.model.vocab_size = as<int64_t>(n, w, "an integer or auto");
+       },
+       [](const C& c) { return c.vocab_from_data ? std::string("auto") : std::to_string(c.model.vocab_size); }},
+      model_integer("max_seq_len", &M::max_seq_len),
+      model_integer("dim", &M::dim),
+      model_integer("n_layers", &M::n_layers),
+      model_integer("n_heads", &M::n_heads),
+      model_integer("n_kv_heads", &M::n_kv_heads),
+      model_integer("hidden_dim", &M::hidden_dim),
+      {"model", "norm_eps", [](C& c, const YAML::Node& n, const std::string& w) { c.model.norm_eps = as<float>(n, w, "a number"); },
+       [](const C& c) { return number_text(c.model.norm_eps); }},
+      {"model", "rope_theta", [](C& c, const YAML::Node& n, const std::string& w) { c.model.rope_theta = as<float>(n, w, "a number"); },
+       [](const C& c) { return number_text(c.model.rope_theta); }},
+      {"model", "tie_embeddings", [](C& c, const YAML::Node& n, const std::string& w) { c.model.tie_embeddings = as<bool>(n, w, "true or false"); },
+       [](const C& c) { return std::string(c.model.tie_embeddings ? "true" : "false"); }},
+      {"model", "attention_bias", [](C& c, const YAML::Node& n, const std::string& w) { c.model.attention_bias = as<bool>(n, w, "true or false"); },
+       [](const C& c) { return std::string(c.model.attention_bias ? "true" : "false"); }},
+      text("model", "init_from", &C::init_from),
+      text("data", "train", &C::train_data),
+      text("data", "val", &C::val_data),
+      text("data", "tokenizer", &C::tokenizer),
+      {"data", "mode",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         c.loader_mode = as<std::string>(n, w, "a string");
+         if (c.loader_mode != "random" && c.loader_mode != "sequential")
+           throw Error(w + ": expected random or sequential, got \"" + c.loader_mode + "\"");
+       },
+       [](const C& c) { return c.loader_mode; }},
+      number("optim", "lr", &C::lr),
+      number("optim", "min_lr", &C::min_lr),
+      {"optim", "schedule",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         c.schedule = as<std::string>(n, w, "a string");
+         if (c.schedule != "constant" && c.schedule != "cosine" && c.schedule != "linear")
+           throw Error(w + ": expected constant, cosine or linear, got \"" + c.schedule + "\"");
+       },
+       [](const C& c) { return c.schedule; }},
+      integer("optim", "warmup_steps", &C::warmup_steps),
+      number("optim", "beta1", &C::beta1),
+      number("optim", "beta2", &C::beta2),
+      number("optim", "eps", &C::eps),
+      number("optim", "weight_decay", &C::weight_decay),
+      number("optim", "grad_clip", &C::grad_clip),
+      integer("train", "batch_size", &C::batch_size),
+      integer("train", "seq_len", &C::seq_len),
+      integer("train", "grad_accum", &C::grad_accum),
+      integer("train", "max_steps", &C::max_steps),
+      integer("train", "max_tokens", &C::max_tokens),
+      integer("train", "eval_interval", &C::eval_interval),
+      integer("train", "eval_batches", &C::eval_batches),
+      integer("train", "sample_interval", &C::sample_interval),
+      integer("train", "sample_tokens", &C::sample_tokens),
+      number("train", "sample_temperature", &C::sample_temperature),
+      {"train", "seed", [](C& c, const YAML::Node& n, const std::string& w) { c.seed = as<uint64_t>(n, w, "a non-negative integer"); },
+       [](const C& c) { return std::to_string(c.seed); }},
+      integer("train", "threads", &C::threads),
+      text("checkpoint", "dir", &C::checkpoint_dir),
+      integer("checkpoint", "interval", &C::checkpoint_interval),
+      integer("checkpoint", "keep_last", &C::keep_last),
+      integer("log", "interval", &C::log_interval),
+      text("log", "metrics", &C::metrics_path),
+  };
+  return table;
+}
+
+const Field* find_field(const std::string& section, const std::string& key) {
+  for (const Field& f : fields())
+    if (section == f.section && key == f.key) return &f;
+  return nullptr;
+}
+
+bool known_section(const std::string& s) {
+  for (const Field& f : fields())
+    if (s == f.section) return true;
+  return false;
+}
+
+void check_values(const TrainConfig& c) {
+  const std::string& src = c.source;
+  auto positive = [&](int64_t v, const char* key) { LLM_CHECK(v > 0, src, ": ", key, ": must be positive, got ", v); };
+  positive(c.batch_size, "train.batch_size");
+  positive(c.seq_len, "train.seq_len");
+  positive(c.grad_accum, "train.grad_accum");
+  positive(c.max_steps, "train.max_steps");
+  LLM_CHECK(c.lr > 0, src, ": optim.lr: must be positive, got ", c.lr);
+  LLM_CHECK(c.min_lr >= 0 && c.min_lr <= c.lr, src, ": optim.min_lr: must be in [0, optim.lr], got ", c.min_lr);
+  LLM_CHECK(c.beta1 >= 0 && c.beta1 < 1, src, ": optim.beta1: must be in [0, 1), got ", c.beta1);
+  LLM_CHECK(c.beta2 >= 0 && c.beta2 < 1, src, ": optim.beta2: must be in [0, 1), got ", c.beta2);
+  LLM_CHECK(c.keep_last >= 1, src, ": checkpoint.keep_last: must be at least 1, got ", c.keep_last);
+  LLM_CHECK(!c.train_data.empty(), src, ": data.train: missing (a prepared directory or a shard glob)");
+}
+}  // namespace
+
+TrainConfig parse_train_config(const std::string& yaml_text, const std::string& source,
+                               const std::vector<std::string>& overrides) {
+  TrainConfig c;
+  c.source = source;
+  c.model.arch = models::Arch::Llama;
+  c.model.n_kv_heads = 0;
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw Error(source + ": line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  LLM_CHECK(root.IsMap(), source, ": expected sections (model, data, optim, train, checkpoint, log)");
+  for (const auto& section : root) {
+    const std::string s = section.first.as<std::string>();
+    LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log)");
+    LLM_CHECK(section.second.IsMap() || section.second.IsNull(), source, ": ", s, ": expected a map of keys");
+    for (const auto& kv : section.second) {
+      const std::string k = kv.first.as<std::string>();
+      const Field* f = find_field(s, k);
+      LLM_CHECK(f, source, ": ", s, ".", k, ": unknown key");
+      f->set(c, kv.second, source + ": " + s + "." + k);
+    }
+  }
+  for (const std::string& o : overrides) {
+    const size_t eq = o.find('='), dot = o.find('.');
+    LLM_CHECK(eq != std::string::npos && dot != std::string::npos && dot < eq, "--set ", o,
+              ": expected section.key=value");
+    const std::string s = o.substr(0, dot), k = o.substr(dot + 1, eq - dot - 1), v = o.substr(eq + 1);
+    const Field* f = find_field(s, k);
+    LLM_CHECK(f, "--set ", o, ": unknown key ", s, ".", k);
+    f->set(c, YAML::Load(v.empty() ? "\"\"" : v), "--set " + s + "." + k);
+  }
+  if (c.model.n_kv_heads == 0) c.model.n_kv_heads = c.model.n_heads;
+  if (c.model.hidden_dim == 0 && c.model.arch == models::Arch::GPT2) c.model.hidden_dim = 4 * c.model.dim;
+  if (c.model.arch == models::Arch::GPT2) c.model.tie_embeddings = true;
+  check_values(c);
+  return c;
+}
+
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  LLM_CHECK(in.good(), path, ": cannot read the config file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_train_config(ss.str(), path, overrides);
+}
+
+std::string to_yaml(const TrainConfig& c) {
+  std::string out, section;
+  for (const Field& f : fields()) {
+    if (section != f.section) {
+      section = f.section;
+      out += section + ":\n";
+    }
+    out += std::string("  ") + f.key + ": " + f.get(c) + "\n";
+  }
+  return out;
+}
+
+}  // namespace llm::train

@@ -1,0 +1,66 @@
+// The training recipe: one YAML file with sections model, data, optim, train, checkpoint, log
+// (see configs/). Unknown keys and wrong types are errors that name the file and the key.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/models/config.h"
+
+namespace llm::train {
+
+struct TrainConfig {
+  // model: an architecture, or `init_from` a checkpoint (continue from its weights, fresh optimizer).
+  models::ModelConfig model;
+  bool vocab_from_data = true;  // model.vocab_size: auto (the dataset's tokenizer decides)
+  std::string init_from;
+
+  // data: a prepared directory (llm-data prepare) or a glob of shards for train and val.
+  std::string train_data;
+  std::string val_data;     // default: train_data's "val" split when train_data is a prepared directory
+  std::string tokenizer;    // default: the prepared directory's tokenizer (for samples)
+  std::string loader_mode = "random";  // random | sequential
+
+  // optim
+  float lr = 3e-4f, min_lr = 3e-5f;
+  std::string schedule = "cosine";  // constant | cosine | linear
+  int64_t warmup_steps = 0;
+  float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f;
+  float grad_clip = 1.0f;  // max global gradient norm; 0 turns clipping off
+
+  // train
+  int64_t batch_size = 8;  // micro-batch, sequences
+  int64_t seq_len = 256;
+  int64_t grad_accum = 1;
+  int64_t max_steps = 1000;
+  int64_t max_tokens = 0;  // when > 0, stop once this many tokens were trained on (whichever first)
+  int64_t eval_interval = 250;
+  int64_t eval_batches = 20;
+  int64_t sample_interval = 0;  // 0: no samples
+  int64_t sample_tokens = 200;
+  float sample_temperature = 0.8f;
+  uint64_t seed = 1337;
+  int64_t threads = 0;  // 0: all cores
+
+  // checkpoint
+  std::string checkpoint_dir = "out";
+  int64_t checkpoint_interval = 0;  // 0: only at the end
+  int64_t keep_last = 3;
+
+  // log
+  int64_t log_interval = 10;
+  std::string metrics_path;  // JSON lines, one per step; default <checkpoint_dir>/metrics.jsonl
+
+  std::string source;  // the file it came from, for messages
+};
+
+// Reads `path`, then applies `overrides` ("section.key=value", YAML scalar syntax) in order.
+// Throws llm::Error: "<path>: optim.lr: expected a number, got "fast"".
+TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// Parses YAML text (`source` names it in errors).
+TrainConfig parse_train_config(const std::string& yaml_text, const std::string& source,
+                               const std::vector<std::string>& overrides = {});
+// The configuration as YAML that parse_train_config reads back to the same values.
+std::string to_yaml(const TrainConfig& config);
+
+}  // namespace llm::train

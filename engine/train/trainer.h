@@ -1,0 +1,67 @@
+// The pretraining loop behind llm-train: micro-batches with gradient accumulation, AdamW with a
+// learning-rate schedule and global-norm clipping, validation, samples, metrics, and checkpoints that
+// resume the identical run.
+#pragma once
+#include <atomic>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "data/loader.h"
+#include "data/tokenizer.h"
+#include "engine/models/transformer.h"
+#include "engine/train/config.h"
+#include "optim/adamw.h"
+
+namespace llm::train {
+
+struct StepRecord {
+  int64_t step = 0;  // 1-based: the number of optimizer steps taken
+  double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, mfu = 0;
+};
+
+class Trainer {
+ public:
+  // Builds the model (or loads init_from), optimizer and data loaders. Messages go to `log`.
+  explicit Trainer(TrainConfig config, std::ostream& log);
+  ~Trainer();
+
+  // Continues from a checkpoint file, or "auto": the newest in checkpoint.dir (a fresh start when
+  // there is none).
+  void resume(const std::string& path_or_auto);
+
+  // Trains until max_steps / max_tokens, or until stop() is called (then it saves a checkpoint and
+  // returns early). Throws llm::Error when the loss becomes NaN/Inf, without writing a checkpoint.
+  std::vector<StepRecord> run();
+
+  // Asks run() to stop after the current step (safe from a signal handler).
+  static void stop();
+
+  double evaluate();                      // mean validation loss over eval_batches (0 without val data)
+  std::string sample(int64_t n_tokens);   // text generated from the start-of-text token
+  void save_checkpoint_now();
+
+  models::CausalLM& model() { return *model_; }
+  const TrainConfig& config() const { return config_; }
+  int64_t step() const { return step_; }
+
+ private:
+  double train_step();  // one optimizer step over grad_accum micro-batches; returns the mean loss
+  double flops_per_token() const;
+
+  TrainConfig config_;
+  std::ostream& log_;
+  std::unique_ptr<data::Tokenizer> tokenizer_;
+  std::string tokenizer_spec_;
+  std::unique_ptr<models::CausalLM> model_;
+  std::unique_ptr<optim::AdamW> optimizer_;
+  optim::Schedule schedule_;
+  std::unique_ptr<data::DataLoader> train_loader_, val_loader_;
+  int64_t step_ = 0, tokens_ = 0;
+  double last_grad_norm_ = 0;
+  double peak_flops_ = 0;  // measured GEMM ceiling, FLOP/s, for MFU
+  static std::atomic<bool> stop_requested_;
+};
+
+}  // namespace llm::train
