@@ -23,6 +23,12 @@ packages=(
   cmake            # build system
   make             # build driver
   libgtest-dev     # GoogleTest: the test suite
+  libhdf5-dev      # llm_io: HDF5 token shards and checkpoints
+  libpcre2-dev     # llm_data: tokenizer pre-split regexes
+  libsentencepiece-dev  # llm_data: SentencePiece tokenizer.model (LLaMA family)
+  nlohmann-json3-dev    # llm_io, llm_data: config.json, tokenizer.json, JSONL and meta.json parsing
+  libyaml-cpp-dev  # llm_train: YAML training recipes (configs/)
+  pkg-config       # finds PCRE2 at configure time
   libopenblas-dev  # benchmark comparison only (llm-bench kernels); the engine never links it
 )
 if [ "$install" = 1 ]; then

@@ -20,13 +20,6 @@ struct Field {
   std::function<std::string(const TrainConfig&)> get;
 };
 
-std::string scalar_text(const YAML::Node& n) {
-  if (n.IsScalar()) return n.Scalar();
-  std::stringstream ss;
-  ss << n;
-  return ss.str();
-}
-
 template <typename T>
 T as(const YAML::Node& n, const std::string& where, const char* expected) {
   if (!n.IsScalar()) throw Error(where + ": expected " + expected + ", got a " + (n.IsMap() ? "map" : "list"));

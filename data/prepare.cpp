@@ -1,0 +1,257 @@
+#include "data/prepare.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "data/shards.h"
+#include "data/tokenizer.h"
+#include "engine/core/error.h"
+#include "engine/io/hdf5_file.h"
+
+namespace llm::data {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+bool is_jsonl(const std::string& path) { return fs::path(path).extension() == ".jsonl"; }
+
+class Progress {
+ public:
+  Progress(std::ostream* out, int64_t total_bytes) : out_(out), total_(std::max<int64_t>(1, total_bytes)) {}
+  void update(int64_t bytes, int64_t tokens, bool final = false) {
+    if (!out_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (!final && now - last_ < std::chrono::milliseconds(200)) return;
+    last_ = now;
+    const double secs = std::chrono::duration<double>(now - start_).count();
+    const double frac = std::min(1.0, double(bytes) / double(total_));
+    const int width = 30, filled = static_cast<int>(frac * width);
+    char line[200];
+    std::snprintf(line, sizeof line, "\rprepare [%s%s] %5.1f%%  %.1f/%.1f MB  %lld tokens  %.2f M tok/s",
+                  std::string(static_cast<size_t>(filled), '#').c_str(),
+                  std::string(static_cast<size_t>(width - filled), '.').c_str(), 100 * frac, bytes / 1e6,
+                  total_ / 1e6, static_cast<long long>(tokens), secs > 0 ? tokens / secs / 1e6 : 0.0);
+    *out_ << line << (final ? "\n" : "") << std::flush;
+  }
+
+ private:
+  std::ostream* out_;
+  int64_t total_;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now(), last_{};
+};
+
+int64_t count_documents(const std::string& path) {
+  if (!is_jsonl(path)) return 1;
+  std::ifstream f(path);
+  std::string line;
+  int64_t n = 0;
+  while (std::getline(f, line)) n += line.find_first_not_of(" \t\r") != std::string::npos;
+  return n;
+}
+
+}  // namespace
+
+PrepareResult prepare_dataset(const PrepareOptions& opt, std::ostream* progress) {
+  LLM_CHECK(!opt.inputs.empty(), "prepare: no input files");
+  LLM_CHECK(!opt.out_dir.empty(), "prepare: no output directory");
+  LLM_CHECK(opt.val_fraction >= 0 && opt.val_fraction < 1, "prepare: --val-fraction must be in [0, 1), got ",
+            opt.val_fraction);
+  const auto tok = load_tokenizer(opt.tokenizer);
+  const int32_t eot = tok->eot_id();
+  LLM_CHECK(eot >= 0, opt.tokenizer, ": the tokenizer has no end-of-text token to separate documents");
+
+  int64_t total_bytes = 0, total_docs = 0;
+  for (const std::string& in : opt.inputs) {
+    LLM_CHECK(fs::is_regular_file(in), in, ": no such input file");
+    total_bytes += static_cast<int64_t>(fs::file_size(in));
+    total_docs += count_documents(in);
+  }
+  const double f = opt.val_fraction;
+  const bool split_by_document = std::floor(double(total_docs) * f) >= 1;
+
+  const ShardHeader header{tok->identity(), tok->vocab_size(), eot};
+  ShardWriter train(opt.out_dir, "train", header, opt.shard_tokens);
+  ShardWriter val(opt.out_dir, "val", header, opt.shard_tokens);
+  Progress bar(progress, total_bytes);
+  const auto start = std::chrono::steady_clock::now();
+  int64_t bytes_done = 0, doc_index = 0, tokens = 0;
+  std::vector<int32_t> doc;
+
+  auto add = [&](std::string_view text) {
+    const std::vector<int32_t> ids = tok->encode(text);
+    tokens += static_cast<int64_t>(ids.size()) + 1;
+    if (f > 0 && split_by_document) {
+      doc.assign(1, eot);
+      doc.insert(doc.end(), ids.begin(), ids.end());
+      const bool to_val = std::floor(double(doc_index + 1) * f) > std::floor(double(doc_index) * f);
+      (to_val ? val : train).add_document(doc);
+    } else {
+      const size_t n_val = f > 0 ? static_cast<size_t>(std::floor(double(ids.size()) * f)) : 0;
+      doc.assign(1, eot);
+      doc.insert(doc.end(), ids.begin(), ids.end() - static_cast<std::ptrdiff_t>(n_val));
+      train.add_document(doc);
+      if (n_val > 0) {
+        doc.assign(1, eot);
+        doc.insert(doc.end(), ids.end() - static_cast<std::ptrdiff_t>(n_val), ids.end());
+        val.add_document(doc);
+      }
+    }
+    ++doc_index;
+  };
+
+  for (const std::string& in : opt.inputs) {
+    if (!is_jsonl(in)) {
+      const std::string text = read_file(in);
+      add(text);
+      bytes_done += static_cast<int64_t>(text.size());
+      bar.update(bytes_done, tokens);
+      continue;
+    }
+    std::ifstream file(in);
+    LLM_CHECK(file.good(), in, ": cannot open");
+    std::string line;
+    int64_t lineno = 0;
+    while (std::getline(file, line)) {
+      ++lineno;
+      bytes_done += static_cast<int64_t>(line.size()) + 1;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      const std::string where = in + ":" + std::to_string(lineno);
+      json j;
+      try {
+        j = json::parse(line);
+      } catch (const json::parse_error& e) {
+        throw Error(where + ": invalid JSON: " + e.what());
+      }
+      LLM_CHECK(j.is_object() && j.contains("text"), where, ": expected a JSON object with a \"text\" field");
+      LLM_CHECK(j["text"].is_string(), where, ": field \"text\" is not a string");
+      add(j["text"].get_ref<const std::string&>());
+      bar.update(bytes_done, tokens);
+    }
+  }
+  train.finish();
+  val.finish();
+  bar.update(total_bytes, tokens, true);
+
+  PrepareResult r;
+  r.train_tokens = train.num_tokens();
+  r.val_tokens = val.num_tokens();
+  r.train_documents = train.num_documents();
+  r.val_documents = val.num_documents();
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.tokens_per_second = r.seconds > 0 ? double(tokens) / r.seconds : 0;
+
+  json meta;
+  meta["format"] = "llm-data";
+  meta["version"] = 1;
+  meta["tokenizer"] = opt.tokenizer;
+  meta["tokenizer_identity"] = tok->identity();
+  meta["vocab_size"] = tok->vocab_size();
+  meta["eot_id"] = eot;
+  meta["dtype"] = train.uses_uint16() ? "uint16" : "uint32";
+  meta["inputs"] = opt.inputs;
+  meta["val_fraction"] = f;
+  meta["split_by"] = split_by_document ? "document" : "tokens";
+  auto split_json = [](const ShardWriter& w) {
+    return json{{"shards", w.files()}, {"tokens", w.num_tokens()}, {"documents", w.num_documents()}};
+  };
+  meta["splits"] = {{"train", split_json(train)}, {"val", split_json(val)}};
+  io::write_file_atomic((fs::path(opt.out_dir) / "meta.json").string(), meta.dump(2) + "\n");
+
+  // Shards a previous, larger run left behind would otherwise look like part of this data set.
+  std::vector<std::string> keep = train.files();
+  keep.insert(keep.end(), val.files().begin(), val.files().end());
+  for (const auto& entry : fs::directory_iterator(opt.out_dir)) {
+    const std::string name = entry.path().filename().string();
+    const bool ours = (name.rfind("train_", 0) == 0 || name.rfind("val_", 0) == 0) && entry.path().extension() == ".h5";
+    if (ours && std::find(keep.begin(), keep.end(), name) == keep.end()) fs::remove(entry.path());
+  }
+  return r;
+}
+
+void inspect_dataset(const std::string& dir, std::ostream& out, int64_t sample_tokens) {
+  const fs::path meta_path = fs::path(dir) / "meta.json";
+  LLM_CHECK(fs::exists(meta_path), dir, ": not a prepared data directory (no meta.json)");
+  json meta;
+  try {
+    meta = json::parse(read_file(meta_path.string()));
+  } catch (const json::exception& e) {
+    throw Error(meta_path.string() + ": invalid JSON: " + e.what());
+  }
+  LLM_CHECK(meta.value("format", "") == "llm-data", meta_path.string(), ": format is not \"llm-data\"");
+  out << "directory:  " << dir << "\n"
+      << "tokenizer:  " << meta.value("tokenizer", "?") << " (" << meta.value("tokenizer_identity", "?") << ")\n"
+      << "vocab size: " << meta.value("vocab_size", int64_t{0}) << ", eot id " << meta.value("eot_id", -1)
+      << ", tokens stored as " << meta.value("dtype", "?") << "\n";
+  std::unique_ptr<TokenShard> first;
+  for (const char* split : {"train", "val"}) {
+    const json& s = meta["splits"][split];
+    int64_t tokens = 0, docs = 0;
+    const auto& shards = s["shards"];
+    for (const auto& name : shards) {
+      auto shard = TokenShard::open((fs::path(dir) / name.get<std::string>()).string());
+      tokens += shard->size();
+      docs += static_cast<int64_t>(shard->info().doc_offsets.size());
+      if (!first) first = std::move(shard);
+    }
+    LLM_CHECK(tokens == s.value("tokens", int64_t{-1}), meta_path.string(), ": split ", split, " lists ",
+              s.value("tokens", int64_t{-1}), " tokens but its shards hold ", tokens);
+    out << split << ": " << shards.size() << " shard(s), " << tokens << " tokens, " << docs << " documents\n";
+  }
+  if (!first || sample_tokens <= 0) return;
+  std::vector<int32_t> ids(static_cast<size_t>(std::min(sample_tokens, first->size())));
+  first->read(0, static_cast<int64_t>(ids.size()), ids.data());
+  out << "sample (first " << ids.size() << " tokens of " << fs::path(first->info().path).filename().string()
+      << "):\n  ids:  " << format_ids(ids) << "\n";
+  try {
+    const auto tok = load_tokenizer(meta.value("tokenizer", ""));
+    if (tok->identity() != meta.value("tokenizer_identity", "")) {
+      out << "  (tokenizer at " << meta.value("tokenizer", "") << " has changed; not decoding)\n";
+      return;
+    }
+    std::string text;
+    for (int32_t id : ids) text += tok->token_text(id);
+    out << "  text: " << text << "\n";
+  } catch (const Error& e) {
+    out << "  (cannot decode: " << e.what() << ")\n";
+  }
+}
+
+std::string format_ids(const std::vector<int32_t>& ids) {
+  std::string s;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i) s += ' ';
+    s += std::to_string(ids[i]);
+  }
+  return s;
+}
+
+std::vector<int32_t> parse_ids(std::string_view text, const std::string& origin) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+    if (i == text.size()) break;
+    size_t j = i;
+    while (j < text.size() && !std::isspace(static_cast<unsigned char>(text[j]))) ++j;
+    const std::string word(text.substr(i, j - i));
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    LLM_CHECK(used == word.size() && v >= 0 && v <= INT32_MAX, origin, ": '", word,
+              "' is not a token id (expected non-negative integers separated by spaces)");
+    ids.push_back(static_cast<int32_t>(v));
+    i = j;
+  }
+  return ids;
+}
+
+}  // namespace llm::data

@@ -1,0 +1,86 @@
+#include "engine/io/hdf5_file.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "engine/core/error.h"
+#include "tests/data/data_test_util.h"
+
+namespace llm::testing {
+namespace {
+
+using io::H5File;
+
+TEST(Hdf5File, DatasetsGroupsAndAttributesRoundTrip) {
+  TempDir dir("h5");
+  const std::string path = dir / "x.h5";
+  const auto w = random_floats(2 * 3 * 5, 1);
+  {
+    auto f = H5File::create_atomic(path);
+    EXPECT_FALSE(std::filesystem::exists(path)) << "the final name must appear only on commit";
+    f.write("model/layer0/weight", w.data(), {2, 3, 5});
+    f.write("ids", std::vector<int64_t>{-1, 0, 1LL << 40});
+    f.write("u16", std::vector<uint16_t>{0, 65535});
+    f.write("u8", std::vector<uint8_t>{7});
+    f.create_group("empty/group");
+    f.set_attr("/", "name", "tiny");
+    f.set_attr("/", "empty", "");
+    f.set_attr("model", "layers", int64_t{12});
+    f.set_attr("model/layer0/weight", "scale", 0.5);
+    f.set_attr("model", "layers", int64_t{13});  // replaces
+    f.commit();
+  }
+  H5File f(path, H5File::Mode::Read);
+  EXPECT_EQ(f.shape("model/layer0/weight"), (std::vector<int64_t>{2, 3, 5}));
+  EXPECT_EQ(f.dtype("model/layer0/weight"), io::H5Type::F32);
+  EXPECT_EQ(f.read<float>("model/layer0/weight"), w);
+  EXPECT_EQ(f.read<int64_t>("ids"), (std::vector<int64_t>{-1, 0, 1LL << 40}));
+  EXPECT_EQ(f.dtype("u16"), io::H5Type::U16);
+  EXPECT_EQ(f.read<int32_t>("u16"), (std::vector<int32_t>{0, 65535}));  // converted on read
+  EXPECT_EQ(f.read_range<float>("u16", 1, 1), (std::vector<float>{65535.f}));
+  EXPECT_EQ(f.read<uint8_t>("u8"), (std::vector<uint8_t>{7}));
+  EXPECT_EQ(f.list("/"), (std::vector<std::string>{"empty", "ids", "model", "u16", "u8"}));
+  EXPECT_EQ(f.list_datasets("/"), (std::vector<std::string>{"ids", "u16", "u8"}));
+  EXPECT_EQ(f.list_datasets("model/layer0"), (std::vector<std::string>{"weight"}));
+  EXPECT_TRUE(f.exists("empty/group"));
+  EXPECT_FALSE(f.exists("nope/deeper"));
+  EXPECT_EQ(f.attr_string("/", "name"), "tiny");
+  EXPECT_EQ(f.attr_string("/", "empty"), "");
+  EXPECT_EQ(f.attr_int("model", "layers"), 13);
+  EXPECT_DOUBLE_EQ(f.attr_double("model/layer0/weight", "scale"), 0.5);
+  EXPECT_FALSE(f.has_attr("/", "missing"));
+}
+
+TEST(Hdf5File, ErrorsNameTheFileAndObject) {
+  TempDir dir("h5err");
+  const std::string path = dir / "y.h5";
+  {
+    H5File f(path, H5File::Mode::Create);
+    f.write("a", std::vector<float>{1, 2, 3});
+    EXPECT_THROW(f.write("a", std::vector<float>{1}), Error);
+  }
+  H5File f(path, H5File::Mode::Read);
+  try {
+    f.read<float>("missing");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("y.h5: missing"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(f.read_range<float>("a", 2, 2), Error);
+  EXPECT_THROW(f.attr_int("/", "nothing"), Error);
+  EXPECT_THROW(H5File(dir / "absent.h5", H5File::Mode::Read), Error);
+  std::ofstream(dir / "text.h5") << "not hdf5";
+  EXPECT_THROW(H5File(dir / "text.h5", H5File::Mode::Read), Error);
+}
+
+TEST(Hdf5File, UncommittedAtomicFileLeavesNothing) {
+  TempDir dir("h5tmp");
+  {
+    auto f = H5File::create_atomic(dir / "z.h5");
+    f.write("a", std::vector<int32_t>{1});
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(dir.str()));
+}
+
+}  // namespace
+}  // namespace llm::testing
