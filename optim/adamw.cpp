@@ -1,6 +1,7 @@
 #include "optim/adamw.h"
 
 #include <cmath>
+#include <map>
 
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/fused.h"
@@ -52,14 +53,20 @@ AdamW::State AdamW::state() const {
 }
 
 void AdamW::set_state(const State& st) {
-  LLM_CHECK(st.m.size() == slots_.size() && st.v.size() == slots_.size(), "optimizer state has ", st.m.size(),
+  // Matched by name: a checkpoint may store the tensors in any order.
+  std::map<std::string, const Tensor*> m, v;
+  for (const auto& [name, t] : st.m) m[name] = &t;
+  for (const auto& [name, t] : st.v) v[name] = &t;
+  LLM_CHECK(m.size() == slots_.size() && v.size() == slots_.size(), "optimizer state has ", m.size(),
             " tensors, the model has ", slots_.size(), " parameters");
   NoGradGuard no_grad;
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    LLM_CHECK(st.m[i].first == slots_[i].name && st.v[i].first == slots_[i].name, "optimizer state: expected '",
-              slots_[i].name, "', found '", st.m[i].first, "'");
-    slots_[i].m.copy_(st.m[i].second);
-    slots_[i].v.copy_(st.v[i].second);
+  for (Slot& s : slots_) {
+    auto mi = m.find(s.name), vi = v.find(s.name);
+    LLM_CHECK(mi != m.end() && vi != v.end(), "optimizer state: no moments for parameter '", s.name, "'");
+    check_shape(*mi->second, s.param.shape(), "optimizer state", s.name.c_str());
+    check_shape(*vi->second, s.param.shape(), "optimizer state", s.name.c_str());
+    s.m.copy_(*mi->second);
+    s.v.copy_(*vi->second);
   }
   step_ = st.step;
 }
