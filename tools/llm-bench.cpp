@@ -1,6 +1,7 @@
 // llm-bench: times the engine's kernels on the shapes a model really runs, against a ceiling.
 //
 //   llm-bench kernels [--threads N] [--json]
+//   llm-bench train --config FILE.yaml [--batch B] [--seq T] [--steps N] [--threads N] [--json]
 //
 // Each section (gemm, attention) is one function that measures its cases and hands rows to a Reporter,
 // which prints either an aligned table or one JSON object per line.
@@ -23,12 +24,21 @@
 #if defined(LLM_HAVE_OPENBLAS)
 #include <cblas.h>
 #endif
+#if defined(LLM_BENCH_TRAIN)
+#include <fstream>
+
+#include "engine/train/trainer.h"
+#endif
 
 namespace {
 
 struct Options {
   int threads = 0;  // 0: the OpenMP default
   bool json = false;
+  // train
+  std::string config;
+  int64_t batch = 0, seq = 0;  // 0: the config's
+  int steps = 5;
 };
 
 // One measured case. ref_gflops < 0 means no reference was measured.
@@ -214,8 +224,86 @@ int run_kernels(const Options& options) {
   return 0;
 }
 
+#if defined(LLM_BENCH_TRAIN)
+// Peak resident memory of this process (VmHWM), bytes.
+size_t peak_rss() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == "VmHWM:") {
+      size_t kb = 0;
+      status >> kb;
+      return kb * 1024;
+    }
+  }
+  return 0;
+}
+
+// Whole training steps (forward, backward, clipping, AdamW) of the config's model on random tokens:
+// the same llm::train::training_step the trainer runs.
+int run_train(const Options& o) {
+  if (o.config.empty()) return std::fprintf(stderr, "error: llm-bench train: --config is required\n"), 2;
+  if (o.threads > 0) llm::cpu::set_num_threads(o.threads);
+  std::vector<std::string> overrides;
+  if (o.batch > 0) overrides.push_back("train.batch_size=" + std::to_string(o.batch));
+  if (o.seq > 0) overrides.push_back("train.seq_len=" + std::to_string(o.seq));
+  try {
+    const llm::train::TrainConfig cfg = llm::train::load_train_config(o.config, overrides);
+    if (cfg.vocab_from_data || cfg.model.vocab_size <= 0)
+      throw llm::Error(o.config + ": model.vocab_size: the benchmark needs an explicit vocabulary size");
+    llm::models::ModelConfig mc = cfg.model;
+    if (mc.max_seq_len == 0) mc.max_seq_len = cfg.seq_len;
+    auto model = llm::models::make_model(mc, cfg.seed);
+    llm::optim::AdamWConfig oc;
+    oc.weight_decay = cfg.weight_decay;
+    llm::optim::AdamW opt(model->named_parameters(), oc);
+    const int64_t B = cfg.batch_size, T = cfg.seq_len;
+    llm::Generator gen(cfg.seed);
+    std::vector<int32_t> ids(B * (T + 1));
+    for (auto& x : ids) x = static_cast<int32_t>(gen.next_u64() % static_cast<uint64_t>(mc.vocab_size));
+    std::vector<int32_t> in(B * T), out(B * T);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        in[b * T + t] = ids[b * (T + 1) + t];
+        out[b * T + t] = ids[b * (T + 1) + t + 1];
+      }
+    const std::vector<llm::data::Batch> batch{{llm::Tensor::from_vector(in, llm::Shape{B, T}),
+                                               llm::Tensor::from_vector(out, llm::Shape{B, T})}};
+    const double ceiling = llm::train::measure_gemm_ceiling();
+    std::vector<double> times;
+    for (int i = 0; i < o.steps + 2; ++i) {  // two warm-up steps fill the allocator cache
+      const auto t0 = std::chrono::steady_clock::now();
+      llm::train::training_step(*model, opt, batch, 1e-4f, cfg.grad_clip, nullptr);
+      if (i >= 2) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    const double s = median(times), tps = double(B * T) / s;
+    const double mfu = llm::train::flops_per_token(mc, T) * tps / ceiling;
+    const double peak_gb = double(peak_rss()) / (1 << 30);
+    const int threads = llm::cpu::num_threads();
+    if (o.json) {
+      std::printf("{\"op\":\"train\",\"model\":\"%s\",\"params\":%lld,\"batch\":%lld,\"seq\":%lld,\"threads\":%d,"
+                  "\"ms_per_step\":%.1f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"ceiling_gflops\":%.1f,\"peak_rss_gb\":%.3f}\n",
+                  mc.arch_name(), (long long)model->num_parameters(), (long long)B, (long long)T, threads, s * 1e3, tps, mfu,
+                  ceiling * 1e-9, peak_gb);
+    } else {
+      std::printf("train  %s  %lld parameters  batch %lld x seq %lld  threads %d  (median of %d steps)\n", mc.summary().c_str(),
+                  (long long)model->num_parameters(), (long long)B, (long long)T, threads, o.steps);
+      std::printf("  %.1f ms/step  %.0f tokens/s  MFU %.1f%% of the %.0f GFLOP/s GEMM ceiling  peak RSS %.2f GiB\n", s * 1e3, tps,
+                  100 * mfu, ceiling * 1e-9, peak_gb);
+    }
+  } catch (const llm::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
+#endif
+
 int usage_error(const std::string& message) {
-  std::fprintf(stderr, "error: %s (usage: llm-bench kernels [--threads N] [--json])\n", message.c_str());
+  std::fprintf(stderr,
+               "error: %s (usage: llm-bench kernels [--threads N] [--json] | llm-bench train --config FILE [--batch B] "
+               "[--seq T] [--steps N] [--threads N] [--json])\n",
+               message.c_str());
   return 2;
 }
 
@@ -224,22 +312,44 @@ int usage_error(const std::string& message) {
 int main(int argc, char** argv) {
   if (argc < 2) return usage_error("missing command");
   const std::string command = argv[1];
-  if (command != "kernels") return usage_error("unknown command '" + command + "'");
+  if (command != "kernels" && command != "train") return usage_error("unknown command '" + command + "'");
   Options options;
+  auto integer = [&](int& i, const char* flag, long lo, long hi, long* out) -> bool {
+    if (i + 1 >= argc) return false;
+    char* end = nullptr;
+    const long n = std::strtol(argv[++i], &end, 10);
+    if (*argv[i] == '\0' || *end != '\0' || n < lo || n > hi) return false;
+    (void)flag;
+    *out = n;
+    return true;
+  };
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
+    long n = 0;
     if (arg == "--json") {
       options.json = true;
     } else if (arg == "--threads") {
-      if (i + 1 >= argc) return usage_error("--threads needs a value");
-      char* end = nullptr;
-      const long n = std::strtol(argv[++i], &end, 10);
-      if (*argv[i] == '\0' || *end != '\0' || n < 1 || n > 4096)
-        return usage_error(std::string("--threads: expected a positive integer, got '") + argv[i] + "'");
+      if (!integer(i, "--threads", 1, 4096, &n)) return usage_error("--threads: expected a positive integer");
       options.threads = int(n);
+    } else if (command == "train" && arg == "--config" && i + 1 < argc) {
+      options.config = argv[++i];
+    } else if (command == "train" && arg == "--batch") {
+      if (!integer(i, "--batch", 1, 1 << 20, &n)) return usage_error("--batch: expected a positive integer");
+      options.batch = n;
+    } else if (command == "train" && arg == "--seq") {
+      if (!integer(i, "--seq", 1, 1 << 20, &n)) return usage_error("--seq: expected a positive integer");
+      options.seq = n;
+    } else if (command == "train" && arg == "--steps") {
+      if (!integer(i, "--steps", 1, 100000, &n)) return usage_error("--steps: expected a positive integer");
+      options.steps = int(n);
     } else {
       return usage_error("unknown argument '" + arg + "'");
     }
   }
-  return run_kernels(options);
+  if (command == "kernels") return run_kernels(options);
+#if defined(LLM_BENCH_TRAIN)
+  return run_train(options);
+#else
+  return usage_error("this llm-bench was built without the trainer (llm_train), so it has no 'train' command");
+#endif
 }

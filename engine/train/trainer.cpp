@@ -29,23 +29,6 @@ std::string dataset_tokenizer(const std::string& dir) {
   return j["tokenizer"].get<std::string>();
 }
 
-// Sustained single-precision GEMM rate of this machine at the current thread count: the ceiling MFU
-// is measured against (a CPU has no datasheet number that fits every core count and clock).
-double measure_gemm_ceiling() {
-  const int64_t M = 256, N = 768, K = 768;
-  std::vector<float> a(M * K, 0.5f), b(K * N, 0.25f), c(M * N);
-  auto run = [&] { cpu::sgemm(false, true, M, N, K, 1.f, a.data(), K, b.data(), K, 0.f, c.data(), N); };
-  run();
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = clock_type::now();
-    for (int i = 0; i < 4; ++i) run();
-    const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
-    best = std::max(best, 4 * 2.0 * M * N * K / s);
-  }
-  return best;
-}
-
 std::string format_duration(double seconds) {
   char buf[32];
   const long s = std::lround(std::max(0.0, seconds));
@@ -145,13 +128,27 @@ Trainer::~Trainer() = default;
 
 void Trainer::stop() { stop_requested_ = true; }
 
-double Trainer::flops_per_token() const {
-  // 6 FLOPs per parameter per token (forward + backward matmuls), plus attention's score and value
-  // products: 6·L·T·C for causal attention (half of 12·L·T·C). Position tables are lookups, not FLOPs.
-  const models::ModelConfig& c = model_->config();
-  int64_t n = model_->num_parameters();
+double flops_per_token(const models::ModelConfig& c, int64_t seq_len) {
+  int64_t n = c.num_parameters();
   if (c.arch == models::Arch::GPT2) n -= c.max_seq_len * c.dim;
-  return 6.0 * n + 6.0 * c.n_layers * config_.seq_len * c.dim;
+  return 6.0 * static_cast<double>(n) + 6.0 * static_cast<double>(c.n_layers * seq_len * c.dim);
+}
+
+// Sustained single-precision GEMM rate of this machine at the current thread count: the ceiling MFU
+// is measured against (a CPU has no datasheet number that fits every core count and clock).
+double measure_gemm_ceiling() {
+  const int64_t M = 256, N = 768, K = 768;
+  std::vector<float> a(M * K, 0.5f), b(K * N, 0.25f), c(M * N);
+  auto run = [&] { cpu::sgemm(false, true, M, N, K, 1.f, a.data(), K, b.data(), K, 0.f, c.data(), N); };
+  run();
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = clock_type::now();
+    for (int i = 0; i < 4; ++i) run();
+    const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
+    best = std::max(best, 4 * 2.0 * M * N * K / s);
+  }
+  return best;
 }
 
 void Trainer::resume(const std::string& path_or_auto) {
@@ -176,25 +173,34 @@ void Trainer::resume(const std::string& path_or_auto) {
   log_ << "resume: " << path << " at step " << step_ << "\n";
 }
 
-double Trainer::train_step() {
-  optimizer_->zero_grad();
+double training_step(models::CausalLM& model, optim::AdamW& optimizer, const std::vector<data::Batch>& micro_batches,
+                     float lr, float grad_clip, double* grad_norm) {
+  optimizer.zero_grad();
   double loss_sum = 0;
-  const float inv_accum = 1.f / static_cast<float>(config_.grad_accum);
-  for (int64_t micro = 0; micro < config_.grad_accum; ++micro) {
-    const data::Batch batch = train_loader_->next();
-    const Tensor loss = ops::cross_entropy(model_->forward(batch.inputs), batch.targets);
+  const float inv_accum = 1.f / static_cast<float>(micro_batches.size());
+  for (const data::Batch& batch : micro_batches) {
+    const Tensor loss = ops::cross_entropy(model.forward(batch.inputs), batch.targets);
     loss_sum += loss.item();
-    (config_.grad_accum == 1 ? loss : ops::scale(loss, inv_accum)).backward();
+    (micro_batches.size() == 1 ? loss : ops::scale(loss, inv_accum)).backward();
   }
-  const double loss = loss_sum / static_cast<double>(config_.grad_accum);
-  LLM_CHECK(std::isfinite(loss), "step ", step_ + 1, ": the loss is ", loss, "; stopping (the last checkpoint is kept "
-            "as it was). Lower optim.lr or check the data");
-  const std::vector<Tensor> params = model_->parameters();
-  last_grad_norm_ = optim::grad_norm(params);
-  LLM_CHECK(std::isfinite(last_grad_norm_), "step ", step_ + 1, ": the gradient norm is ", last_grad_norm_,
-            "; stopping (the last checkpoint is kept as it was)");
-  optimizer_->step(schedule_.at(step_), optim::clip_scale(last_grad_norm_, config_.grad_clip));
+  const double loss = loss_sum / static_cast<double>(micro_batches.size());
+  LLM_CHECK(std::isfinite(loss), "the loss is ", loss, "; stopping (the last checkpoint is kept as it was). Lower "
+            "optim.lr or check the data");
+  const double norm = optim::grad_norm(model.parameters());
+  LLM_CHECK(std::isfinite(norm), "the gradient norm is ", norm, "; stopping (the last checkpoint is kept as it was)");
+  optimizer.step(lr, optim::clip_scale(norm, grad_clip));
+  if (grad_norm) *grad_norm = norm;
   return loss;
+}
+
+double Trainer::train_step() {
+  std::vector<data::Batch> micro;
+  for (int64_t i = 0; i < config_.grad_accum; ++i) micro.push_back(train_loader_->next());
+  try {
+    return training_step(*model_, *optimizer_, micro, schedule_.at(step_), config_.grad_clip, &last_grad_norm_);
+  } catch (const Error& e) {
+    throw Error("step " + std::to_string(step_ + 1) + ": " + e.what());
+  }
 }
 
 double Trainer::evaluate() {
@@ -286,7 +292,7 @@ std::vector<StepRecord> Trainer::run() {
     r.lr = lr;
     r.grad_norm = last_grad_norm_;
     r.tokens_per_s = tokens_per_step / seconds;
-    r.mfu = flops_per_token() * r.tokens_per_s / peak_flops_;
+    r.mfu = flops_per_token(model_->config(), config_.seq_len) * r.tokens_per_s / peak_flops_;
     records.push_back(r);
     metrics << nlohmann::json{{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
                               {"tokens_per_s", r.tokens_per_s}, {"mfu", r.mfu}}.dump()
@@ -300,7 +306,7 @@ std::vector<StepRecord> Trainer::run() {
       std::snprintf(line, sizeof(line),
                     "step %lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | MFU %.1f%% | ETA %s",
                     static_cast<long long>(step_), static_cast<long long>(last_step), loss, lr, last_grad_norm_, tps,
-                    100.0 * flops_per_token() * tps / peak_flops_, format_duration(eta).c_str());
+                    100.0 * flops_per_token(model_->config(), config_.seq_len) * tps / peak_flops_, format_duration(eta).c_str());
       log_ << line << std::endl;
       window_seconds = 0;
       window_tokens = 0;

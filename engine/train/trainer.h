@@ -21,6 +21,20 @@ struct StepRecord {
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, mfu = 0;
 };
 
+// One optimizer step: forward and backward over each micro-batch (gradients accumulated, each loss
+// scaled by 1/micro_batches.size()), global-norm clipping folded into the fused AdamW update.
+// Returns the mean loss; *grad_norm gets the norm before clipping. Throws on a non-finite loss or
+// gradient norm before the weights change. The trainer and `llm-bench train` both run exactly this.
+double training_step(models::CausalLM& model, optim::AdamW& optimizer, const std::vector<data::Batch>& micro_batches,
+                     float lr, float grad_clip, double* grad_norm);
+
+// Training FLOPs per token for MFU: 6 per weight (forward + backward matmuls; position tables are
+// lookups) plus causal attention's score and value products, 6·L·T·C.
+double flops_per_token(const models::ModelConfig& config, int64_t seq_len);
+// The sustained sgemm rate of this machine at the current thread count, FLOP/s: the ceiling MFU is
+// measured against (a CPU has no datasheet number that fits every core count and clock).
+double measure_gemm_ceiling();
+
 class Trainer {
  public:
   // Builds the model (or loads init_from), optimizer and data loaders. Messages go to `log`.
@@ -48,7 +62,6 @@ class Trainer {
 
  private:
   double train_step();  // one optimizer step over grad_accum micro-batches; returns the mean loss
-  double flops_per_token() const;
 
   TrainConfig config_;
   std::ostream& log_;
