@@ -24,66 +24,59 @@ std::shared_ptr<TensorImpl> make_impl(std::shared_ptr<Storage> storage, int64_t 
   return impl;
 }
 
-// Converts n contiguous CPU elements between dtypes (through f32 for floating types).
+// Call f with the typed element pointer of an integer dtype (for reading, and for writing).
+template <typename F>
+void visit_integer(DType t, const void* p, F&& f) {
+  switch (t) {
+    case DType::I32: f(static_cast<const int32_t*>(p)); break;
+    case DType::I64: f(static_cast<const int64_t*>(p)); break;
+    case DType::U16: f(static_cast<const uint16_t*>(p)); break;
+    case DType::U32: f(static_cast<const uint32_t*>(p)); break;
+    case DType::U8: f(static_cast<const uint8_t*>(p)); break;
+    default: break;
+  }
+}
+template <typename F>
+void visit_integer(DType t, void* p, F&& f) {
+  switch (t) {
+    case DType::I32: f(static_cast<int32_t*>(p)); break;
+    case DType::I64: f(static_cast<int64_t*>(p)); break;
+    case DType::U16: f(static_cast<uint16_t*>(p)); break;
+    case DType::U32: f(static_cast<uint32_t*>(p)); break;
+    case DType::U8: f(static_cast<uint8_t*>(p)); break;
+    default: break;
+  }
+}
+
+// Converts n contiguous CPU elements between dtypes: integers to integers exactly through int64,
+// everything else through f32 (floats to integers round to nearest).
 void convert_elements(const void* src, DType from, void* dst, DType to, int64_t n) {
   if (from == to) {
     std::memcpy(dst, src, n * dtype_size(from));
     return;
   }
-  std::vector<float> tmp;
-  const float* f = nullptr;
-  if (from == DType::F32) {
-    f = static_cast<const float*>(src);
-  } else {
-    tmp.resize(n);
-    auto widen = [&](auto* p) { for (int64_t i = 0; i < n; ++i) tmp[i] = static_cast<float>(p[i]); };
-    switch (from) {
-      case DType::BF16: cpu::bf16_to_f32(n, static_cast<const uint16_t*>(src), tmp.data()); break;
-      case DType::F16: cpu::f16_to_f32(n, static_cast<const uint16_t*>(src), tmp.data()); break;
-      case DType::I32: widen(static_cast<const int32_t*>(src)); break;
-      case DType::I64: widen(static_cast<const int64_t*>(src)); break;
-      case DType::U16: widen(static_cast<const uint16_t*>(src)); break;
-      case DType::U32: widen(static_cast<const uint32_t*>(src)); break;
-      case DType::U8: widen(static_cast<const uint8_t*>(src)); break;
-      case DType::F32: break;
-    }
-    f = tmp.data();
-  }
-  // Integer ↔ integer conversions go through int64 so large ids survive exactly.
   if (!is_floating(from) && !is_floating(to)) {
     std::vector<int64_t> wide(n);
-    auto load = [&](auto* p) { for (int64_t i = 0; i < n; ++i) wide[i] = static_cast<int64_t>(p[i]); };
-    switch (from) {
-      case DType::I32: load(static_cast<const int32_t*>(src)); break;
-      case DType::I64: load(static_cast<const int64_t*>(src)); break;
-      case DType::U16: load(static_cast<const uint16_t*>(src)); break;
-      case DType::U32: load(static_cast<const uint32_t*>(src)); break;
-      case DType::U8: load(static_cast<const uint8_t*>(src)); break;
-      default: break;
-    }
-    auto store = [&](auto* p) { for (int64_t i = 0; i < n; ++i) p[i] = static_cast<std::remove_pointer_t<decltype(p)>>(wide[i]); };
-    switch (to) {
-      case DType::I32: store(static_cast<int32_t*>(dst)); break;
-      case DType::I64: store(static_cast<int64_t*>(dst)); break;
-      case DType::U16: store(static_cast<uint16_t*>(dst)); break;
-      case DType::U32: store(static_cast<uint32_t*>(dst)); break;
-      case DType::U8: store(static_cast<uint8_t*>(dst)); break;
-      default: break;
-    }
+    visit_integer(from, src, [&](auto* p) { for (int64_t i = 0; i < n; ++i) wide[i] = static_cast<int64_t>(p[i]); });
+    visit_integer(to, dst, [&](auto* p) {
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<std::remove_pointer_t<decltype(p)>>(wide[i]);
+    });
     return;
   }
-  auto narrow = [&](auto* p) {
-    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<std::remove_pointer_t<decltype(p)>>(std::llround(f[i]));
-  };
+  std::vector<float> f(n);
+  switch (from) {
+    case DType::F32: std::memcpy(f.data(), src, n * sizeof(float)); break;
+    case DType::BF16: cpu::bf16_to_f32(n, static_cast<const uint16_t*>(src), f.data()); break;
+    case DType::F16: cpu::f16_to_f32(n, static_cast<const uint16_t*>(src), f.data()); break;
+    default: visit_integer(from, src, [&](auto* p) { for (int64_t i = 0; i < n; ++i) f[i] = static_cast<float>(p[i]); });
+  }
   switch (to) {
-    case DType::F32: std::memcpy(dst, f, n * sizeof(float)); break;
-    case DType::BF16: cpu::f32_to_bf16(n, f, static_cast<uint16_t*>(dst)); break;
-    case DType::F16: cpu::f32_to_f16(n, f, static_cast<uint16_t*>(dst)); break;
-    case DType::I32: narrow(static_cast<int32_t*>(dst)); break;
-    case DType::I64: narrow(static_cast<int64_t*>(dst)); break;
-    case DType::U16: narrow(static_cast<uint16_t*>(dst)); break;
-    case DType::U32: narrow(static_cast<uint32_t*>(dst)); break;
-    case DType::U8: narrow(static_cast<uint8_t*>(dst)); break;
+    case DType::F32: std::memcpy(dst, f.data(), n * sizeof(float)); break;
+    case DType::BF16: cpu::f32_to_bf16(n, f.data(), static_cast<uint16_t*>(dst)); break;
+    case DType::F16: cpu::f32_to_f16(n, f.data(), static_cast<uint16_t*>(dst)); break;
+    default: visit_integer(to, dst, [&](auto* p) {
+      for (int64_t i = 0; i < n; ++i) p[i] = static_cast<std::remove_pointer_t<decltype(p)>>(std::llround(f[i]));
+    });
   }
 }
 
