@@ -1,6 +1,7 @@
 // Decoder-only language models: GPT-2 and the LLaMA family, built from engine/nn modules with Hugging
 // Face parameter names, so checkpoints map onto them without special cases.
 #pragma once
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -14,17 +15,36 @@ struct ForwardOptions {
   Tensor doc;        // i32 [B, T] document ids of packed sequences; default: one document per row
 };
 
+// Keys and values of every layer for up to `capacity` positions of `batch` sequences, for generation.
+struct KVCache {
+  KVCache(const ModelConfig& config, int64_t batch, int64_t capacity);
+  std::vector<Tensor> k, v;     // per layer: [batch, capacity, n_kv_heads, head_dim]
+  std::vector<int32_t> length;  // tokens cached per sequence
+  int64_t batch, capacity;
+  void reset() { std::fill(length.begin(), length.end(), 0); }
+};
+
 class CausalLM : public nn::Module {
  public:
   explicit CausalLM(const ModelConfig& config) : config_(config) {}
   // ids i32 [B, T] → logits f32 [B, T, vocab].
   virtual Tensor forward(const Tensor& ids, const ForwardOptions& options = {}) = 0;
+  // Inference with a KV cache (call under NoGradGuard): row b of ids [B, T] holds n_new[b] <= T new
+  // tokens (the rest is padding), which are appended to the cache after its cached ones. Returns the
+  // logits [B, vocab] of each row's last new token (rows with n_new 0 return unspecified values).
+  Tensor forward_cached(const Tensor& ids, const std::vector<int32_t>& n_new, KVCache& cache);
   // GPT-2 initialization: normal(0, 0.02) for matrices and embeddings, residual output projections
   // scaled by 1/sqrt(2·n_layers), zero biases, unit norm weights. Deterministic from the seed.
   void init_weights(uint64_t seed);
   const ModelConfig& config() const { return config_; }
 
  protected:
+  // The architecture's part of forward_cached: hidden states [B, T, C] after the last block (before the
+  // final norm), given positions [B, T] and the cache, whose layer entries it fills.
+  virtual Tensor hidden_cached(const Tensor& ids, const Tensor& positions, const std::vector<int32_t>& n_new,
+                               KVCache& cache) = 0;
+  // Final norm and output head of hidden rows [N, C] → logits [N, vocab].
+  virtual Tensor head(const Tensor& hidden) = 0;
   ModelConfig config_;
 };
 

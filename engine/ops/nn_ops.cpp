@@ -297,6 +297,23 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
   return out;
 }
 
+Tensor attention_cached(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& past_in, float scale) {
+  LLM_CHECK(!autograd::needs_grad({&q_in, &k_in, &v_in}), "attention_cached: inference only; run it under NoGradGuard");
+  Tensor q = cpu_f32(q_in, "attention_cached", "q"), k = cpu_f32(k_in, "attention_cached", "k_cache"),
+         v = cpu_f32(v_in, "attention_cached", "v_cache"), past = cpu_i32(past_in, "attention_cached", "past");
+  LLM_CHECK(q.dim() == 4 && k.dim() == 4, "attention_cached: q and the caches must be 4-D, got ", q.str(), " and ", k.str());
+  const int64_t B = q.size(0), Tq = q.size(1), Hq = q.size(2), D = q.size(3), S = k.size(1), Hkv = k.size(2);
+  check_shape(k, Shape{B, S, Hkv, D}, "attention_cached", "k_cache");
+  check_shape(v, k.shape(), "attention_cached", "v_cache");
+  check_shape(past, Shape{B}, "attention_cached", "past");
+  LLM_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention_cached: ", Hq, " query heads are not a multiple of ", Hkv, " kv heads");
+  Tensor out = Tensor::empty(q.shape());
+  cpu::attention_cached_forward(B, Tq, S, Hq, Hkv, D, q.data<float>(), k.data<float>(), v.data<float>(),
+                                past.data<int32_t>(), scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(D)),
+                                out.data<float>());
+  return out;
+}
+
 namespace {
 struct CrossEntropyBackward : Node {
   SavedTensor logits, targets, lse;

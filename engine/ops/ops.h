@@ -65,6 +65,11 @@ Tensor rope(const Tensor& x, const Tensor& positions, float theta,
 // scale <= 0 means 1/sqrt(D).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& doc = Tensor(),
                  float scale = 0.f);
+// Inference attention against a KV cache (not differentiable; no autograd recording allowed):
+// q [B, Tq, Hq, D], k_cache/v_cache [B, S, Hkv, D], past i32 [B] (tokens cached before these queries).
+// Query t of row b attends to cache slots 0 .. past[b] + t. scale <= 0 means 1/sqrt(D).
+Tensor attention_cached(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& past,
+                        float scale = 0.f);
 // Mean over rows whose target is not ignore_index of -log softmax(logits)[target].
 // logits [..., V], targets i32 with logits' leading shape. All rows ignored gives 0.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index = -100);

@@ -28,3 +28,16 @@ void attention_backward(const AttentionShape& shape, const float* q, const float
                         const float* dout, float* dq, float* dk, float* dv);
 
 }  // namespace llm::cpu
+
+namespace llm::cpu {
+
+// Inference attention over a KV cache (no backward). q, out: [B, Tq, Hq, D]; k_cache, v_cache:
+// [B, S, Hkv, D] with S the cache capacity; past[b] is how many tokens row b had cached before these
+// queries. Query t of row b is at position past[b] + t and attends to cache slots 0 .. past[b] + t,
+// whose keys and values (its own included) must already be written (slots past S are never read:
+// a padding query beyond the capacity sees slots 0 .. S-1).
+// Every (row, query, head) is computed independently, so results do not depend on the thread count.
+void attention_cached_forward(int64_t B, int64_t Tq, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, const float* q,
+                              const float* k_cache, const float* v_cache, const int32_t* past, float scale, float* out);
+
+}  // namespace llm::cpu
