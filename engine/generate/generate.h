@@ -1,0 +1,47 @@
+// Batched generation with a KV cache: every prompt is prefilled in one padded forward pass, then all
+// unfinished sequences advance one token per step together. Stops at EOS, stop strings or a token limit.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "engine/generate/sampler.h"
+#include "engine/models/transformer.h"
+
+namespace llm::generate {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 128;
+  SamplingOptions sampling;
+  std::vector<std::string> stop;  // stop strings (not included in the output)
+  bool stop_at_eos = true;        // the tokenizer's eot/eos id ends a sequence
+};
+
+struct Generation {
+  std::vector<int32_t> tokens;  // generated ids (without the prompt; without EOS)
+  std::string text;             // their text, cut before a stop string
+  std::string finish_reason;    // "eos", "stop" or "length"
+};
+
+struct GenerateStats {
+  int64_t prompt_tokens = 0, generated_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;
+  double time_to_first_token = 0;  // seconds from the start until every sequence had its first token
+};
+
+// Called with (sequence index, text) as text becomes final (text that could still turn out to be a
+// stop string is held back until it cannot).
+using TextCallback = std::function<void(size_t sequence, const std::string& text)>;
+
+// Generates a continuation of every prompt (token ids, non-empty). Sequence i samples from its own
+// stream of options.sampling.seed, so results do not depend on the batch or the thread count.
+std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer& tokenizer,
+                                 const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& options,
+                                 const TextCallback& on_text = nullptr, GenerateStats* stats = nullptr);
+
+// The ids a prompt text becomes: BOS first when the tokenizer has one (SentencePiece models), and the
+// end-of-text id for an empty prompt of a tokenizer without BOS (GPT-2).
+std::vector<int32_t> encode_prompt(const data::Tokenizer& tokenizer, const std::string& text);
+
+}  // namespace llm::generate
