@@ -156,10 +156,11 @@ LoadedModel load_hf_directory(const std::string& dir) {
                 "']: '", f, "' is not a file name in the directory");
       by_file[f].push_back(name);
     }
+    for (const auto& [file_name, names] : by_file)
+      LLM_CHECK(fs::is_regular_file(d / file_name), index, ": shard '", file_name, "' (holding '", names.front(),
+                "') does not exist");
     for (const auto& [file_name, names] : by_file) {
       const std::string shard = (d / file_name).string();
-      LLM_CHECK(fs::is_regular_file(shard), index, ": shard '", file_name, "' (holding '", names.front(),
-                "') does not exist");
       const SafetensorsFile file(shard);
       for (const std::string& name : names) {
         LLM_CHECK(file.contains(name), shard, ": missing tensor '", name, "' (the index puts it here)");
@@ -200,10 +201,7 @@ LoadedModel load_hf_directory(const std::string& dir) {
     LLM_CHECK(out.weights.emplace(name, t).second, src.file, ": tensor '", stored_name, "' is stored twice (also as '",
               name, "')");
   }
-  for (const auto& kv : expected) {
-    const std::string shown = kv.first;
-    LLM_CHECK(out.weights.count(kv.first), listing, ": missing tensor '", shown, "'");
-  }
+  for (const auto& kv : expected) LLM_CHECK(out.weights.count(kv.first), listing, ": missing tensor '", kv.first, "'");
   out.tokenizer = tokenizer_spec_in(dir);
   return out;
 }
