@@ -129,6 +129,8 @@ LoadedModel load_hf_directory(const std::string& dir) {
   LoadedModel out;
   out.config = config_from_hf_json(read_text(config_path), config_path);
   const ModelConfig& c = out.config;
+  LLM_CHECK(c.arch != Arch::GPT2 || c.tie_embeddings, config_path,
+            ": key 'tie_word_embeddings': GPT-2 with an untied lm_head is not supported");
 
   // Every stored tensor with the file it lives in.
   std::map<std::string, Source> raw;
