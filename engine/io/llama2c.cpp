@@ -114,7 +114,7 @@ bool is_llama2c_file(const std::string& path) {
   std::fclose(f);
   if (!ok) return false;
   try {
-    return kHeaderBytes + 4 * expected_floats(read_header(buf), path) == size;
+    return kHeaderBytes + mul(4, expected_floats(read_header(buf), path), path) == size;
   } catch (const Error&) {
     return false;
   }
@@ -144,7 +144,7 @@ LoadedModel load_llama2c(const std::string& path) {
   map->size = size;
   const auto* bytes = static_cast<const uint8_t*>(addr);
   const Header h = read_header(bytes);
-  const uint64_t want = kHeaderBytes + 4 * expected_floats(h, path);
+  const uint64_t want = kHeaderBytes + mul(4, expected_floats(h, path), path);
   LLM_CHECK(size == want, path, ": llama2.c header (dim ", h.dim, ", hidden_dim ", h.hidden_dim, ", n_layers ", h.n_layers,
             ", n_heads ", h.n_heads, ", n_kv_heads ", h.n_kv_heads, ", vocab_size ", h.vocab_size, ", seq_len ", h.seq_len,
             ") needs ", want, " bytes but the file has ", size, size < want ? " (truncated)" : " (inconsistent header)");

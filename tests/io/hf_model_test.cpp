@@ -193,12 +193,11 @@ TEST(HfModel, Qwen2AndMistralConfigsLoad) {
   auto m = random_model(c, 4);
   io::save_hf_directory(dir.str(), c, m->named_parameters(), "");
   EXPECT_TRUE(header_of(dir / "model.safetensors").contains("model.layers.0.self_attn.q_proj.bias"));
-  // As Qwen2ForCausalLM writes it: model_type qwen2 implies q/k/v biases; a stray rotary buffer is ignored.
-  rewrite_config(dir.str(), [](json& j) {
-    j["model_type"] = "qwen2";
-    j["architectures"] = {"Qwen2ForCausalLM"};
-    j.erase("attention_bias");
-  });
+  // q/k/v biases without an o_proj bias are Qwen2's layout, so that is what the directory says.
+  const json config = json::parse(data::read_file(dir / "config.json"));
+  EXPECT_EQ(config["model_type"], "qwen2");
+  EXPECT_EQ(config["architectures"], json({"Qwen2ForCausalLM"}));
+  // A stray rotary buffer is ignored.
   {
     const io::SafetensorsFile src(dir / "model.safetensors");
     Weights w;
@@ -430,6 +429,12 @@ TEST_F(HfErrors, MisShapedTensor) {
   });
   expect_error([&] { train::load_pretrained(dir_.str()); },
                {st(), "tensor 'model.layers.1.mlp.up_proj.weight' has shape [24, 36], expected [36, 24]"});
+}
+
+TEST_F(HfErrors, LlamaAttentionBiasIsRefused) {
+  // LLaMA's attention_bias also biases o_proj, which our model does not have.
+  rewrite_config(dir_.str(), [](json& j) { j["attention_bias"] = true; });
+  expect_error([&] { train::load_pretrained(dir_.str()); }, {dir_ / "config.json", "key 'attention_bias'", "qwen2"});
 }
 
 TEST_F(HfErrors, UnknownModelTypeAndMissingFiles) {
