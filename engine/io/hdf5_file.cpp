@@ -428,19 +428,23 @@ bool is_hdf5_file(const std::string& path) {
   return f.gcount() == 8 && std::memcmp(sig, "\x89HDF\r\n\x1a\n", 8) == 0;
 }
 
-void write_file_atomic(const std::string& path, const std::string& data) {
+void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write) {
   const std::string tmp = temp_name(path);
-  {
+  try {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     LLM_CHECK(f.good(), tmp, ": cannot create file");
-    f.write(data.data(), static_cast<std::streamsize>(data.size()));
+    write(f);
     f.flush();
-    if (!f.good()) {
-      std::remove(tmp.c_str());
-      throw Error(path + ": write failed");
-    }
+    LLM_CHECK(f.good(), path, ": write failed");
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
   }
   atomic_rename(tmp, path);
+}
+
+void write_file_atomic(const std::string& path, const std::string& data) {
+  write_file_atomic(path, [&](std::ostream& out) { out.write(data.data(), static_cast<std::streamsize>(data.size())); });
 }
 
 }  // namespace llm::io

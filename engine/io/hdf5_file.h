@@ -3,6 +3,8 @@
 // Used by the data pipeline (token shards) and by checkpoints.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -106,5 +108,7 @@ bool is_hdf5_file(const std::string& path);
 
 // Writes `data` to `path` atomically (temporary sibling, fsync, rename). For small text files.
 void write_file_atomic(const std::string& path, const std::string& data);
+// The same for larger files: `write` streams the content into the temporary file.
+void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write);
 
 }  // namespace llm::io

@@ -90,7 +90,10 @@ ModelConfig config_from_hf_json(const std::string& text, const std::string& sour
     c.norm_eps = static_cast<float>(k.number_or("rms_norm_eps", 1e-6));
     c.rope_theta = static_cast<float>(k.number_or("rope_theta", 10000.0));
     c.tie_embeddings = k.boolean_or("tie_word_embeddings", false);
-    c.attention_bias = type == "qwen2" ? true : k.boolean_or("attention_bias", false);
+    c.attention_bias = type == "qwen2";
+    LLM_CHECK(type == "qwen2" || !k.boolean_or("attention_bias", false), source,
+              ": key 'attention_bias': true (biases on q/k/v and o_proj) is not supported for ", type,
+              "; q/k/v biases are supported as model_type qwen2");
     if (k.has("head_dim"))
       LLM_CHECK(k.integer("head_dim") == c.dim / std::max<int64_t>(c.n_heads, 1), source,
                 ": key 'head_dim': a head_dim other than hidden_size / num_attention_heads is not supported");
@@ -118,11 +121,16 @@ std::string config_to_hf_json(const ModelConfig& c) {
          {"n_head", c.n_heads}, {"n_inner", c.hidden_dim}, {"layer_norm_epsilon", c.norm_eps},
          {"activation_function", "gelu_new"}, {"tie_word_embeddings", true}};
   } else {
-    j = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", c.vocab_size},
+    // q/k/v biases without an o_proj bias is Qwen2's layout (LLaMA's attention_bias also biases o_proj).
+    const bool qwen2 = c.attention_bias;
+    j = {{"architectures", {qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"}}, {"model_type", qwen2 ? "qwen2" : "llama"},
+         {"vocab_size", c.vocab_size},
          {"max_position_embeddings", c.max_seq_len}, {"hidden_size", c.dim}, {"num_hidden_layers", c.n_layers},
          {"num_attention_heads", c.n_heads}, {"num_key_value_heads", c.n_kv_heads},
          {"intermediate_size", c.hidden_dim}, {"rms_norm_eps", c.norm_eps}, {"rope_theta", c.rope_theta},
-         {"tie_word_embeddings", c.tie_embeddings}, {"attention_bias", c.attention_bias}, {"hidden_act", "silu"}};
+         {"tie_word_embeddings", c.tie_embeddings}, {"hidden_act", "silu"}};
+    if (qwen2) j["use_sliding_window"] = false;
+    else j["attention_bias"] = false;
   }
   j["torch_dtype"] = "float32";
   return j.dump(2) + "\n";

@@ -1,0 +1,266 @@
+#include "engine/io/hf_model.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "engine/core/error.h"
+#include "engine/io/hdf5_file.h"
+#include "engine/io/hf_config.h"
+#include "engine/io/safetensors.h"
+
+namespace llm::io {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using models::Arch;
+using models::ModelConfig;
+
+namespace {
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  LLM_CHECK(in.good(), path, ": cannot read");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// GPT-2 weights HF keeps as Conv1D [in, out].
+bool is_conv1d_weight(const std::string& name) {
+  return ends_with(name, ".attn.c_attn.weight") || ends_with(name, ".attn.c_proj.weight") ||
+         ends_with(name, ".mlp.c_fc.weight") || ends_with(name, ".mlp.c_proj.weight");
+}
+
+Shape reversed(const Shape& s) { return Shape{s[1], s[0]}; }
+
+// Tokenizer files a HF directory may carry (encoder.json + vocab.bpe is GPT-2's original pair).
+const char* const kTokenizerFiles[] = {"tokenizer.json",  "tokenizer_config.json", "tokenizer.model",
+                                       "encoder.json",    "vocab.bpe",             "special_tokens_map.json",
+                                       "vocab.json",      "merges.txt"};
+
+// A tensor read from a file, with the file it came from (for messages).
+struct Source {
+  Tensor tensor;
+  std::string file;
+};
+}  // namespace
+
+std::map<std::string, Shape> expected_parameters(const ModelConfig& c) {
+  std::map<std::string, Shape> p;
+  const int64_t D = c.dim, H = c.hidden_dim;
+  if (c.arch == Arch::GPT2) {
+    p["transformer.wte.weight"] = Shape{c.vocab_size, D};
+    p["transformer.wpe.weight"] = Shape{c.max_seq_len, D};
+    for (int64_t i = 0; i < c.n_layers; ++i) {
+      const std::string b = "transformer.h." + std::to_string(i) + ".";
+      for (const char* ln : {"ln_1", "ln_2"}) {
+        p[b + ln + ".weight"] = Shape{D};
+        p[b + ln + ".bias"] = Shape{D};
+      }
+      p[b + "attn.c_attn.weight"] = Shape{3 * D, D};
+      p[b + "attn.c_attn.bias"] = Shape{3 * D};
+      p[b + "attn.c_proj.weight"] = Shape{D, D};
+      p[b + "attn.c_proj.bias"] = Shape{D};
+      p[b + "mlp.c_fc.weight"] = Shape{H, D};
+      p[b + "mlp.c_fc.bias"] = Shape{H};
+      p[b + "mlp.c_proj.weight"] = Shape{D, H};
+      p[b + "mlp.c_proj.bias"] = Shape{D};
+    }
+    p["transformer.ln_f.weight"] = Shape{D};
+    p["transformer.ln_f.bias"] = Shape{D};
+    return p;
+  }
+  const int64_t q = c.n_heads * c.head_dim(), kv = c.n_kv_heads * c.head_dim();
+  p["model.embed_tokens.weight"] = Shape{c.vocab_size, D};
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const std::string b = "model.layers." + std::to_string(i) + ".";
+    p[b + "input_layernorm.weight"] = Shape{D};
+    p[b + "post_attention_layernorm.weight"] = Shape{D};
+    p[b + "self_attn.q_proj.weight"] = Shape{q, D};
+    p[b + "self_attn.k_proj.weight"] = Shape{kv, D};
+    p[b + "self_attn.v_proj.weight"] = Shape{kv, D};
+    if (c.attention_bias) {
+      p[b + "self_attn.q_proj.bias"] = Shape{q};
+      p[b + "self_attn.k_proj.bias"] = Shape{kv};
+      p[b + "self_attn.v_proj.bias"] = Shape{kv};
+    }
+    p[b + "self_attn.o_proj.weight"] = Shape{D, q};
+    p[b + "mlp.gate_proj.weight"] = Shape{H, D};
+    p[b + "mlp.up_proj.weight"] = Shape{H, D};
+    p[b + "mlp.down_proj.weight"] = Shape{D, H};
+  }
+  p["model.norm.weight"] = Shape{D};
+  if (!c.tie_embeddings) p["lm_head.weight"] = Shape{c.vocab_size, D};
+  return p;
+}
+
+void check_weights(const ModelConfig& config, const std::map<std::string, Tensor>& weights, const std::string& source) {
+  const std::map<std::string, Shape> expected = expected_parameters(config);
+  for (const auto& [name, t] : weights) {
+    const auto it = expected.find(name);
+    LLM_CHECK(it != expected.end(), source, ": unexpected tensor '", name, "' (not a parameter of this ",
+              config.arch_name(), " model)");
+    LLM_CHECK(t.shape() == it->second, source, ": tensor '", name, "' has shape ", t.shape().str(), ", expected ",
+              it->second.str());
+  }
+  for (const auto& kv : expected) LLM_CHECK(weights.count(kv.first), source, ": missing tensor '", kv.first, "'");
+}
+
+std::string tokenizer_spec_in(const std::string& dir) {
+  const fs::path d(dir);
+  if (fs::is_regular_file(d / "tokenizer.json") || fs::is_regular_file(d / "tokenizer.model") ||
+      (fs::is_regular_file(d / "encoder.json") && fs::is_regular_file(d / "vocab.bpe")))
+    return dir;
+  return "";
+}
+
+LoadedModel load_hf_directory(const std::string& dir) {
+  const fs::path d(dir);
+  LLM_CHECK(fs::is_directory(d), dir, ": no such directory");
+  const std::string config_path = (d / "config.json").string();
+  LLM_CHECK(fs::is_regular_file(config_path), dir, ": not a Hugging Face model directory (no config.json)");
+  LoadedModel out;
+  out.config = config_from_hf_json(read_text(config_path), config_path);
+  const ModelConfig& c = out.config;
+  LLM_CHECK(c.arch != Arch::GPT2 || c.tie_embeddings, config_path,
+            ": key 'tie_word_embeddings': GPT-2 with an untied lm_head is not supported");
+
+  // Every stored tensor with the file it lives in.
+  std::map<std::string, Source> raw;
+  std::string listing;  // the file that names all tensors, for "missing" messages
+  const std::string single = (d / "model.safetensors").string(), index = (d / "model.safetensors.index.json").string();
+  if (fs::is_regular_file(single)) {
+    listing = single;
+    const SafetensorsFile file(single);
+    for (const std::string& name : file.names()) raw[name] = {file.tensor(name), single};
+  } else if (fs::is_regular_file(index)) {
+    listing = index;
+    json j;
+    try {
+      j = json::parse(read_text(index));
+    } catch (const json::exception& e) {
+      throw Error(index + ": not valid JSON: " + e.what());
+    }
+    LLM_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index,
+              ": expected an object with a \"weight_map\" of tensor name → file");
+    std::map<std::string, std::vector<std::string>> by_file;
+    for (const auto& [name, file] : j["weight_map"].items()) {
+      LLM_CHECK(file.is_string(), index, ": weight_map['", name, "'] must be a file name");
+      const std::string f = file.get<std::string>();
+      LLM_CHECK(f.find('/') == std::string::npos && f != ".." && !f.empty(), index, ": weight_map['", name,
+                "']: '", f, "' is not a file name in the directory");
+      by_file[f].push_back(name);
+    }
+    for (const auto& [file_name, names] : by_file)
+      LLM_CHECK(fs::is_regular_file(d / file_name), index, ": shard '", file_name, "' (holding '", names.front(),
+                "') does not exist");
+    for (const auto& [file_name, names] : by_file) {
+      const std::string shard = (d / file_name).string();
+      const SafetensorsFile file(shard);
+      for (const std::string& name : names) {
+        LLM_CHECK(file.contains(name), shard, ": missing tensor '", name, "' (the index puts it here)");
+        raw[name] = {file.tensor(name), shard};
+      }
+      const std::set<std::string> listed(names.begin(), names.end());
+      for (const std::string& name : file.names())
+        LLM_CHECK(listed.count(name), shard, ": unexpected tensor '", name, "' (not in ", index, "'s weight_map for this shard)");
+    }
+  } else {
+    throw Error(dir + ": no model.safetensors or model.safetensors.index.json (only safetensors weights are supported)");
+  }
+
+  // HF names → ours, dropping buffers and tied heads; GPT-2's Conv1D weights turned to [out, in].
+  const std::map<std::string, Shape> expected = expected_parameters(c);
+  for (auto& [stored_name, src] : raw) {
+    std::string name = stored_name;
+    if (c.arch == Arch::GPT2) {
+      if (name == "lm_head.weight" || ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias")) continue;
+      if (!starts_with(name, "transformer.")) name = "transformer." + name;
+    } else {
+      if (ends_with(name, "rotary_emb.inv_freq")) continue;
+      if (c.tie_embeddings && name == "lm_head.weight") continue;
+    }
+    const auto it = expected.find(name);
+    LLM_CHECK(it != expected.end(), src.file, ": unexpected tensor '", stored_name, "' (not a parameter of this ",
+              config_path, " model)");
+    Tensor t = src.tensor;
+    if (c.arch == Arch::GPT2 && is_conv1d_weight(name)) {
+      const Shape want = reversed(it->second);
+      LLM_CHECK(t.shape() == want, src.file, ": tensor '", stored_name, "' has shape ", t.shape().str(), ", expected ",
+                want.str(), " (GPT-2 Conv1D [in, out])");
+      t = t.transpose(0, 1).contiguous();
+    } else {
+      LLM_CHECK(t.shape() == it->second, src.file, ": tensor '", stored_name, "' has shape ", t.shape().str(),
+                ", expected ", it->second.str());
+    }
+    LLM_CHECK(out.weights.emplace(name, t).second, src.file, ": tensor '", stored_name, "' is stored twice (also as '",
+              name, "')");
+  }
+  for (const auto& kv : expected) LLM_CHECK(out.weights.count(kv.first), listing, ": missing tensor '", kv.first, "'");
+  out.tokenizer = tokenizer_spec_in(dir);
+  return out;
+}
+
+namespace {
+void copy_file_atomic(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  if (fs::exists(to) && fs::equivalent(from, to, ec)) return;  // saving over the source directory
+  write_file_atomic(to.string(), read_text(from.string()));
+}
+
+void copy_tokenizer(const std::string& source, const fs::path& dir) {
+  if (source.empty() || source == "byte") return;
+  const fs::path src(source);
+  if (fs::is_directory(src)) {
+    int copied = 0;
+    for (const char* name : kTokenizerFiles)
+      if (fs::is_regular_file(src / name)) {
+        copy_file_atomic(src / name, dir / name);
+        ++copied;
+      }
+    LLM_CHECK(copied > 0, source, ": no tokenizer files (tokenizer.json, tokenizer.model, encoder.json + vocab.bpe ...)");
+    return;
+  }
+  LLM_CHECK(fs::is_regular_file(src), source, ": no such tokenizer file or directory");
+  const std::string base = src.filename().string();
+  for (const char* name : kTokenizerFiles)
+    if (base == name) {
+      copy_file_atomic(src, dir / name);
+      if (base == "encoder.json") {
+        const fs::path bpe = src.parent_path() / "vocab.bpe";
+        LLM_CHECK(fs::is_regular_file(bpe), bpe.string(), ": missing (encoder.json needs its vocab.bpe)");
+        copy_file_atomic(bpe, dir / "vocab.bpe");
+      }
+      return;
+    }
+  LLM_CHECK(src.extension() == ".model", source, ": not a tokenizer file this directory can hold");
+  copy_file_atomic(src, dir / "tokenizer.model");  // a SentencePiece model under its HF name
+}
+}  // namespace
+
+void save_hf_directory(const std::string& dir, const ModelConfig& config,
+                       const std::vector<std::pair<std::string, Tensor>>& weights, const std::string& tokenizer_source) {
+  config.validate();
+  std::map<std::string, Tensor> by_name;
+  for (const auto& [name, t] : weights)
+    LLM_CHECK(by_name.emplace(name, t).second, dir, ": tensor '", name, "' given twice");
+  check_weights(config, by_name, dir);
+  std::vector<std::pair<std::string, Tensor>> stored;
+  stored.reserve(weights.size());
+  for (const auto& [name, t] : weights)
+    stored.emplace_back(name, config.arch == Arch::GPT2 && is_conv1d_weight(name) ? t.transpose(0, 1) : t);
+  fs::create_directories(dir);
+  const fs::path d(dir);
+  write_file_atomic((d / "config.json").string(), config_to_hf_json(config));
+  write_safetensors((d / "model.safetensors").string(), stored, StoredType::F32, {{"format", "pt"}});
+  copy_tokenizer(tokenizer_source, d);
+}
+
+}  // namespace llm::io

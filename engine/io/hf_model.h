@@ -1,0 +1,48 @@
+// Hugging Face model directories in and out: config.json + model.safetensors (or shards listed in
+// model.safetensors.index.json) + tokenizer files, for GPT2LMHeadModel, LlamaForCausalLM,
+// MistralForCausalLM and Qwen2ForCausalLM. Our parameter names are HF's; GPT-2's Conv1D weights are
+// stored [in, out] by HF and [out, in] (nn.Linear) here, so they are transposed on the way in and out.
+//
+// load_pretrained() (engine/train/pretrained.h) adds native checkpoints on top of this.
+#pragma once
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/core/tensor.h"
+#include "engine/models/config.h"
+
+namespace llm::io {
+
+// A model read from disk: its configuration, weights under our (HF) parameter names in nn.Linear
+// orientation, and a tokenizer spec for data::load_tokenizer ("" when none came with it).
+struct LoadedModel {
+  models::ModelConfig config;
+  std::map<std::string, Tensor> weights;
+  std::string tokenizer;
+};
+
+// The parameters a model of this configuration has: name → shape (what make_model builds).
+std::map<std::string, Shape> expected_parameters(const models::ModelConfig& config);
+
+// Checks that `weights` holds exactly the expected parameters with the expected shapes; errors name
+// `source` and the missing, unexpected or mis-shaped tensor.
+void check_weights(const models::ModelConfig& config, const std::map<std::string, Tensor>& weights,
+                   const std::string& source);
+
+// A HF directory (config.json, model.safetensors or model.safetensors.index.json + shards). Unknown
+// model types, missing/unexpected/mis-shaped tensors and damaged files are errors naming the file.
+LoadedModel load_hf_directory(const std::string& dir);
+
+// Writes dir/config.json, dir/model.safetensors (f32, HF names and orientation) and copies the
+// tokenizer files found in `tokenizer_source` (a directory, or one tokenizer file; "" for none).
+// Creates `dir` if needed; every file is written atomically.
+void save_hf_directory(const std::string& dir, const models::ModelConfig& config,
+                       const std::vector<std::pair<std::string, Tensor>>& weights, const std::string& tokenizer_source);
+
+// The tokenizer spec for files in `dir` (tokenizer.json, tokenizer.model, encoder.json + vocab.bpe):
+// the directory itself when it holds one of them, else "".
+std::string tokenizer_spec_in(const std::string& dir);
+
+}  // namespace llm::io

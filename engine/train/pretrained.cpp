@@ -1,0 +1,45 @@
+#include "engine/train/pretrained.h"
+
+#include <filesystem>
+
+#include "engine/core/error.h"
+#include "engine/io/hdf5_file.h"
+#include "engine/io/llama2c.h"
+#include "engine/train/checkpoint.h"
+
+namespace llm::train {
+
+namespace fs = std::filesystem;
+
+io::LoadedModel load_pretrained(const std::string& path) {
+  std::error_code ec;
+  LLM_CHECK(fs::exists(path, ec), path, ": no such model file or directory");
+  if (fs::is_directory(path, ec)) return io::load_hf_directory(path);
+  if (io::is_hdf5_file(path)) {
+    LLM_CHECK(is_checkpoint_file(path), path, ": an HDF5 file but not an llm checkpoint");
+    Checkpoint ckpt = load_checkpoint(path, /*weights_only=*/true);
+    io::LoadedModel out;
+    out.config = ckpt.model_config;
+    for (auto& [name, t] : ckpt.weights)
+      LLM_CHECK(out.weights.emplace(name, t).second, path, ": tensor '", name, "' is stored twice");
+    io::check_weights(out.config, out.weights, path);
+    out.tokenizer = ckpt.tokenizer;
+    return out;
+  }
+  const std::string ext = fs::path(path).extension().string();
+  LLM_CHECK(ext == ".bin", path,
+            ": not a model: expected a Hugging Face directory (config.json + model.safetensors), an llm checkpoint "
+            "(.h5) or a llama2.c checkpoint (.bin)");
+  return io::load_llama2c(path);
+}
+
+std::unique_ptr<models::CausalLM> make_loaded_model(const io::LoadedModel& loaded) {
+  auto model = models::make_model(loaded.config, 0);
+  model->load_state(loaded.weights, /*strict=*/true);
+  model->set_training(false);
+  return model;
+}
+
+std::unique_ptr<models::CausalLM> load_model(const std::string& path) { return make_loaded_model(load_pretrained(path)); }
+
+}  // namespace llm::train

@@ -1,0 +1,97 @@
+// llm-convert --in PATH --out PATH [--tokenizer DIR|FILE] [--verify]
+// Converts models between a Hugging Face directory (config.json + model.safetensors + tokenizer files),
+// a native checkpoint (.h5, weights only) and, as input only, a llama2.c .bin. The output kind follows
+// the --out path: ending in .h5 → native checkpoint, anything else → HF directory. --verify reloads
+// what was written and checks its logits on a fixed token sequence against the input model's.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "engine/core/error.h"
+#include "engine/train/checkpoint.h"
+#include "engine/train/pretrained.h"
+
+namespace {
+const char* kUsage = "usage: llm-convert --in PATH --out PATH [--tokenizer DIR|FILE] [--verify]\n";
+
+int usage(const std::string& message) {
+  std::fprintf(stderr, "error: %s\n%s", message.c_str(), kUsage);
+  return 2;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Logits of a fixed, deterministic token sequence.
+std::vector<float> probe_logits(const llm::io::LoadedModel& m) {
+  const int64_t T = std::min<int64_t>(16, m.config.max_seq_len);
+  std::vector<int32_t> ids(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) ids[t] = static_cast<int32_t>((t * 7919 + 1) % m.config.vocab_size);
+  llm::NoGradGuard no_grad;
+  auto model = llm::train::make_loaded_model(m);
+  return model->forward(llm::Tensor::from_vector(ids, llm::Shape{1, T})).to_vector<float>();
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string in, out, tokenizer;
+  bool verify = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    if (a == "--in" || a == "--out" || a == "--tokenizer") {
+      const char* v = value();
+      if (!v) return usage(a + " needs a path");
+      (a == "--in" ? in : a == "--out" ? out : tokenizer) = v;
+    } else if (a == "--verify") {
+      verify = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("%s", kUsage);
+      return 0;
+    } else {
+      return usage("unknown argument '" + a + "'");
+    }
+  }
+  if (in.empty() || out.empty()) return usage("--in and --out are required");
+  try {
+    llm::io::LoadedModel m = llm::train::load_pretrained(in);
+    if (!tokenizer.empty()) m.tokenizer = tokenizer;
+    std::vector<std::pair<std::string, llm::Tensor>> weights(m.weights.begin(), m.weights.end());
+    if (ends_with(out, ".h5")) {
+      llm::train::Checkpoint ckpt;
+      ckpt.model_config = m.config;
+      ckpt.weights = weights;
+      ckpt.has_optimizer = false;
+      // A tokenizer path is recorded absolute, so the checkpoint works from any directory.
+      std::error_code ec;
+      if (!m.tokenizer.empty() && std::filesystem::exists(m.tokenizer, ec))
+        ckpt.tokenizer = std::filesystem::absolute(m.tokenizer).lexically_normal().string();
+      else
+        ckpt.tokenizer = m.tokenizer;
+      llm::train::save_checkpoint(out, ckpt);
+    } else {
+      llm::io::save_hf_directory(out, m.config, weights, m.tokenizer);
+    }
+    std::printf("%s -> %s: %s, %lld parameters%s\n", in.c_str(), out.c_str(), m.config.summary().c_str(),
+                static_cast<long long>(m.config.num_parameters()),
+                m.tokenizer.empty() ? ", no tokenizer" : (", tokenizer " + m.tokenizer).c_str());
+    if (verify) {
+      const std::vector<float> want = probe_logits(m), got = probe_logits(llm::train::load_pretrained(out));
+      double max_diff = 0, scale = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        max_diff = std::max(max_diff, std::fabs(static_cast<double>(got[i]) - want[i]));
+        scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
+      }
+      LLM_CHECK(got.size() == want.size() && max_diff <= 1e-6 * std::max(scale, 1.0), out,
+                ": verification failed: logits differ from the input model's by up to ", max_diff);
+      std::printf("verified: %zu logits, max |difference| %g\n", want.size(), max_diff);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
