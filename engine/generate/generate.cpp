@@ -18,6 +18,19 @@ struct Stream {
   bool done = false;
 };
 
+// The text token `tok` adds after `history`: decoding a short window with and without it, so that
+// tokenizer conventions apply as in a full decode (SentencePiece drops the space that starts a text,
+// byte pieces join into characters).
+std::string text_increment(const data::Tokenizer& tok, const std::vector<int32_t>& history, int32_t next) {
+  constexpr size_t kWindow = 8;
+  std::vector<int32_t> window(history.end() - static_cast<std::ptrdiff_t>(std::min(kWindow, history.size())), history.end());
+  const std::string before = tok.decode(window);
+  window.push_back(next);
+  const std::string after = tok.decode(window);
+  if (after.compare(0, before.size(), before) == 0) return after.substr(before.size());
+  return tok.token_text(next);  // the window's own text changed: fall back to the token's bytes
+}
+
 // Length of the longest suffix of text that is a proper prefix of some stop string: text that may
 // still become a stop string and must not be emitted yet.
 size_t pending_stop_prefix(const std::string& text, const std::vector<std::string>& stops) {
@@ -109,9 +122,9 @@ std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer&
         finish(b, "eos");
         continue;
       }
+      s.out.text += text_increment(tokenizer, s.history, tok);
       s.out.tokens.push_back(tok);
       s.history.push_back(tok);
-      s.out.text += tokenizer.token_text(tok);
       ++st.generated_tokens;
       // A stop string ends the sequence; the text is cut where it begins.
       size_t cut = std::string::npos;

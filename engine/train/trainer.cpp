@@ -9,6 +9,7 @@
 
 #include "data/tokenizer.h"
 #include "engine/train/checkpoint.h"
+#include "engine/train/pretrained.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/parallel.h"
 
@@ -79,13 +80,16 @@ Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(conf
   }
 
   models::ModelConfig mc = config_.model;
-  std::vector<std::pair<std::string, Tensor>> init_weights;
+  std::map<std::string, Tensor> init_weights;
   if (!config_.init_from.empty()) {
-    LLM_CHECK(is_checkpoint_file(config_.init_from), config_.source, ": model.init_from: ", config_.init_from,
-              " is not a checkpoint file");
-    Checkpoint ck = load_checkpoint(config_.init_from, /*weights_only=*/true);
-    mc = ck.model_config;
-    init_weights = std::move(ck.weights);
+    // A native checkpoint, a Hugging Face directory or a llama2.c .bin: weights only, fresh optimizer.
+    io::LoadedModel loaded = load_pretrained(config_.init_from);
+    mc = loaded.config;
+    init_weights = std::move(loaded.weights);
+    if (!tokenizer_ && !loaded.tokenizer.empty()) {
+      tokenizer_spec_ = loaded.tokenizer;
+      tokenizer_ = data::load_tokenizer(tokenizer_spec_);
+    }
   } else {
     if (config_.vocab_from_data) {
       LLM_CHECK(tokenizer_, config_.source, ": model.vocab_size: auto needs a tokenizer (data.tokenizer, or a prepared ",
@@ -100,7 +104,7 @@ Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(conf
     LLM_CHECK(tokenizer_->vocab_size() <= mc.vocab_size, config_.source, ": the tokenizer has ", tokenizer_->vocab_size(),
               " tokens but the model only ", mc.vocab_size);
   model_ = models::make_model(mc, config_.seed);
-  if (!init_weights.empty()) model_->load_state(std::map<std::string, Tensor>(init_weights.begin(), init_weights.end()));
+  if (!init_weights.empty()) model_->load_state(init_weights);
 
   optim::AdamWConfig oc;
   oc.beta1 = config_.beta1;
