@@ -2,6 +2,7 @@
 //
 //   llm-bench kernels [--threads N] [--json]
 //   llm-bench train --config FILE.yaml [--batch B] [--seq T] [--steps N] [--threads N] [--json]
+//   llm-bench generate [--shape llama-110m|gpt2-124m] [--prompt P] [--gen G] [--threads N] [--json]
 //
 // Each section (gemm, attention) is one function that measures its cases and hands rows to a Reporter,
 // which prints either an aligned table or one JSON object per line.
@@ -17,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/models/transformer.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/parallel.h"
@@ -39,6 +41,9 @@ struct Options {
   std::string config;
   int64_t batch = 0, seq = 0;  // 0: the config's
   int steps = 5;
+  // generate
+  std::string shape = "llama-110m";
+  int64_t prompt = 128, gen = 128;
 };
 
 // One measured case. ref_gflops < 0 means no reference was measured.
@@ -299,10 +304,98 @@ int run_train(const Options& o) {
 }
 #endif
 
+// Read bandwidth of this machine: the best of several streaming sums over a buffer far larger than
+// the caches, GB/s (the best, as a capability, since other processes only ever lower it).
+double measure_read_bandwidth(int threads) {
+  const int64_t n = int64_t(1) << 28;  // 1 GiB of floats
+  std::vector<float> buf(size_t(n), 1.f);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : s0, s1, s2, s3) schedule(static)
+    for (int64_t i = 0; i < n; i += 4) {
+      s0 += buf[size_t(i)], s1 += buf[size_t(i + 1)], s2 += buf[size_t(i + 2)], s3 += buf[size_t(i + 3)];
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    volatile float sink = s0 + s1 + s2 + s3;  // keeps the reads from being optimized away
+    (void)sink;
+    best = std::max(best, double(n) * 4 / secs * 1e-9);
+  }
+  return best;
+}
+
+// Decoding speed at batch 1 on random weights of a known shape: prompt tokens/s (one prefill pass),
+// decode tokens/s (greedy, one token per step with the KV cache), time to first token, and the weight
+// bandwidth decoding achieves against the machine's read bandwidth (decode reads every weight once per
+// token, so that is its ceiling).
+int run_generate(const Options& o) {
+  if (o.threads > 0) llm::cpu::set_num_threads(o.threads);
+  llm::models::ModelConfig c;
+  if (o.shape == "llama-110m") {  // llama2.c stories110M: tied classifier
+    c.arch = llm::models::Arch::Llama;
+    c.vocab_size = 32000, c.max_seq_len = 1024, c.dim = 768, c.n_layers = 12, c.n_heads = 12, c.n_kv_heads = 12;
+    c.hidden_dim = 2048, c.tie_embeddings = true;
+  } else if (o.shape == "gpt2-124m") {
+    c.arch = llm::models::Arch::GPT2;
+    c.vocab_size = 50257, c.max_seq_len = 1024, c.dim = 768, c.n_layers = 12, c.n_heads = 12, c.n_kv_heads = 12;
+    c.hidden_dim = 3072, c.tie_embeddings = true;
+  } else {
+    return std::fprintf(stderr, "error: llm-bench generate: --shape: expected llama-110m or gpt2-124m, got '%s'\n", o.shape.c_str()), 2;
+  }
+  if (o.prompt < 1 || o.prompt + o.gen > c.max_seq_len)
+    return std::fprintf(stderr, "error: llm-bench generate: --prompt + --gen must fit the context of %lld\n", (long long)c.max_seq_len), 2;
+  auto model = llm::models::make_model(c, 1);
+  llm::NoGradGuard no_grad;
+  const int threads = llm::cpu::num_threads();
+  const double bandwidth = measure_read_bandwidth(threads);
+  std::vector<double> prompt_tps, decode_tps, ttft;
+  for (int rep = 0; rep < 3; ++rep) {
+    llm::models::KVCache cache(c, 1, o.prompt + o.gen);
+    std::vector<int32_t> ids(size_t(o.prompt));
+    for (int64_t i = 0; i < o.prompt; ++i) ids[size_t(i)] = int32_t((i * 7919 + rep) % c.vocab_size);
+    const auto t0 = std::chrono::steady_clock::now();
+    llm::Tensor logits = model->forward_cached(llm::Tensor::from_vector(ids, llm::Shape{1, o.prompt}), {int32_t(o.prompt)}, cache);
+    auto argmax = [&](const llm::Tensor& l) {
+      const float* p = l.data<float>();
+      return int32_t(std::max_element(p, p + c.vocab_size) - p);
+    };
+    int32_t next = argmax(logits);
+    const double prefill = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    prompt_tps.push_back(double(o.prompt) / prefill);
+    ttft.push_back(prefill);
+    const auto t1 = std::chrono::steady_clock::now();
+    for (int64_t g = 1; g < o.gen; ++g) {
+      logits = model->forward_cached(llm::Tensor::from_vector(std::vector<int32_t>{next}, llm::Shape{1, 1}), {1}, cache);
+      next = argmax(logits);
+    }
+    decode_tps.push_back(double(o.gen - 1) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
+  }
+  const double dec = median(decode_tps), weights_gb = double(model->num_parameters()) * 4 * 1e-9;
+  const double achieved = dec * weights_gb;
+  if (o.json) {
+    std::printf("{\"op\":\"generate\",\"shape\":\"%s\",\"params\":%lld,\"threads\":%d,\"prompt_tokens\":%lld,"
+                "\"prompt_tokens_per_s\":%.1f,\"decode_tokens_per_s\":%.2f,\"ttft_ms\":%.1f,\"weight_gb_per_s\":%.2f,"
+                "\"read_bandwidth_gb_per_s\":%.2f}\n",
+                o.shape.c_str(), (long long)model->num_parameters(), threads, (long long)o.prompt, median(prompt_tps), dec,
+                median(ttft) * 1e3, achieved, bandwidth);
+  } else {
+    std::printf("generate  %s (%s, %lld parameters, fp32)  threads %d  batch 1, prompt %lld, %lld new tokens (median of 3)\n",
+                o.shape.c_str(), c.summary().c_str(), (long long)model->num_parameters(), threads, (long long)o.prompt,
+                (long long)o.gen);
+    std::printf("  prompt %.1f tokens/s   decode %.2f tokens/s   time to first token %.1f ms\n", median(prompt_tps), dec,
+                median(ttft) * 1e3);
+    std::printf("  decode reads %.2f GB of weights per token: %.1f GB/s of the machine's %.1f GB/s read bandwidth (%.0f%%)\n",
+                weights_gb, achieved, bandwidth, 100 * achieved / bandwidth);
+  }
+  return 0;
+}
+
 int usage_error(const std::string& message) {
   std::fprintf(stderr,
                "error: %s (usage: llm-bench kernels [--threads N] [--json] | llm-bench train --config FILE [--batch B] "
-               "[--seq T] [--steps N] [--threads N] [--json])\n",
+               "[--seq T] [--steps N] [--threads N] [--json] | llm-bench generate [--shape llama-110m|gpt2-124m] "
+               "[--prompt P] [--gen G] [--threads N] [--json])\n",
                message.c_str());
   return 2;
 }
@@ -312,7 +405,8 @@ int usage_error(const std::string& message) {
 int main(int argc, char** argv) {
   if (argc < 2) return usage_error("missing command");
   const std::string command = argv[1];
-  if (command != "kernels" && command != "train") return usage_error("unknown command '" + command + "'");
+  if (command != "kernels" && command != "train" && command != "generate")
+    return usage_error("unknown command '" + command + "'");
   Options options;
   auto integer = [&](int& i, const char* flag, long lo, long hi, long* out) -> bool {
     if (i + 1 >= argc) return false;
@@ -331,6 +425,14 @@ int main(int argc, char** argv) {
     } else if (arg == "--threads") {
       if (!integer(i, "--threads", 1, 4096, &n)) return usage_error("--threads: expected a positive integer");
       options.threads = int(n);
+    } else if (command == "generate" && arg == "--shape" && i + 1 < argc) {
+      options.shape = argv[++i];
+    } else if (command == "generate" && arg == "--prompt") {
+      if (!integer(i, "--prompt", 1, 1 << 20, &n)) return usage_error("--prompt: expected a positive integer");
+      options.prompt = n;
+    } else if (command == "generate" && arg == "--gen") {
+      if (!integer(i, "--gen", 2, 1 << 20, &n)) return usage_error("--gen: expected an integer of at least 2");
+      options.gen = n;
     } else if (command == "train" && arg == "--config" && i + 1 < argc) {
       options.config = argv[++i];
     } else if (command == "train" && arg == "--batch") {
@@ -347,6 +449,7 @@ int main(int argc, char** argv) {
     }
   }
   if (command == "kernels") return run_kernels(options);
+  if (command == "generate") return run_generate(options);
 #if defined(LLM_BENCH_TRAIN)
   return run_train(options);
 #else

@@ -167,11 +167,53 @@ void choose_grid(int64_t M, int64_t N, int64_t K, int threads, int* tm_out, int*
   if (best < 0) *tm_out = *tn_out = 1;
 }
 
+// A few rows against a weight matrix stored N×K (x·Wᵀ: decoding one token per sequence). Packing
+// would copy all of W to use it once, so each output is a dot product straight from W's rows: one
+// pass over the weights, which is what bounds decoding. Every output is one fixed-order dot product,
+// so the split over N cannot change results.
+constexpr int64_t kSkinnyRows = 4;
+
+void skinny_nt(const Operands& op, int64_t M, int64_t N, int threads) {
+  const int64_t K = op.K;
+  auto columns = [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* w = op.B + j * op.ldb;
+      for (int64_t i = 0; i < M; ++i) {
+        const float* x = op.A + i * op.lda;
+        float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t k = 0; k < K; ++k) dot += x[k] * w[k];
+        float* c = op.C + i * op.ldc + j;
+        float v = op.alpha * dot;
+        if (op.beta != 0.f) v += op.beta * *c;
+        if (op.bias) v += op.bias[j];
+        *c = v;
+      }
+    }
+  };
+  // Below ~256 KiB of weights the fork/join costs more than the streaming saves.
+  const int use = int(std::max<int64_t>(1, std::min<int64_t>(threads, N * K / 65536)));
+  if (use == 1) {
+    columns(0, N);
+    return;
+  }
+#pragma omp parallel num_threads(use)
+  {
+    int64_t j0, j1;
+    split_range(N, omp_get_num_threads(), omp_get_thread_num(), &j0, &j1);
+    columns(j0, j1);
+  }
+}
+
 // Runs one product, using up to `threads` threads (1 when called inside a parallel region).
 void gemm_one(const Operands& op, int64_t M, int64_t N, int threads) {
   if (M <= 0 || N <= 0) return;
   if (op.K == 0 || op.alpha == 0.f) {
     scale_only(op, M, N);
+    return;
+  }
+  if (M <= kSkinnyRows && op.trans_b && !op.trans_a) {
+    skinny_nt(op, M, N, threads);
     return;
   }
   // Below ~1 MFLOP per thread the fork/join costs more than the work saves.
