@@ -43,6 +43,7 @@ struct Options {
   int steps = 5;
   // generate
   std::string shape = "llama-110m";
+  bool q8 = false;
   int64_t prompt = 128, gen = 128;
 };
 
@@ -346,6 +347,7 @@ int run_generate(const Options& o) {
   if (o.prompt < 1 || o.prompt + o.gen > c.max_seq_len)
     return std::fprintf(stderr, "error: llm-bench generate: --prompt + --gen must fit the context of %lld\n", (long long)c.max_seq_len), 2;
   auto model = llm::models::make_model(c, 1);
+  if (o.q8) model->quantize_q8();
   llm::NoGradGuard no_grad;
   const int threads = llm::cpu::num_threads();
   const double bandwidth = measure_read_bandwidth(threads);
@@ -371,18 +373,20 @@ int run_generate(const Options& o) {
     }
     decode_tps.push_back(double(o.gen - 1) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
   }
-  const double dec = median(decode_tps), weights_gb = double(model->num_parameters()) * 4 * 1e-9;
+  // Bytes of weights read per token: fp32, or Q8_0's 1 byte + a 4-byte scale per 32 values.
+  const double bytes_per_weight = o.q8 ? 1.0 + 4.0 / 32 : 4.0;
+  const double dec = median(decode_tps), weights_gb = double(model->num_parameters()) * bytes_per_weight * 1e-9;
   const double achieved = dec * weights_gb;
   if (o.json) {
-    std::printf("{\"op\":\"generate\",\"shape\":\"%s\",\"params\":%lld,\"threads\":%d,\"prompt_tokens\":%lld,"
+    std::printf("{\"op\":\"generate\",\"shape\":\"%s\",\"weights\":\"%s\",\"params\":%lld,\"threads\":%d,\"prompt_tokens\":%lld,"
                 "\"prompt_tokens_per_s\":%.1f,\"decode_tokens_per_s\":%.2f,\"ttft_ms\":%.1f,\"weight_gb_per_s\":%.2f,"
                 "\"read_bandwidth_gb_per_s\":%.2f}\n",
-                o.shape.c_str(), (long long)model->num_parameters(), threads, (long long)o.prompt, median(prompt_tps), dec,
+                o.shape.c_str(), o.q8 ? "q8" : "fp32", (long long)model->num_parameters(), threads, (long long)o.prompt, median(prompt_tps), dec,
                 median(ttft) * 1e3, achieved, bandwidth);
   } else {
-    std::printf("generate  %s (%s, %lld parameters, fp32)  threads %d  batch 1, prompt %lld, %lld new tokens (median of 3)\n",
-                o.shape.c_str(), c.summary().c_str(), (long long)model->num_parameters(), threads, (long long)o.prompt,
-                (long long)o.gen);
+    std::printf("generate  %s (%s, %lld parameters, %s)  threads %d  batch 1, prompt %lld, %lld new tokens (median of 3)\n",
+                o.shape.c_str(), c.summary().c_str(), (long long)model->num_parameters(), o.q8 ? "q8" : "fp32", threads,
+                (long long)o.prompt, (long long)o.gen);
     std::printf("  prompt %.1f tokens/s   decode %.2f tokens/s   time to first token %.1f ms\n", median(prompt_tps), dec,
                 median(ttft) * 1e3);
     std::printf("  decode reads %.2f GB of weights per token: %.1f GB/s of the machine's %.1f GB/s read bandwidth (%.0f%%)\n",
@@ -395,7 +399,7 @@ int usage_error(const std::string& message) {
   std::fprintf(stderr,
                "error: %s (usage: llm-bench kernels [--threads N] [--json] | llm-bench train --config FILE [--batch B] "
                "[--seq T] [--steps N] [--threads N] [--json] | llm-bench generate [--shape llama-110m|gpt2-124m] "
-               "[--prompt P] [--gen G] [--threads N] [--json])\n",
+               "[--prompt P] [--gen G] [--quantize q8] [--threads N] [--json])\n",
                message.c_str());
   return 2;
 }
@@ -427,6 +431,9 @@ int main(int argc, char** argv) {
       options.threads = int(n);
     } else if (command == "generate" && arg == "--shape" && i + 1 < argc) {
       options.shape = argv[++i];
+    } else if (command == "generate" && arg == "--quantize" && i + 1 < argc) {
+      if (std::string(argv[++i]) != "q8") return usage_error("--quantize: expected q8");
+      options.q8 = true;
     } else if (command == "generate" && arg == "--prompt") {
       if (!integer(i, "--prompt", 1, 1 << 20, &n)) return usage_error("--prompt: expected a positive integer");
       options.prompt = n;

@@ -23,13 +23,14 @@ const char* kUsage =
     "usage: llm-generate --model PATH (--prompt TEXT [--prompt TEXT ...] | --prompt-file FILE | --chat)\n"
     "         [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
     "         [--seed S] [--threads N] [--stop TEXT ...] [--ignore-eos] [--tokenizer SPEC] [--system TEXT]\n"
+    "         [--quantize q8]\n"
     "  PATH: a Hugging Face directory, an llm checkpoint (.h5) or a llama2.c .bin\n"
     "  --temp 0 is greedy; defaults: -n 128 --temp 0.8 --top-k 40 --top-p 0.95 --min-p 0.05 --seed 0\n";
 
 struct Args {
   std::string model, tokenizer, prompt_file, system;
   std::vector<std::string> prompts, stop;
-  bool chat = false, ignore_eos = false;
+  bool chat = false, ignore_eos = false, q8 = false;
   int threads = 0;
   llm::generate::GenerateOptions gen;
 };
@@ -73,6 +74,11 @@ Args parse(int argc, char** argv) {
     else if (f == "--threads" || f == "-t") a.threads = number<int>(f, value());
     else if (f == "--stop") a.stop.push_back(value());
     else if (f == "--ignore-eos") a.ignore_eos = true;
+    else if (f == "--quantize") {
+      const std::string kind = value();
+      if (kind != "q8") fail("--quantize: expected q8, got \"" + kind + "\"");
+      a.q8 = true;
+    }
     else if (f == "-h" || f == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
@@ -118,6 +124,7 @@ int main(int argc, char** argv) {
     LLM_CHECK(!spec.empty(), a.model, ": no tokenizer came with the model; pass --tokenizer SPEC");
     const auto tokenizer = data::load_tokenizer(spec);
     auto model = train::make_loaded_model(loaded);
+    if (a.q8) model->quantize_q8();
 
     if (a.chat) {
       // Interactive: each user line is one turn; the conversation stays in the prompt.

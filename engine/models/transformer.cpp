@@ -75,6 +75,12 @@ void CausalLM::init_weights(uint64_t seed) {
   }
 }
 
+void CausalLM::quantize_q8() {
+  nn::Module::quantize_q8();
+  if (config_.tie_embeddings)
+    head_q8_ = ops::quantize_q8(parameter(config_.arch == Arch::GPT2 ? "transformer.wte.weight" : "model.embed_tokens.weight"));
+}
+
 // ---- KV cache ---------------------------------------------------------------------------------
 KVCache::KVCache(const ModelConfig& c, int64_t batch_, int64_t capacity_)
     : length(static_cast<size_t>(batch_), 0), batch(batch_), capacity(capacity_) {
@@ -202,7 +208,7 @@ class GPT2 : public CausalLM {
     for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward_cached(x, n_new, cache, l);
     return x;
   }
-  Tensor head(const Tensor& hidden) override { return ops::linear(ln_f.forward(hidden), wte.weight); }
+  Tensor head(const Tensor& hidden) override { return output_head(ln_f.forward(hidden), wte.weight); }
 
  public:
 
@@ -300,7 +306,7 @@ class Llama : public CausalLM {
     return x;
   }
   Tensor head(const Tensor& hidden) override {
-    return ops::linear(norm.forward(hidden), lm_head ? lm_head->weight : embed_tokens.weight);
+    return lm_head ? lm_head->forward(norm.forward(hidden)) : output_head(norm.forward(hidden), embed_tokens.weight);
   }
 
  public:

@@ -37,8 +37,15 @@ class CausalLM : public nn::Module {
   // scaled by 1/sqrt(2·n_layers), zero biases, unit norm weights. Deterministic from the seed.
   void init_weights(uint64_t seed);
   const ModelConfig& config() const { return config_; }
+  // Also quantizes the output head when it is tied to the token embedding.
+  void quantize_q8() override;
 
  protected:
+  // The output head: x·Wᵀ with the head weight, or its Q8 copy after quantize_q8().
+  Tensor output_head(const Tensor& x, const Tensor& weight) const {
+    return head_q8_.defined() ? ops::linear_q8(x, head_q8_) : ops::linear(x, weight);
+  }
+  ops::Q8Matrix head_q8_;
   // The architecture's part of forward_cached: hidden states [B, T, C] after the last block (before the
   // final norm), given positions [B, T] and the cache, whose layer entries it fills.
   virtual Tensor hidden_cached(const Tensor& ids, const Tensor& positions, const std::vector<int32_t>& n_new,

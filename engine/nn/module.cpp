@@ -62,6 +62,10 @@ void Module::load_state(const std::map<std::string, Tensor>& tensors, bool stric
   for (const auto& [name, t] : tensors) LLM_CHECK(used.count(name), "unexpected tensor '", name, "' (", t.str(), ")");
 }
 
+void Module::quantize_q8() {
+  for (auto& [name, child] : children_) child->quantize_q8();
+}
+
 void Module::set_training(bool on) {
   training_ = on;
   for (auto& [name, child] : children_) child->set_training(on);

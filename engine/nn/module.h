@@ -33,6 +33,10 @@ class Module {
   void set_training(bool on);
   bool training() const { return training_; }
 
+  // Inference with int8 weights (Q8_0): every Linear below keeps a quantized copy of its weight and
+  // uses it in forward (not differentiable; the fp32 weights stay for training and saving).
+  virtual void quantize_q8();
+
  protected:
   void register_parameter(const std::string& name, Tensor* slot);
   void register_module(const std::string& name, Module* child);
@@ -48,8 +52,13 @@ class Module {
 class Linear : public Module {
  public:
   Linear(int64_t in, int64_t out, bool bias);
-  Tensor forward(const Tensor& x) const { return ops::linear(x, weight, bias); }
+  Tensor forward(const Tensor& x) const { return q8.defined() ? ops::linear_q8(x, q8, bias) : ops::linear(x, weight, bias); }
+  // Layers whose input width is not a multiple of the 32-value block stay in fp32.
+  void quantize_q8() override {
+    if (weight.size(1) % 32 == 0) q8 = ops::quantize_q8(weight);
+  }
   Tensor weight, bias;
+  ops::Q8Matrix q8;  // set by quantize_q8()
 };
 
 class Embedding : public Module {

@@ -3,6 +3,7 @@
 #include "engine/ops/ops.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/quant.h"
 
 namespace llm::ops {
 
@@ -148,6 +149,38 @@ Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
     n.w = SavedTensor(w);
     n.has_bias = bias_in.defined();
   });
+  return y;
+}
+
+Q8Matrix quantize_q8(const Tensor& w_in) {
+  const Tensor w = cpu_f32(w_in, "quantize_q8", "w");
+  LLM_CHECK(w.dim() == 2 && w.size(1) % cpu::kQ8Block == 0, "quantize_q8: needs a [N, K] matrix with K a multiple of ",
+            cpu::kQ8Block, ", got ", w.str());
+  const int64_t N = w.size(0), K = w.size(1);
+  Q8Matrix m{Tensor::empty(Shape{N, K}, DType::U8), Tensor::empty(Shape{N, K / cpu::kQ8Block}),
+             Tensor::empty(Shape{N, K / cpu::kQ8Block}, DType::I32)};
+  cpu::quantize_q8_rows(N, K, w.data<float>(), reinterpret_cast<int8_t*>(m.q.data<uint8_t>()), m.scales.data<float>(),
+                        m.sums.data<int32_t>());
+  return m;
+}
+
+Tensor linear_q8(const Tensor& x_in, const Q8Matrix& w, const Tensor& bias_in) {
+  LLM_CHECK(!autograd::needs_grad({&x_in, &bias_in}), "linear_q8: inference only; run it under NoGradGuard");
+  LLM_CHECK(w.defined(), "linear_q8: the weight is not quantized");
+  const Tensor x = cpu_f32(x_in, "linear_q8", "x");
+  const int64_t N = w.q.size(0), K = w.q.size(1);
+  LLM_CHECK(x.dim() >= 1 && x.size(-1) == K, "linear_q8: input ", x.shape().str(), " does not match the weight's ", K,
+            " inputs");
+  Tensor bias;
+  if (bias_in.defined()) {
+    bias = cpu_f32(bias_in, "linear_q8", "bias");
+    check_shape(bias, Shape{N}, "linear_q8", "bias");
+  }
+  std::vector<int64_t> shape = x.shape().vec();
+  shape.back() = N;
+  Tensor y = Tensor::empty(Shape(shape));
+  cpu::gemm_q8(x.numel() / K, N, K, x.data<float>(), reinterpret_cast<const int8_t*>(w.q.data<uint8_t>()),
+               w.scales.data<float>(), w.sums.data<int32_t>(), bias.defined() ? bias.data<float>() : nullptr, y.data<float>());
   return y;
 }
 

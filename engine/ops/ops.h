@@ -70,6 +70,16 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
 // Query t of row b attends to cache slots 0 .. past[b] + t. scale <= 0 means 1/sqrt(D).
 Tensor attention_cached(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& past,
                         float scale = 0.f);
+// Weight-only int8 (Q8_0, kernels/cpu/quant.h) for inference: a [N, K] matrix as int8 blocks with
+// scales. linear_q8 is x·Wᵀ + bias with such a matrix (not differentiable).
+struct Q8Matrix {
+  Tensor q;       // u8 storage of the int8 values, [N, K]
+  Tensor scales;  // f32 [N, K/32]
+  Tensor sums;    // i32 [N, K/32]: each block's sum of int8 values
+  bool defined() const { return q.defined(); }
+};
+Q8Matrix quantize_q8(const Tensor& w);
+Tensor linear_q8(const Tensor& x, const Q8Matrix& w, const Tensor& bias = Tensor());
 // Mean over rows whose target is not ignore_index of -log softmax(logits)[target].
 // logits [..., V], targets i32 with logits' leading shape. All rows ignored gives 0.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index = -100);

@@ -37,5 +37,25 @@ TEST(Stories260KGenerate, GreedyFromBosMatchesLlama2c) {
   EXPECT_EQ(batched[1].tokens.size(), 200u);
 }
 
+TEST(Stories260KGenerate, Q8WeightsStayCloseToFp32) {
+  const std::string dir = std::string(LLM_SOURCE_DIR) + "/tests/fixtures/stories260K";
+  auto fp32 = train::load_model(dir + "/stories260K.bin");
+  auto q8 = train::load_model(dir + "/stories260K.bin");
+  q8->quantize_q8();
+  NoGradGuard no_grad;
+  std::vector<int32_t> ids{1};
+  for (int i = 0; i < 40; ++i) ids.push_back((i * 37 + 5) % 512);
+  const Tensor input = Tensor::from_vector(ids, Shape{1, int64_t(ids.size())});
+  const std::vector<float> a = fp32->forward(input).to_vector<float>(), b = q8->forward(input).to_vector<float>();
+  EXPECT_LE(testing::max_rel_error(b, a), 0.05);
+  EXPECT_GT(testing::max_rel_error(b, a), 0.0) << "the quantized path was not used";
+  int agree = 0;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    auto row_a = a.begin() + t * 512, row_b = b.begin() + t * 512;
+    agree += std::max_element(row_a, row_a + 512) - row_a == std::max_element(row_b, row_b + 512) - row_b;
+  }
+  EXPECT_GE(agree, int(ids.size()) * 9 / 10);
+}
+
 }  // namespace
 }  // namespace llm::generate

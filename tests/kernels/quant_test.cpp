@@ -1,0 +1,91 @@
+#include "kernels/cpu/quant.h"
+
+#include <cmath>
+
+#include "kernels/cpu/parallel.h"
+#include "tests/common/testing.h"
+
+namespace llm::cpu {
+namespace {
+
+// Q8_0 of one block, as the format defines it (scale = max|w| / 127, q = round(w / scale)).
+void reference_quantize(const float* w, int64_t n, std::vector<int>* q, std::vector<double>* scales) {
+  for (int64_t b = 0; b < n / kQ8Block; ++b) {
+    double amax = 0;
+    for (int64_t i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(double(w[b * kQ8Block + i])));
+    const double s = float(amax / 127.0);
+    scales->push_back(s);
+    for (int64_t i = 0; i < kQ8Block; ++i) q->push_back(s > 0 ? int(std::lrint(w[b * kQ8Block + i] / float(s))) : 0);
+  }
+}
+
+TEST(Q8, QuantizeMatchesTheFormat) {
+  const int64_t N = 3, K = 96;
+  auto w = testing::random_floats(N * K, 1);
+  w[5] = 0.f;
+  std::vector<int8_t> q(N * K);
+  std::vector<float> s(N * K / 32);
+  std::vector<int32_t> sums(N * K / 32);
+  quantize_q8_rows(N, K, w.data(), q.data(), s.data(), sums.data());
+  std::vector<int> rq;
+  std::vector<double> rs;
+  reference_quantize(w.data(), N * K, &rq, &rs);
+  for (int64_t i = 0; i < N * K; ++i) EXPECT_EQ(q[i], rq[i]) << i;
+  for (size_t b = 0; b < rs.size(); ++b) {
+    EXPECT_FLOAT_EQ(s[b], float(rs[b]));
+    int32_t sum = 0;
+    for (int64_t i = 0; i < 32; ++i) sum += q[b * 32 + i];
+    EXPECT_EQ(sums[b], sum);
+  }
+  // Every weight is within half a quantization step.
+  for (int64_t i = 0; i < N * K; ++i) EXPECT_LE(std::fabs(w[i] - s[i / 32] * q[i]), 0.5f * s[i / 32] + 1e-7f);
+}
+
+TEST(Q8, GemmEqualsTheQuantizedProductExactly) {
+  for (const auto& [M, N, K] : std::vector<std::array<int64_t, 3>>{{1, 1, 32}, {1, 67, 64}, {3, 17, 256}, {5, 130, 768}}) {
+    const auto x = testing::random_floats(M * K, 2), w = testing::random_floats(N * K, 3), bias = testing::random_floats(N, 4);
+    std::vector<int8_t> q(N * K);
+    std::vector<float> s(N * K / 32);
+    std::vector<int32_t> sums(N * K / 32);
+    quantize_q8_rows(N, K, w.data(), q.data(), s.data(), sums.data());
+    std::vector<float> c = testing::poisoned(M * N);
+    gemm_q8(M, N, K, x.data(), q.data(), s.data(), sums.data(), bias.data(), c.data());
+    // Reference: the same integer products in double, with x quantized as the kernel does.
+    std::vector<int> xq;
+    std::vector<double> xs;
+    reference_quantize(x.data(), M * K, &xq, &xs);
+    std::vector<double> want(M * N), exact(M * N);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        double acc = bias[j], full = bias[j];
+        for (int64_t b = 0; b < K / 32; ++b) {
+          long dot = 0;
+          for (int64_t k = 0; k < 32; ++k) dot += long(xq[i * K + b * 32 + k]) * q[j * K + b * 32 + k];
+          acc += double(dot) * s[j * (K / 32) + b] * xs[i * (K / 32) + b];
+        }
+        for (int64_t k = 0; k < K; ++k) full += double(x[i * K + k]) * w[j * K + k];
+        want[i * N + j] = acc;
+        exact[i * N + j] = full;
+      }
+    EXPECT_LE(testing::max_rel_error(c, want), 1e-5) << M << "x" << N << "x" << K << " (" << q8_isa() << ")";
+    EXPECT_LE(testing::max_rel_error(c, exact), 3e-2) << "int8 error vs the fp32 product";
+  }
+}
+
+TEST(Q8, SameResultForAnyThreadCount) {
+  const int64_t M = 2, N = 512, K = 512;
+  const auto x = testing::random_floats(M * K, 5), w = testing::random_floats(N * K, 6);
+  std::vector<int8_t> q(N * K);
+  std::vector<float> s(N * K / 32), c1(M * N), c2(M * N);
+  std::vector<int32_t> sums(N * K / 32);
+  quantize_q8_rows(N, K, w.data(), q.data(), s.data(), sums.data());
+  set_num_threads(1);
+  gemm_q8(M, N, K, x.data(), q.data(), s.data(), sums.data(), nullptr, c1.data());
+  set_num_threads(2);
+  gemm_q8(M, N, K, x.data(), q.data(), s.data(), sums.data(), nullptr, c2.data());
+  set_num_threads(0);
+  EXPECT_EQ(c1, c2);
+}
+
+}  // namespace
+}  // namespace llm::cpu
