@@ -2,6 +2,8 @@
 //   Sliding-window perplexity of a text file (Hugging Face's perplexity-guide method).
 // llm-eval --model PATH --tokens IDS.npy --logits-out OUT.npy [--threads N]
 //   The model's logits for given token ids, as a float32 .npy, for comparing with other frameworks.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -105,9 +107,11 @@ int main(int argc, char** argv) {
     train::PerplexityOptions options;
     options.seq_len = a.seq_len;
     options.stride = a.stride;
-    const train::PerplexityResult r = train::evaluate_perplexity(*model, ids, options, [](int64_t w, int64_t n) {
-      if (n > 1) std::fprintf(stderr, "\rwindow %lld/%lld", static_cast<long long>(w), static_cast<long long>(n));
-      if (n > 1 && w == n) std::fprintf(stderr, "\n");
+    const bool progress = ::isatty(STDERR_FILENO) != 0;
+    const train::PerplexityResult r = train::evaluate_perplexity(*model, ids, options, [&](int64_t w, int64_t n) {
+      if (!progress || n < 2) return;
+      std::fprintf(stderr, "\rwindow %lld/%lld", static_cast<long long>(w), static_cast<long long>(n));
+      if (w == n) std::fprintf(stderr, "\r\033[K");
     });
     std::printf("model: %s (%s)\n", a.model.c_str(), model->config().summary().c_str());
     std::printf("text: %s: %lld tokens, %lld scored, %lld window(s) of %lld, stride %lld\n", a.text.c_str(),
