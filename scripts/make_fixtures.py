@@ -5,7 +5,9 @@ Run (from the repository root, with Debian's python3-torch, i.e. the system inte
 
     /usr/bin/python3 scripts/make_fixtures.py
 
-It writes tests/fixtures/models/gpt2_tiny.json and tests/fixtures/models/llama_tiny.json. The files
+It writes tests/fixtures/models/gpt2_tiny.json and tests/fixtures/models/llama_tiny.json, and the same
+two models as Hugging Face directories tests/fixtures/hf/gpt2_tiny/ and tests/fixtures/hf/llama_tiny/
+(config.json, model.safetensors, expected_logits.json; see "HF directories" below). The files
 are committed, so CI and the C++ tests never need torch; rerun this only when the conventions change.
 The output is deterministic: the same bytes on every run (fixed seeds, one thread).
 
@@ -46,6 +48,15 @@ Conventions (the C++ side follows exactly these):
   "step_losses" [3], "params_after" {name: ...}}. Compact. Every float is Python's repr of the float64
   value (shortest decimal that round-trips the double). "params" are float32 values held in doubles,
   so strtod gives them exactly and casting to float is exact; strtof gives the same float.
+
+HF directories: config.json as transformers writes it (indent 2, sorted keys, architectures,
+torch_dtype, the usual extra keys); model.safetensors written by hand (8-byte little-endian header
+length, a JSON header {"__metadata__": {"format": "pt"}, name: {"dtype": "F32", "shape", "data_offsets":
+[begin, end]}} in sorted name order padded with spaces to a multiple of 8, then the raw float32 data in
+the same order) with HF's real conventions: GPT-2 under "transformer." names with its Conv1D weights
+(attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) stored [in, out], tied, so no lm_head.weight; LLaMA
+untied with lm_head.weight. expected_logits.json holds the fixture batch's input_ids and the float64
+logits {"shape": [B, T, V], "data"} copied from the JSON fixture (the same reference), and max_abs_logit.
 
 Self-checks before writing: attention equals a naive per-head loop, hand GELU equals torch's tanh
 GELU, RoPE scores depend only on relative position, and the analytic gradients of a few parameter
@@ -449,6 +460,68 @@ def float32_rerun(fx, forward_fn):
         for k, v in fx["params_after"].items()}
 
 
+# ----------------------------------------------------------------------------------------------
+# Hugging Face directories of the same weights.
+
+GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def hf_config(fx):
+    cfg = dict(fx["config"])
+    if cfg["model_type"] == "gpt2":
+        cfg.update({"architectures": ["GPT2LMHeadModel"], "n_ctx": cfg["n_positions"], "n_inner": None,
+                    "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0, "initializer_range": 0.02,
+                    "scale_attn_weights": True, "bos_token_id": 0, "eos_token_id": 0})
+    else:
+        cfg.update({"architectures": ["LlamaForCausalLM"], "attention_bias": False, "mlp_bias": False,
+                    "rope_scaling": None, "pretraining_tp": 1, "initializer_range": 0.02,
+                    "bos_token_id": 1, "eos_token_id": 2})
+    cfg.update({"torch_dtype": "float32", "use_cache": True})
+    return cfg
+
+
+def safetensors_bytes(tensors):
+    """tensors: {name: float32 torch tensor}. The format by hand, names in sorted order."""
+    header = {"__metadata__": {"format": "pt"}}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        check(t.dtype == torch.float32, f"{name} must be float32")
+        data = t.numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+
+
+def write_hf_directory(fx, out_dir, root):
+    os.makedirs(out_dir, exist_ok=True)
+    gpt2 = fx["config"]["model_type"] == "gpt2"
+    tensors = {}
+    for name, v in fx["params"].items():
+        t = torch.tensor(v["data"], dtype=torch.float64).view(v["shape"]).float()
+        if gpt2 and name.endswith(GPT2_CONV1D):
+            t = t.t()  # HF GPT-2 Conv1D: [in, out]
+        tensors[name] = t
+    check(gpt2 != ("lm_head.weight" in tensors), "GPT-2 is tied (no lm_head), the LLaMA fixture untied")
+    files = {
+        "config.json": (json.dumps(hf_config(fx), indent=2, sort_keys=True) + "\n").encode("utf-8"),
+        "model.safetensors": safetensors_bytes(tensors),
+        "expected_logits.json": (json.dumps({
+            "source": f"tests/fixtures/models/{fx['name']}.json (float64 PyTorch reference)",
+            "input_ids": fx["input_ids"],
+            "max_abs_logit": max(abs(x) for x in fx["logits"]["data"]),
+            "logits": fx["logits"]}, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8"),
+    }
+    for fname, data in files.items():
+        path = os.path.join(out_dir, fname)
+        with open(path, "wb") as f:
+            f.write(data)
+        print(f"wrote {os.path.relpath(path, root)} ({len(data)} bytes)")
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out_dir = os.path.join(root, "tests", "fixtures", "models")
@@ -489,6 +562,8 @@ def main():
             json.dump(fx, f, separators=(",", ":"), allow_nan=False)
             f.write("\n")
         print(f"wrote {os.path.relpath(path, root)} ({os.path.getsize(path)} bytes)")
+    for fx in fixtures:
+        write_hf_directory(fx, os.path.join(root, "tests", "fixtures", "hf", fx["name"]), root)
 
 
 if __name__ == "__main__":
