@@ -20,7 +20,7 @@
 namespace {
 
 const char* kUsage =
-    "usage: llm-eval --model PATH --text FILE [--tokenizer SPEC] [--seq-len T] [--stride S] [--threads N]\n"
+    "usage: llm-eval --model PATH --text FILE [--tokenizer SPEC] [--seq-len T] [--stride S] [--threads N] [--quantize q8]\n"
     "       llm-eval --model PATH --tokens IDS.npy --logits-out OUT.npy [--threads N]\n"
     "  PATH: a Hugging Face directory, an llm checkpoint (.h5) or a llama2.c .bin\n"
     "  --text: mean loss (nats/token) and perplexity with windows of T tokens moving by S\n"
@@ -31,6 +31,7 @@ struct Args {
   std::string model, text, tokenizer, tokens, logits_out;
   int64_t seq_len = 0, stride = 0;
   int threads = 0;
+  bool q8 = false;
 };
 
 [[noreturn]] void fail(const std::string& message, int code = 2) {
@@ -62,6 +63,11 @@ Args parse(int argc, char** argv) {
     else if (f == "--seq-len") a.seq_len = positive<int64_t>(f, value());
     else if (f == "--stride") a.stride = positive<int64_t>(f, value());
     else if (f == "--threads" || f == "-t") a.threads = positive<int>(f, value());
+    else if (f == "--quantize") {
+      const std::string kind = value();
+      if (kind != "q8") fail("--quantize: expected q8, got \"" + kind + "\"");
+      a.q8 = true;
+    }
     else if (f == "--tokens") a.tokens = value();
     else if (f == "--logits-out") a.logits_out = value();
     else if (f == "-h" || f == "--help") {
@@ -91,6 +97,7 @@ int main(int argc, char** argv) {
     if (!a.tokens.empty()) {
       LLM_CHECK(std::filesystem::is_regular_file(a.tokens), a.tokens, ": no such file");
       auto model = train::load_model(a.model);
+      if (a.q8) model->quantize_q8();
       const Shape shape = train::write_logits_npy(*model, a.tokens, a.logits_out);
       std::printf("wrote %s: float32 logits %s\n", a.logits_out.c_str(), shape.str().c_str());
       return 0;
@@ -104,6 +111,7 @@ int main(int argc, char** argv) {
     const std::vector<int32_t> ids = train::encode_for_eval(*tokenizer, text);
     LLM_CHECK(ids.size() >= 2, a.text, ": too short to evaluate (", ids.size(), " token(s); at least 2 are needed)");
     auto model = train::make_loaded_model(loaded);
+    if (a.q8) model->quantize_q8();
     train::PerplexityOptions options;
     options.seq_len = a.seq_len;
     options.stride = a.stride;
