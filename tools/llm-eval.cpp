@@ -13,11 +13,15 @@
 
 #include "data/tokenizer.h"
 #include "engine/core/error.h"
+#include "tools/cli.h"
 #include "engine/train/eval.h"
 #include "engine/train/pretrained.h"
 #include "kernels/cpu/parallel.h"
 
 namespace {
+
+using llm::cli::fail;
+using llm::cli::positive;
 
 const char* kUsage =
     "usage: llm-eval --model PATH --text FILE [--tokenizer SPEC] [--seq-len T] [--stride S] [--threads N] [--quantize q8]\n"
@@ -33,21 +37,6 @@ struct Args {
   int threads = 0;
   bool q8 = false;
 };
-
-[[noreturn]] void fail(const std::string& message, int code = 2) {
-  std::fprintf(stderr, "error: %s\n", message.c_str());
-  std::exit(code);
-}
-
-template <typename T>
-T positive(const std::string& flag, const char* text) {
-  std::istringstream in(text);
-  T v{};
-  in >> v;
-  if (in.fail() || !in.eof()) fail(flag + ": expected a number, got \"" + std::string(text) + "\"");
-  if (v < 1) fail(flag + ": must be at least 1, got " + std::string(text));
-  return v;
-}
 
 Args parse(int argc, char** argv) {
   Args a;

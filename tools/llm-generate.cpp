@@ -12,12 +12,16 @@
 #include <vector>
 
 #include "engine/core/error.h"
+#include "tools/cli.h"
 #include "engine/generate/chat.h"
 #include "engine/generate/generate.h"
 #include "engine/train/pretrained.h"
 #include "kernels/cpu/parallel.h"
 
 namespace {
+
+using llm::cli::fail;
+using llm::cli::number;
 
 const char* kUsage =
     "usage: llm-generate --model PATH (--prompt TEXT [--prompt TEXT ...] | --prompt-file FILE | --chat)\n"
@@ -34,20 +38,6 @@ struct Args {
   int threads = 0;
   llm::generate::GenerateOptions gen;
 };
-
-[[noreturn]] void fail(const std::string& message, int code = 2) {
-  std::fprintf(stderr, "error: %s\n", message.c_str());
-  std::exit(code);
-}
-
-template <typename T>
-T number(const std::string& flag, const char* text) {
-  std::istringstream in(text);
-  T v{};
-  in >> v;
-  if (in.fail() || !in.eof()) fail(flag + ": expected a number, got \"" + std::string(text) + "\"");
-  return v;
-}
 
 Args parse(int argc, char** argv) {
   Args a;

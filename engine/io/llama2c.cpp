@@ -1,15 +1,12 @@
 #include "engine/io/llama2c.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 
 #include "engine/core/error.h"
+#include "engine/io/mapped_file.h"
 
 namespace llm::io {
 
@@ -20,14 +17,6 @@ struct Header {
   int32_t dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
 };
 constexpr size_t kHeaderBytes = 7 * sizeof(int32_t);
-
-struct Mapping {
-  void* addr = nullptr;
-  size_t size = 0;
-  ~Mapping() {
-    if (addr) ::munmap(addr, size);
-  }
-};
 
 uint64_t mul(uint64_t a, uint64_t b, const std::string& path) {
   uint64_t r = 0;
@@ -121,27 +110,10 @@ bool is_llama2c_file(const std::string& path) {
 }
 
 LoadedModel load_llama2c(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  LLM_CHECK(fd >= 0, path, ": cannot open: ", std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(path + ": not a regular file");
-  }
-  const size_t size = static_cast<size_t>(st.st_size);
-  if (size < kHeaderBytes) {
-    ::close(fd);
-    throw Error(path + ": truncated llama2.c checkpoint (" + std::to_string(size) + " bytes, the header alone is " +
-                std::to_string(kHeaderBytes) + ")");
-  }
-  auto map = std::make_shared<Mapping>();
-  // Private and writable: in-place changes to a weight stay in memory (copy-on-write).
-  void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-  const int map_errno = errno;
-  ::close(fd);
-  LLM_CHECK(addr != MAP_FAILED, path, ": cannot memory-map: ", std::strerror(map_errno));
-  map->addr = addr;
-  map->size = size;
+  const std::shared_ptr<MappedFile> map =
+      map_file(path, "llama2.c checkpoint", kHeaderBytes, "the header alone is " + std::to_string(kHeaderBytes));
+  const size_t size = map->size;
+  void* addr = map->addr;
   const auto* bytes = static_cast<const uint8_t*>(addr);
   const Header h = read_header(bytes);
   const uint64_t want = kHeaderBytes + mul(4, expected_floats(h, path), path);

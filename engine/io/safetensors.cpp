@@ -1,9 +1,5 @@
 #include "engine/io/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -13,6 +9,7 @@
 
 #include "engine/core/error.h"
 #include "engine/io/hdf5_file.h"
+#include "engine/io/mapped_file.h"
 #include "kernels/cpu/elementwise.h"
 
 namespace llm::io {
@@ -38,36 +35,10 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 }
 }  // namespace
 
-// A read-only mapping of a whole file, unmapped when the last tensor using it goes away.
-struct SafetensorsFile::Mapping {
-  void* addr = nullptr;
-  size_t size = 0;
-  ~Mapping() {
-    if (addr) ::munmap(addr, size);
-  }
-};
-
-SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path), map_(std::make_shared<Mapping>()) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  LLM_CHECK(fd >= 0, path, ": cannot open: ", std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(path + ": not a regular file");
-  }
-  const size_t file_size = static_cast<size_t>(st.st_size);
-  if (file_size < 8) {
-    ::close(fd);
-    throw Error(path + ": truncated safetensors file (" + std::to_string(file_size) +
-                " bytes, shorter than the 8-byte header length)");
-  }
-  // Private and writable: a caller may modify a tensor in place (copy-on-write); the file never changes.
-  void* addr = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-  const int map_errno = errno;
-  ::close(fd);
-  LLM_CHECK(addr != MAP_FAILED, path, ": cannot memory-map: ", std::strerror(map_errno));
-  map_->addr = addr;
-  map_->size = file_size;
+SafetensorsFile::SafetensorsFile(const std::string& path)
+    : path_(path), map_(map_file(path, "safetensors file", 8, "shorter than the 8-byte header length")) {
+  const size_t file_size = map_->size;
+  void* addr = map_->addr;
   const auto* bytes = static_cast<const uint8_t*>(addr);
 
   uint64_t header_len = 0;

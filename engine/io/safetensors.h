@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/core/tensor.h"
+#include "engine/io/mapped_file.h"
 
 namespace llm::io {
 
@@ -39,9 +40,8 @@ class SafetensorsFile {
   Tensor tensor(const std::string& name) const;
 
  private:
-  struct Mapping;
   std::string path_;
-  std::shared_ptr<Mapping> map_;
+  std::shared_ptr<MappedFile> map_;
   const uint8_t* data_ = nullptr;  // start of the data section
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> metadata_;

@@ -1,0 +1,34 @@
+// Small helpers the command-line mains share: one-line errors and typed flag values.
+#pragma once
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+
+namespace llm::cli {
+
+// Prints "error: <message>" on stderr and exits with `code` (2: usage, 1: a failure while running).
+[[noreturn]] inline void fail(const std::string& message, int code = 2) {
+  std::fprintf(stderr, "error: %s\n", message.c_str());
+  std::exit(code);
+}
+
+// The value of `flag` as a number, or a usage error naming the flag and the text.
+template <typename T>
+T number(const std::string& flag, const char* text) {
+  std::istringstream in(text);
+  T v{};
+  in >> v;
+  if (in.fail() || !in.eof()) fail(flag + ": expected a number, got \"" + std::string(text) + "\"");
+  return v;
+}
+
+// The same, and at least 1.
+template <typename T>
+T positive(const std::string& flag, const char* text) {
+  const T v = number<T>(flag, text);
+  if (v < 1) fail(flag + ": must be at least 1, got " + std::string(text));
+  return v;
+}
+
+}  // namespace llm::cli
