@@ -289,6 +289,13 @@ inline ColumnRange allowed_columns(int64_t k0, int64_t ncols, int64_t doc_start,
 
 }  // namespace
 
+// Below about a million multiply-adds, waking the thread pool costs more than the work (and on a busy
+// machine a parked thread can cost a scheduler slice): such calls run on the calling thread. Results
+// are the same bits either way.
+static bool run_single_threaded(const AttentionShape& sh) {
+  return sh.B * sh.Hq * sh.T * sh.T * sh.D < (int64_t(1) << 21);
+}
+
 void attention_forward(const AttentionShape& sh, const float* q, const float* k, const float* v,
                        const int32_t* doc, float scale, float* out, float* lse) {
   const int64_t B = sh.B, T = sh.T, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D, group = Hq / Hkv;
@@ -299,7 +306,7 @@ void attention_forward(const AttentionShape& sh, const float* q, const float* k,
   const int64_t pack_jobs = B * Hkv * kv.num_tiles;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-#pragma omp parallel
+#pragma omp parallel if (!run_single_threaded(sh))
   {
 #pragma omp for schedule(static)
     for (int64_t job = 0; job < pack_jobs; ++job) pack_kv_tile(sh, k, v, kv, job);
@@ -466,10 +473,10 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
   // blocks for dq (recomputing P and dS). Every output element is accumulated in the same order by
   // the same code either way (dq over key tiles in increasing order), so the bits do not depend on
   // the schedule, and thus not on the thread count.
-  const int threads = omp_get_max_threads();
+  const int threads = run_single_threaded(sh) ? 1 : omp_get_max_threads();
   const bool fused = threads == 1 || B * Hkv >= 2 * threads;
 
-#pragma omp parallel
+#pragma omp parallel if (threads > 1)
   {
     float* kt = scratch(kKeysT, D * BK);
     float* vt = scratch(kValuesT, D * BK);
