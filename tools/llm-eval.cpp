@@ -13,10 +13,10 @@
 
 #include "data/tokenizer.h"
 #include "engine/core/error.h"
-#include "tools/cli.h"
 #include "engine/train/eval.h"
 #include "engine/train/pretrained.h"
 #include "kernels/cpu/parallel.h"
+#include "tools/cli.h"
 
 namespace {
 

@@ -12,11 +12,11 @@
 #include <vector>
 
 #include "engine/core/error.h"
-#include "tools/cli.h"
 #include "engine/generate/chat.h"
 #include "engine/generate/generate.h"
 #include "engine/train/pretrained.h"
 #include "kernels/cpu/parallel.h"
+#include "tools/cli.h"
 
 namespace {
 

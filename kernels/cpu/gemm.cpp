@@ -192,17 +192,7 @@ void skinny_nt(const Operands& op, int64_t M, int64_t N, int threads) {
     }
   };
   // Below ~256 KiB of weights the fork/join costs more than the streaming saves.
-  const int use = int(std::max<int64_t>(1, std::min<int64_t>(threads, N * K / 65536)));
-  if (use == 1) {
-    columns(0, N);
-    return;
-  }
-#pragma omp parallel num_threads(use)
-  {
-    int64_t j0, j1;
-    split_range(N, omp_get_num_threads(), omp_get_thread_num(), &j0, &j1);
-    columns(j0, j1);
-  }
+  parallel_ranges(N, int(std::max<int64_t>(1, std::min<int64_t>(threads, N * K / 65536))), columns);
 }
 
 // Runs one product, using up to `threads` threads (1 when called inside a parallel region).

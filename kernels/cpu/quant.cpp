@@ -92,17 +92,8 @@ void gemm_q8(int64_t M, int64_t N, int64_t K, const float* x, const int8_t* wq, 
       }
     }
   };
-  const int threads = omp_in_parallel() ? 1 : int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), N * K / 65536)));
-  if (threads == 1) {
-    outputs(0, N);
-    return;
-  }
-#pragma omp parallel num_threads(threads)
-  {
-    int64_t j0, j1;
-    split_range(N, omp_get_num_threads(), omp_get_thread_num(), &j0, &j1);
-    outputs(j0, j1);
-  }
+  parallel_ranges(N, omp_in_parallel() ? 1 : int(std::max<int64_t>(1, std::min<int64_t>(num_threads(), N * K / 65536))),
+                  outputs);
 }
 
 }  // namespace llm::cpu

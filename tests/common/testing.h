@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <cstdint>
 #include <limits>
 #include <random>
@@ -49,6 +50,9 @@ double max_rel_error(const Got& got, const Want& want, double floor = 1e-6) {
 }
 
 #define EXPECT_REL_NEAR(got, want, tol) EXPECT_LE(::llm::testing::max_rel_error((got), (want)), (tol))
+
+// The message of the llm::Error that f throws ("" when it throws none).
+std::string error_of(const std::function<void()>& f);
 
 // The directory with the shared data sets (../shared/data from the source tree), or "" when absent.
 std::string shared_data_dir();

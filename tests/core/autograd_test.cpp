@@ -9,14 +9,7 @@ namespace {
 
 using testing::param;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 TEST(Autograd, ChainRuleThroughSeveralOps) {
   // loss = mean((x * w + b)²) by hand: d/dx = 2 (x w + b) w / n.

@@ -15,14 +15,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 // A byte-level copy of Tiny Shakespeare, prepared once per test process in a folder removed at exit.
 struct TempDataset {
