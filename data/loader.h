@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/shards.h"
@@ -33,8 +34,13 @@ struct LoaderOptions {
 LoaderOptions::Mode parse_loader_mode(const std::string& name);  // "sequential" | "random"
 
 struct Batch {
+  Batch() = default;
+  Batch(Tensor inputs_, Tensor targets_, Tensor doc_ = Tensor(), Tensor positions_ = Tensor())
+      : inputs(std::move(inputs_)), targets(std::move(targets_)), doc(std::move(doc_)), positions(std::move(positions_)) {}
   Tensor inputs;   // i32 [B, T]
-  Tensor targets;  // i32 [B, T]
+  Tensor targets;  // i32 [B, T]; -100 (cross_entropy's ignore index) where no loss is taken
+  Tensor doc;        // optional i32 [B, T]: document ids of packed rows (attention stays inside each)
+  Tensor positions;  // optional i32 [B, T]: positions, restarting at each packed document
 };
 
 // Everything needed to continue exactly where a run stopped. Identical on every rank.

@@ -183,7 +183,10 @@ double training_step(models::CausalLM& model, optim::AdamW& optimizer, const std
   double loss_sum = 0;
   const float inv_accum = 1.f / static_cast<float>(micro_batches.size());
   for (const data::Batch& batch : micro_batches) {
-    const Tensor loss = ops::cross_entropy(model.forward(batch.inputs), batch.targets);
+    models::ForwardOptions options;
+    options.doc = batch.doc;
+    options.positions = batch.positions;
+    const Tensor loss = ops::cross_entropy(model.forward(batch.inputs, options), batch.targets);
     loss_sum += loss.item();
     (micro_batches.size() == 1 ? loss : ops::scale(loss, inv_accum)).backward();
   }
