@@ -1,5 +1,7 @@
 // llm-train --config configs/X.yaml [--set section.key=value ...] [--resume PATH|auto]
 // Pretraining from a YAML recipe. Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and exits.
+// The same source builds llm-finetune (LLM_FINETUNE): the same loop, for recipes whose
+// finetune.method is sft, grpo or reinforce.
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -10,9 +12,15 @@
 #include "engine/train/trainer.h"
 
 namespace {
+#ifdef LLM_FINETUNE
+constexpr const char* kTool = "llm-finetune";
+#else
+constexpr const char* kTool = "llm-train";
+#endif
+
 int usage(const std::string& message) {
-  std::fprintf(stderr, "error: %s\nusage: llm-train --config FILE.yaml [--set section.key=value ...] [--resume PATH|auto]\n",
-               message.c_str());
+  std::fprintf(stderr, "error: %s\nusage: %s --config FILE.yaml [--set section.key=value ...] [--resume PATH|auto]\n",
+               message.c_str(), kTool);
   return 2;
 }
 
@@ -38,7 +46,7 @@ int main(int argc, char** argv) {
       if (!v) return usage("--resume needs a checkpoint path or auto");
       resume = v;
     } else if (a == "-h" || a == "--help") {
-      std::printf("usage: llm-train --config FILE.yaml [--set section.key=value ...] [--resume PATH|auto]\n");
+      std::printf("usage: %s --config FILE.yaml [--set section.key=value ...] [--resume PATH|auto]\n", kTool);
       return 0;
     } else {
       return usage("unknown argument '" + a + "'");
@@ -46,7 +54,13 @@ int main(int argc, char** argv) {
   }
   if (config_path.empty()) return usage("--config is required");
   try {
-    llm::train::Trainer trainer(llm::train::load_train_config(config_path, overrides), std::cout);
+    llm::train::TrainConfig config = llm::train::load_train_config(config_path, overrides);
+#ifdef LLM_FINETUNE
+    LLM_CHECK(config.is_finetune(), config_path, ": finetune.method: expected sft, grpo or reinforce (llm-train pretrains)");
+#else
+    LLM_CHECK(!config.is_finetune(), config_path, ": finetune.method ", config.method, ": run it with llm-finetune");
+#endif
+    llm::train::Trainer trainer(std::move(config), std::cout);
     if (!resume.empty()) trainer.resume(resume);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

@@ -362,4 +362,48 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int32_t 
   return loss;
 }
 
+namespace {
+struct TokenLogprobsBackward : Node {
+  SavedTensor logits, targets, lse;
+  int32_t ignore_index = -100;
+  std::vector<Tensor> apply(std::vector<Tensor> g) override {
+    const Tensor lv = logits.get(*this), tv = targets.get(*this);
+    const int64_t V = lv.size(-1), N = lv.numel() / V;
+    // d logprob / d logits = onehot - softmax: the cross-entropy gradient with the sign flipped.
+    Tensor dloss = Tensor::empty(Shape{N});
+    const Tensor gv = g[0].contiguous();
+    for (int64_t i = 0; i < N; ++i) dloss.data<float>()[i] = -gv.data<float>()[i];
+    Tensor dlogits = Tensor::empty(lv.shape());
+    cpu::cross_entropy_backward(N, V, lv.data<float>(), tv.data<int32_t>(), ignore_index, lse.get(*this).data<float>(),
+                                dloss.data<float>(), dlogits.data<float>());
+    return {dlogits, Tensor()};
+  }
+  std::vector<SavedTensor*> saved() override { return {&logits, &targets, &lse}; }
+  std::string name() const override { return "TokenLogprobsBackward"; }
+};
+}  // namespace
+
+Tensor token_logprobs(const Tensor& logits_in, const Tensor& targets_in, int32_t ignore_index) {
+  Tensor logits = cpu_f32(logits_in, "token_logprobs", "logits"), targets = cpu_i32(targets_in, "token_logprobs", "targets");
+  LLM_CHECK(logits.dim() >= 1, "token_logprobs: logits need a vocabulary dimension, got ", logits.str());
+  const int64_t V = logits.size(-1), N = rows_of(logits);
+  LLM_CHECK(targets.numel() == N, "token_logprobs: ", targets.numel(), " targets (", targets.shape().str(), ") for ", N,
+            " rows of logits ", logits.shape().str());
+  const int32_t* t = targets.data<int32_t>();
+  for (int64_t i = 0; i < N; ++i)
+    LLM_CHECK(t[i] == ignore_index || (t[i] >= 0 && t[i] < V), "token_logprobs: target ", t[i], " at row ", i,
+              " is outside [0, ", V, ") and is not the ignore index ", ignore_index);
+  Tensor out = Tensor::empty(targets.shape()), lse = Tensor::empty(Shape{N});
+  cpu::cross_entropy_forward(N, V, logits.data<float>(), t, ignore_index, out.data<float>(), lse.data<float>());
+  float* o = out.data<float>();
+  for (int64_t i = 0; i < N; ++i) o[i] = -o[i];
+  record_op<TokenLogprobsBackward>({&logits_in, &targets_in}, {&out}, [&](TokenLogprobsBackward& n) {
+    n.logits = SavedTensor(logits);
+    n.targets = SavedTensor(targets);
+    n.lse = SavedTensor(lse);
+    n.ignore_index = ignore_index;
+  });
+  return out;
+}
+
 }  // namespace llm::ops

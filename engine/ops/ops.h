@@ -83,6 +83,9 @@ Tensor linear_q8(const Tensor& x, const Q8Matrix& w, const Tensor& bias = Tensor
 // Mean over rows whose target is not ignore_index of -log softmax(logits)[target].
 // logits [..., V], targets i32 with logits' leading shape. All rows ignored gives 0.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int32_t ignore_index = -100);
+// Each target's log-probability under softmax(logits): logits [..., V], targets [...] → f32 [...], 0 where
+// the target is ignore_index. The per-token quantity of policy-gradient objectives and of scoring text.
+Tensor token_logprobs(const Tensor& logits, const Tensor& targets, int32_t ignore_index = -100);
 
 }  // namespace llm::ops
 

@@ -37,6 +37,20 @@ std::string number_text(double v) {
   return os.str();
 }
 
+// A YAML double-quoted scalar (backslashes and quotes escaped), so to_yaml round-trips any text.
+std::string yaml_quote(const std::string& v) {
+  std::string out = "\"";
+  for (char ch : v) {
+    if (ch == '\\' || ch == '"') out += '\\';
+    if (ch == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += ch;
+  }
+  return out + "\"";
+}
+
 Field integer(const char* section, const char* key, int64_t TrainConfig::*member) {
   return {section, key, [member](TrainConfig& c, const YAML::Node& n, const std::string& w) { c.*member = as<int64_t>(n, w, "an integer"); },
           [member](const TrainConfig& c) { return std::to_string(c.*member); }};
@@ -51,7 +65,20 @@ Field number(const char* section, const char* key, float TrainConfig::*member) {
 }
 Field text(const char* section, const char* key, std::string TrainConfig::*member) {
   return {section, key, [member](TrainConfig& c, const YAML::Node& n, const std::string& w) { c.*member = as<std::string>(n, w, "a string"); },
-          [member](const TrainConfig& c) { return "\"" + c.*member + "\""; }};
+          [member](const TrainConfig& c) { return yaml_quote(c.*member); }};
+}
+
+Field flag(const char* section, const char* key, bool TrainConfig::*member) {
+  return {section, key, [member](TrainConfig& c, const YAML::Node& n, const std::string& w) { c.*member = as<bool>(n, w, "true or false"); },
+          [member](const TrainConfig& c) { return std::string(c.*member ? "true" : "false"); }};
+}
+Field reward_number(const char* key, float RewardConfig::*member) {
+  return {"reward", key, [member](TrainConfig& c, const YAML::Node& n, const std::string& w) { c.reward.*member = as<float>(n, w, "a number"); },
+          [member](const TrainConfig& c) { return number_text(c.reward.*member); }};
+}
+Field reward_text(const char* key, std::string RewardConfig::*member) {
+  return {"reward", key, [member](TrainConfig& c, const YAML::Node& n, const std::string& w) { c.reward.*member = as<std::string>(n, w, "a string"); },
+          [member](const TrainConfig& c) { return yaml_quote(c.reward.*member); }};
 }
 
 const std::vector<Field>& fields() {
@@ -130,6 +157,38 @@ const std::vector<Field>& fields() {
       integer("checkpoint", "keep_last", &C::keep_last),
       integer("log", "interval", &C::log_interval),
       text("log", "metrics", &C::metrics_path),
+      {"finetune", "method",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         c.method = as<std::string>(n, w, "a string");
+         if (c.method != "pretrain" && c.method != "sft" && c.method != "grpo" && c.method != "reinforce")
+           throw Error(w + ": expected pretrain, sft, grpo or reinforce, got \"" + c.method + "\"");
+       },
+       [](const C& c) { return c.method; }},
+      text("finetune", "prompt_key", &C::prompt_key),
+      text("finetune", "completion_key", &C::completion_key),
+      flag("finetune", "chat_template", &C::chat_template),
+      flag("finetune", "packing", &C::packing),
+      text("finetune", "system_prompt", &C::system_prompt),
+      number("finetune", "val_fraction", &C::val_fraction),
+      integer("grpo", "prompts_per_step", &C::prompts_per_step),
+      integer("grpo", "group_size", &C::group_size),
+      integer("grpo", "max_new_tokens", &C::max_new_tokens),
+      integer("grpo", "iterations", &C::rl_iterations),
+      number("grpo", "temperature", &C::rl_temperature),
+      number("grpo", "top_p", &C::rl_top_p),
+      number("grpo", "clip_eps", &C::clip_eps),
+      number("grpo", "kl_beta", &C::kl_beta),
+      integer("grpo", "eval_prompts", &C::eval_prompts),
+      reward_number("exact_number", &RewardConfig::exact_number),
+      reward_text("answer_key", &RewardConfig::answer_key),
+      reward_text("regex", &RewardConfig::regex),
+      reward_number("regex_weight", &RewardConfig::regex_weight),
+      {"reward", "length_max", [](C& c, const YAML::Node& n, const std::string& w) { c.reward.length_max = as<int64_t>(n, w, "an integer"); },
+       [](const C& c) { return std::to_string(c.reward.length_max); }},
+      reward_number("length_weight", &RewardConfig::length_weight),
+      reward_text("program", &RewardConfig::program),
+      reward_number("program_weight", &RewardConfig::program_weight),
+      reward_number("program_timeout_s", &RewardConfig::program_timeout_s),
   };
   return table;
 }
@@ -158,7 +217,18 @@ void check_values(const TrainConfig& c) {
   LLM_CHECK(c.beta1 >= 0 && c.beta1 < 1, src, ": optim.beta1: must be in [0, 1), got ", c.beta1);
   LLM_CHECK(c.beta2 >= 0 && c.beta2 < 1, src, ": optim.beta2: must be in [0, 1), got ", c.beta2);
   LLM_CHECK(c.keep_last >= 1, src, ": checkpoint.keep_last: must be at least 1, got ", c.keep_last);
-  LLM_CHECK(!c.train_data.empty(), src, ": data.train: missing (a prepared directory or a shard glob)");
+  LLM_CHECK(!c.train_data.empty(), src, ": data.train: missing (",
+            c.is_finetune() ? "a JSONL file of examples" : "a prepared directory or a shard glob", ")");
+  LLM_CHECK(c.val_fraction >= 0 && c.val_fraction < 1, src, ": finetune.val_fraction: must be in [0, 1), got ", c.val_fraction);
+  if (c.is_rl()) {
+    positive(c.prompts_per_step, "grpo.prompts_per_step");
+    positive(c.group_size, "grpo.group_size");
+    positive(c.max_new_tokens, "grpo.max_new_tokens");
+    positive(c.rl_iterations, "grpo.iterations");
+    LLM_CHECK(c.rl_temperature > 0, src, ": grpo.temperature: must be positive, got ", c.rl_temperature);
+    LLM_CHECK(c.clip_eps > 0, src, ": grpo.clip_eps: must be positive, got ", c.clip_eps);
+    LLM_CHECK(c.kl_beta >= 0, src, ": grpo.kl_beta: must not be negative, got ", c.kl_beta);
+  }
 }
 }  // namespace
 
@@ -178,7 +248,7 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
   LLM_CHECK(root.IsMap(), source, ": expected sections (model, data, optim, train, checkpoint, log)");
   for (const auto& section : root) {
     const std::string s = section.first.as<std::string>();
-    LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log)");
+    LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log, finetune, grpo, reward)");
     LLM_CHECK(section.second.IsMap() || section.second.IsNull(), source, ": ", s, ": expected a map of keys");
     for (const auto& kv : section.second) {
       const std::string k = kv.first.as<std::string>();

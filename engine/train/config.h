@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/models/config.h"
+#include "engine/train/reward.h"
 
 namespace llm::train {
 
@@ -50,6 +51,28 @@ struct TrainConfig {
   // log
   int64_t log_interval = 10;
   std::string metrics_path;  // JSON lines, one per step; default <checkpoint_dir>/metrics.jsonl
+
+  // finetune (llm-finetune): the method, and how JSONL records become token rows (engine/train/sft_data.h)
+  std::string method = "pretrain";  // pretrain (token shards) | sft | grpo | reinforce (JSONL records)
+  std::string prompt_key = "prompt", completion_key = "completion";
+  bool chat_template = true;  // the model's chat template (ChatML when it has none); false: plain text
+  bool packing = true;        // sft: several examples per row; false: one example per row, padded
+  std::string system_prompt;
+  float val_fraction = 0;     // without data.val: hold out this share of the records for validation
+
+  // grpo (also reinforce): sampling and the clipped objective (engine/train/grpo.h)
+  int64_t prompts_per_step = 4;  // per rank; train.batch_size is the micro-batch of sequences
+  int64_t group_size = 8;
+  int64_t max_new_tokens = 128;
+  int64_t rl_iterations = 1;
+  float rl_temperature = 1.0f, rl_top_p = 1.0f;
+  float clip_eps = 0.2f, kl_beta = 0.04f;
+  int64_t eval_prompts = 32;  // greedy completions scored at each evaluation
+
+  RewardConfig reward;
+
+  bool is_finetune() const { return method != "pretrain"; }
+  bool is_rl() const { return method == "grpo" || method == "reinforce"; }
 
   std::string source;  // the file it came from, for messages
 };

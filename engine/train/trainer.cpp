@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/tokenizer.h"
+#include "engine/generate/generate.h"
 #include "engine/train/checkpoint.h"
 #include "engine/train/pretrained.h"
 #include "kernels/cpu/gemm.h"
@@ -57,27 +58,9 @@ data::LoaderState unflatten(const std::vector<int64_t>& v) {
 
 Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(config)), log_(log) {
   cpu::set_num_threads(static_cast<int>(config_.threads));
-  const bool prepared_dir = fs::is_directory(config_.train_data);
+  const bool prepared_dir = !config_.is_finetune() && fs::is_directory(config_.train_data);
   tokenizer_spec_ = !config_.tokenizer.empty() ? config_.tokenizer : prepared_dir ? dataset_tokenizer(config_.train_data) : "";
   if (!tokenizer_spec_.empty()) tokenizer_ = data::load_tokenizer(tokenizer_spec_);
-
-  data::LoaderOptions lo;
-  lo.B = config_.batch_size;
-  lo.T = config_.seq_len;
-  lo.mode = data::parse_loader_mode(config_.loader_mode);
-  lo.seed = config_.seed;
-  train_loader_ = std::make_unique<data::DataLoader>(config_.train_data, "train", lo);
-  const std::string val = !config_.val_data.empty() ? config_.val_data : prepared_dir ? config_.train_data : "";
-  if (!val.empty() && config_.eval_interval > 0) {
-    data::LoaderOptions vo = lo;
-    vo.mode = data::LoaderOptions::Mode::Sequential;  // the same batches at every evaluation
-    try {
-      val_loader_ = std::make_unique<data::DataLoader>(val, "val", vo);
-    } catch (const Error& e) {
-      if (!config_.val_data.empty()) throw;  // asked for explicitly: a real error
-      log_ << "note: no validation split (" << e.what() << ")\n";
-    }
-  }
 
   models::ModelConfig mc = config_.model;
   std::map<std::string, Tensor> init_weights;
@@ -106,6 +89,31 @@ Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(conf
   model_ = models::make_model(mc, config_.seed);
   if (!init_weights.empty()) model_->load_state(init_weights);
 
+  std::string data_line;
+  if (config_.is_finetune()) {
+    setup_finetune_data(fs::is_directory(config_.init_from) ? config_.init_from : "");
+  } else {
+    data::LoaderOptions lo;
+    lo.B = config_.batch_size;
+    lo.T = config_.seq_len;
+    lo.mode = data::parse_loader_mode(config_.loader_mode);
+    lo.seed = config_.seed;
+    train_loader_ = std::make_unique<data::DataLoader>(config_.train_data, "train", lo);
+    const std::string val = !config_.val_data.empty() ? config_.val_data : prepared_dir ? config_.train_data : "";
+    if (!val.empty() && config_.eval_interval > 0) {
+      data::LoaderOptions vo = lo;
+      vo.mode = data::LoaderOptions::Mode::Sequential;  // the same batches at every evaluation
+      try {
+        val_loader_ = std::make_unique<data::DataLoader>(val, "val", vo);
+      } catch (const Error& e) {
+        if (!config_.val_data.empty()) throw;  // asked for explicitly: a real error
+        log_ << "note: no validation split (" << e.what() << ")\n";
+      }
+    }
+    log_ << "data: " << train_loader_->num_tokens() << " training tokens in " << train_loader_->files().size()
+         << " shard(s)" << (val_loader_ ? ", " + std::to_string(val_loader_->num_tokens()) + " validation tokens" : "") << "\n";
+  }
+
   optim::AdamWConfig oc;
   oc.beta1 = config_.beta1;
   oc.beta2 = config_.beta2;
@@ -119,13 +127,91 @@ Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(conf
   schedule_.total_steps = config_.max_steps;
 
   peak_flops_ = measure_gemm_ceiling();
-  log_ << "model: " << mc.summary() << ", " << model_->num_parameters() << " parameters\n"
-       << "data: " << train_loader_->num_tokens() << " training tokens in " << train_loader_->files().size()
-       << " shard(s)" << (val_loader_ ? ", " + std::to_string(val_loader_->num_tokens()) + " validation tokens" : "")
-       << "\n"
-       << "train: " << config_.batch_size << " x " << config_.seq_len << " tokens x " << config_.grad_accum
-       << " accumulation = " << config_.batch_size * config_.seq_len * config_.grad_accum << " tokens/step, "
-       << cpu::num_threads() << " threads, GEMM ceiling " << std::lround(peak_flops_ * 1e-9) << " GFLOP/s\n";
+  log_ << "model: " << mc.summary() << ", " << model_->num_parameters() << " parameters\n";
+  if (config_.is_rl())
+    log_ << config_.method << ": " << config_.prompts_per_step << " prompts x " << config_.group_size
+         << " completions per step, " << config_.rl_iterations << " update(s) each, " << cpu::num_threads() << " threads\n";
+  else
+    log_ << "train: " << config_.batch_size << " x " << config_.seq_len << " tokens x " << config_.grad_accum
+         << " accumulation = " << config_.batch_size * config_.seq_len * config_.grad_accum << " tokens/step, "
+         << cpu::num_threads() << " threads, GEMM ceiling " << std::lround(peak_flops_ * 1e-9) << " GFLOP/s\n";
+}
+
+void Trainer::setup_finetune_data(const std::string& model_dir) {
+  LLM_CHECK(tokenizer_, config_.source, ": fine-tuning needs a tokenizer (data.tokenizer, or a model.init_from that has one)");
+  std::vector<Record> records = read_records(config_.train_data), val;
+  LLM_CHECK(!records.empty(), config_.train_data, ": no records");
+  if (!config_.val_data.empty()) {
+    val = read_records(config_.val_data);
+  } else if (config_.val_fraction > 0) {
+    // The last records are held out: plain to see, and the same for every seed.
+    const size_t held = static_cast<size_t>(std::ceil(config_.val_fraction * static_cast<double>(records.size())));
+    LLM_CHECK(held < records.size(), config_.source, ": finetune.val_fraction ", config_.val_fraction, " leaves no training records");
+    val.assign(std::make_move_iterator(records.end() - static_cast<std::ptrdiff_t>(held)), std::make_move_iterator(records.end()));
+    records.resize(records.size() - held);
+  }
+  const generate::ChatFormat chat_format =
+      generate::detect_chat_format(model_dir.empty() ? "" : generate::read_chat_template(model_dir));
+  SftFormat format;
+  format.prompt_key = config_.prompt_key;
+  format.completion_key = config_.completion_key;
+  format.chat_template = config_.chat_template;
+  format.system_prompt = config_.system_prompt;
+  const std::string template_name = config_.chat_template ? generate::chat_format_name(chat_format) : "plain text";
+
+  if (config_.method == "sft") {
+    const ChatEncoder chat = chat_encoder(*tokenizer_, chat_format);
+    SftOptions so;
+    so.B = config_.batch_size;
+    so.T = config_.seq_len;
+    so.packing = config_.packing;
+    so.seed = config_.seed;
+    sft_train_ = std::make_unique<SftDataset>(tokenize_records(records, format, *tokenizer_, chat), so, config_.train_data);
+    log_ << "data: " << config_.train_data << " (" << template_name << ", " << (so.packing ? "packed" : "padded")
+         << "): " << sft_train_->stats().summary() << "\n";
+    if (!val.empty() && config_.eval_interval > 0) {
+      sft_val_ = std::make_unique<SftDataset>(tokenize_records(val, format, *tokenizer_, chat), so, "validation records");
+      log_ << "validation: " << sft_val_->stats().summary() << "\n";
+    }
+    return;
+  }
+  prompts_ = std::move(records);
+  val_prompts_ = std::move(val);
+  prompt_order_ = std::make_unique<EpochOrder>(static_cast<int64_t>(prompts_.size()), config_.seed);
+  reward_ = std::make_unique<Reward>(config_.reward);
+  log_ << "data: " << config_.train_data << " (" << template_name << "): " << prompts_.size() << " prompts"
+       << (val_prompts_.empty() ? "" : ", " + std::to_string(val_prompts_.size()) + " validation prompts") << "\n"
+       << "reward: " << reward_->describe() << "\n";
+
+  GrpoOptions go;
+  go.reinforce = config_.method == "reinforce";
+  go.group_size = config_.group_size;
+  go.max_new_tokens = config_.max_new_tokens;
+  go.temperature = config_.rl_temperature;
+  go.top_p = config_.rl_top_p;
+  go.iterations = config_.rl_iterations;
+  go.clip_eps = config_.clip_eps;
+  go.kl_beta = config_.kl_beta;
+  go.micro_batch = config_.batch_size;
+  go.grad_clip = config_.grad_clip;
+  std::unique_ptr<models::CausalLM> reference;
+  if (config_.kl_beta > 0) {  // the starting policy, frozen
+    NoGradGuard no_grad;
+    reference = models::make_model(model_->config(), 0);
+    const auto weights = model_->named_parameters();
+    reference->load_state(std::map<std::string, Tensor>(weights.begin(), weights.end()));
+    reference->set_training(false);
+  }
+  PromptEncoder encode = [this, format, chat_format](const Record& r) {
+    const std::vector<generate::Message> messages = to_prompt(r, format);
+    if (format.chat_template) return generate::encode_chat(*tokenizer_, chat_format, messages, true);
+    std::string text;
+    for (const generate::Message& m : messages) text += m.content;
+    return generate::encode_prompt(*tokenizer_, text);
+  };
+  policy_trainer_ = std::make_unique<PolicyTrainer>(
+      go, *model_, std::move(reference), *tokenizer_, std::move(encode), *reward_,
+      config_.chat_template ? generate::chat_stop_strings(chat_format) : std::vector<std::string>{});
 }
 
 Trainer::~Trainer() = default;
@@ -171,7 +257,7 @@ void Trainer::resume(const std::string& path_or_auto) {
   model_->load_state(std::map<std::string, Tensor>(ck.weights.begin(), ck.weights.end()));
   LLM_CHECK(ck.has_optimizer, path, ": has no optimizer state, so the run cannot resume from it (use model.init_from)");
   optimizer_->set_state(ck.optimizer);
-  train_loader_->set_state(unflatten(ck.loader_state));
+  set_data_state(ck.loader_state);
   step_ = ck.step;
   tokens_ = ck.tokens;
   log_ << "resume: " << path << " at step " << step_ << "\n";
@@ -200,24 +286,67 @@ double training_step(models::CausalLM& model, optim::AdamW& optimizer, const std
   return loss;
 }
 
+data::Batch Trainer::next_batch() { return sft_train_ ? sft_train_->next() : train_loader_->next(); }
+
+std::vector<int64_t> Trainer::data_state() const {
+  if (sft_train_) return {sft_train_->batches()};
+  if (policy_trainer_) return {prompt_batches_};
+  return flatten(train_loader_->state());
+}
+
+void Trainer::set_data_state(const std::vector<int64_t>& state) {
+  if (sft_train_ || policy_trainer_) {
+    LLM_CHECK(state.size() == 1, "checkpoint: its data position has ", state.size(), " values; a ", config_.method,
+              " run keeps 1 (was it written by another kind of run?)");
+    if (sft_train_) sft_train_->set_batches(state[0]);
+    else prompt_batches_ = state[0];
+    return;
+  }
+  train_loader_->set_state(unflatten(state));
+}
+
 double Trainer::train_step() {
-  std::vector<data::Batch> micro;
-  for (int64_t i = 0; i < config_.grad_accum; ++i) micro.push_back(train_loader_->next());
   try {
+    if (policy_trainer_) {
+      std::vector<const Record*> prompts;
+      for (int64_t i = 0; i < config_.prompts_per_step; ++i)
+        prompts.push_back(&prompts_[static_cast<size_t>(prompt_order_->at(prompt_batches_ * config_.prompts_per_step + i))]);
+      ++prompt_batches_;
+      const uint64_t sample_seed = config_.seed ^ (0xd1b54a32d192ed03ULL * static_cast<uint64_t>(step_ + 1));
+      last_rl_ = policy_trainer_->step(*optimizer_, prompts, schedule_.at(step_), sample_seed);
+      last_grad_norm_ = last_rl_.grad_norm;
+      return last_rl_.loss;
+    }
+    std::vector<data::Batch> micro;
+    for (int64_t i = 0; i < config_.grad_accum; ++i) micro.push_back(next_batch());
     return training_step(*model_, *optimizer_, micro, schedule_.at(step_), config_.grad_clip, &last_grad_norm_);
   } catch (const Error& e) {
     throw Error("step " + std::to_string(step_ + 1) + ": " + e.what());
   }
 }
 
+bool Trainer::has_validation() const {
+  return config_.eval_interval > 0 && (val_loader_ || sft_val_ || (policy_trainer_ && !val_prompts_.empty()));
+}
+
 double Trainer::evaluate() {
-  if (!val_loader_) return 0;
+  if (policy_trainer_) {
+    const std::vector<Record>& pool = val_prompts_.empty() ? prompts_ : val_prompts_;
+    std::vector<const Record*> prompts;
+    for (size_t i = 0; i < pool.size() && static_cast<int64_t>(i) < config_.eval_prompts; ++i) prompts.push_back(&pool[i]);
+    return policy_trainer_->evaluate(prompts);
+  }
+  if (!val_loader_ && !sft_val_) return 0;
   NoGradGuard no_grad;
-  val_loader_->reset();
+  if (val_loader_) val_loader_->reset();
+  else sft_val_->set_batches(0);
   double total = 0;
   for (int64_t i = 0; i < config_.eval_batches; ++i) {
-    const data::Batch b = val_loader_->next();
-    total += ops::cross_entropy(model_->forward(b.inputs), b.targets).item();
+    const data::Batch b = val_loader_ ? val_loader_->next() : sft_val_->next();
+    models::ForwardOptions options;
+    options.doc = b.doc;
+    options.positions = b.positions;
+    total += ops::cross_entropy(model_->forward(b.inputs, options), b.targets).item();
   }
   return total / static_cast<double>(std::max<int64_t>(config_.eval_batches, 1));
 }
@@ -258,7 +387,7 @@ void Trainer::save_checkpoint_now() {
   ck.optimizer = optimizer_->state();
   ck.step = step_;
   ck.tokens = tokens_;
-  ck.loader_state = flatten(train_loader_->state());
+  ck.loader_state = data_state();
   ck.train_config_yaml = to_yaml(config_);
   ck.tokenizer = tokenizer_spec_;
   const std::string path = checkpoint_path(config_.checkpoint_dir, step_);
@@ -277,54 +406,80 @@ std::vector<StepRecord> Trainer::run() {
 
   const int64_t tokens_per_step = config_.batch_size * config_.seq_len * config_.grad_accum;
   int64_t last_step = config_.max_steps;
-  if (config_.max_tokens > 0) last_step = std::min(last_step, (config_.max_tokens + tokens_per_step - 1) / tokens_per_step);
+  if (config_.max_tokens > 0 && !config_.is_rl())
+    last_step = std::min(last_step, (config_.max_tokens + tokens_per_step - 1) / tokens_per_step);
   std::vector<StepRecord> records;
   const auto run_start = clock_type::now();
   const int64_t first_step = step_;
   double window_seconds = 0;
   int64_t window_tokens = 0;
+  auto log_validation = [&] {
+    const double val = evaluate();
+    const char* what = config_.is_rl() ? "val reward" : "val loss";
+    char text[96];
+    std::snprintf(text, sizeof(text), "step %lld: %s %.4f", static_cast<long long>(step_), what, val);
+    log_ << text << std::endl;
+    metrics << nlohmann::json{{"step", step_}, {config_.is_rl() ? "val_reward" : "val_loss", val}}.dump() << "\n";
+  };
+  // An RL run starts from a trained model: its starting reward is the baseline the run must beat.
+  if (config_.is_rl() && has_validation() && step_ == 0) log_validation();
   while (step_ < last_step) {
     const auto t0 = clock_type::now();
     const double lr = schedule_.at(step_);
     const double loss = train_step();
     ++step_;
-    tokens_ += tokens_per_step;
+    // RL steps count the completion tokens they sampled (and spend most of their time sampling them).
+    const int64_t step_tokens = config_.is_rl() ? std::llround(last_rl_.completion_length * static_cast<double>(
+                                                      config_.prompts_per_step * config_.group_size))
+                                                : tokens_per_step;
+    tokens_ += step_tokens;
     const double seconds = std::chrono::duration<double>(clock_type::now() - t0).count();
     window_seconds += seconds;
-    window_tokens += tokens_per_step;
+    window_tokens += step_tokens;
 
     StepRecord r;
     r.step = step_;
     r.loss = loss;
     r.lr = lr;
     r.grad_norm = last_grad_norm_;
-    r.tokens_per_s = tokens_per_step / seconds;
-    r.mfu = flops_per_token(model_->config(), config_.seq_len) * r.tokens_per_s / peak_flops_;
+    r.tokens_per_s = static_cast<double>(step_tokens) / seconds;
+    r.mfu = config_.is_rl() ? 0.0 : flops_per_token(model_->config(), config_.seq_len) * r.tokens_per_s / peak_flops_;
+    r.rl = last_rl_;
     records.push_back(r);
-    metrics << nlohmann::json{{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
-                              {"tokens_per_s", r.tokens_per_s}, {"mfu", r.mfu}}.dump()
-            << "\n";
+    nlohmann::json line = {{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+                           {"tokens_per_s", r.tokens_per_s}};
+    if (config_.is_rl()) {
+      line.update({{"reward_mean", r.rl.reward_mean}, {"reward_std", r.rl.reward_std}, {"kl", r.rl.kl},
+                   {"clip_fraction", r.rl.clip_fraction}, {"completion_length", r.rl.completion_length},
+                   {"entropy", r.rl.entropy}});
+    } else {
+      line["mfu"] = r.mfu;
+    }
+    metrics << line.dump() << "\n";
 
     if (config_.log_interval > 0 && (step_ % config_.log_interval == 0 || step_ == last_step || step_ == first_step + 1)) {
       const double tps = window_tokens / window_seconds;
       const double elapsed = std::chrono::duration<double>(clock_type::now() - run_start).count();
       const double eta = elapsed / static_cast<double>(step_ - first_step) * static_cast<double>(last_step - step_);
-      char line[256];
-      std::snprintf(line, sizeof(line),
-                    "step %lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | MFU %.1f%% | ETA %s",
-                    static_cast<long long>(step_), static_cast<long long>(last_step), loss, lr, last_grad_norm_, tps,
-                    100.0 * flops_per_token(model_->config(), config_.seq_len) * tps / peak_flops_, format_duration(eta).c_str());
-      log_ << line << std::endl;
+      char text[320];
+      if (config_.is_rl())
+        std::snprintf(text, sizeof(text),
+                      "step %lld/%lld | reward %.3f ± %.3f | kl %.4f | clip %.3f | len %.1f | entropy %.3f | loss %.4f | "
+                      "lr %.2e | norm %.3f | %.0f tok/s | ETA %s",
+                      static_cast<long long>(step_), static_cast<long long>(last_step), last_rl_.reward_mean,
+                      last_rl_.reward_std, last_rl_.kl, last_rl_.clip_fraction, last_rl_.completion_length,
+                      last_rl_.entropy, loss, lr, last_grad_norm_, tps, format_duration(eta).c_str());
+      else
+        std::snprintf(text, sizeof(text),
+                      "step %lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | MFU %.1f%% | ETA %s",
+                      static_cast<long long>(step_), static_cast<long long>(last_step), loss, lr, last_grad_norm_, tps,
+                      100.0 * flops_per_token(model_->config(), config_.seq_len) * tps / peak_flops_,
+                      format_duration(eta).c_str());
+      log_ << text << std::endl;
       window_seconds = 0;
       window_tokens = 0;
     }
-    if (val_loader_ && config_.eval_interval > 0 && (step_ % config_.eval_interval == 0 || step_ == last_step)) {
-      const double val = evaluate();
-      char line[96];
-      std::snprintf(line, sizeof(line), "step %lld: val loss %.4f", static_cast<long long>(step_), val);
-      log_ << line << std::endl;
-      metrics << nlohmann::json{{"step", step_}, {"val_loss", val}}.dump() << "\n";
-    }
+    if (has_validation() && (step_ % config_.eval_interval == 0 || step_ == last_step)) log_validation();
     if (tokenizer_ && config_.sample_interval > 0 && (step_ % config_.sample_interval == 0 || step_ == last_step))
       log_ << "sample at step " << step_ << ":\n" << sample(config_.sample_tokens) << "\n---" << std::endl;
     metrics.flush();

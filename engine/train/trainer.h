@@ -1,6 +1,8 @@
-// The pretraining loop behind llm-train: micro-batches with gradient accumulation, AdamW with a
-// learning-rate schedule and global-norm clipping, validation, samples, metrics, and checkpoints that
-// resume the identical run.
+// The training loop behind llm-train and llm-finetune: micro-batches with gradient accumulation,
+// AdamW with a learning-rate schedule and global-norm clipping, validation, samples, metrics, and
+// checkpoints that resume the identical run. config.method picks what a step is: next-token loss on
+// token shards (pretrain) or on formatted examples (sft), or a policy update from sampled and rewarded
+// completions (grpo, reinforce).
 #pragma once
 #include <atomic>
 #include <memory>
@@ -12,6 +14,8 @@
 #include "data/tokenizer.h"
 #include "engine/models/transformer.h"
 #include "engine/train/config.h"
+#include "engine/train/grpo.h"
+#include "engine/train/sft_data.h"
 #include "optim/adamw.h"
 
 namespace llm::train {
@@ -19,6 +23,7 @@ namespace llm::train {
 struct StepRecord {
   int64_t step = 0;  // 1-based: the number of optimizer steps taken
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, mfu = 0;
+  RlStats rl;        // grpo / reinforce only
 };
 
 // One optimizer step: forward and backward over each micro-batch (gradients accumulated, each loss
@@ -52,7 +57,9 @@ class Trainer {
   // Asks run() to stop after the current step (safe from a signal handler).
   static void stop();
 
-  double evaluate();                      // mean validation loss over eval_batches (0 without val data)
+  // Mean validation loss over eval_batches (0 without validation data); grpo/reinforce: the mean
+  // reward of greedy completions of eval_prompts validation prompts.
+  double evaluate();
   std::string sample(int64_t n_tokens);   // text generated from the start-of-text token
   void save_checkpoint_now();
 
@@ -61,7 +68,12 @@ class Trainer {
   int64_t step() const { return step_; }
 
  private:
+  bool has_validation() const;
   double train_step();  // one optimizer step over grad_accum micro-batches; returns the mean loss
+  void setup_finetune_data(const std::string& model_dir);  // sft / grpo / reinforce sources
+  data::Batch next_batch();
+  std::vector<int64_t> data_state() const;
+  void set_data_state(const std::vector<int64_t>& state);
 
   TrainConfig config_;
   std::ostream& log_;
@@ -70,7 +82,15 @@ class Trainer {
   std::unique_ptr<models::CausalLM> model_;
   std::unique_ptr<optim::AdamW> optimizer_;
   optim::Schedule schedule_;
+  // The data, by method: token shards (pretrain), example rows (sft), or prompt records (grpo, reinforce).
   std::unique_ptr<data::DataLoader> train_loader_, val_loader_;
+  std::unique_ptr<SftDataset> sft_train_, sft_val_;
+  std::vector<Record> prompts_, val_prompts_;
+  std::unique_ptr<EpochOrder> prompt_order_;
+  int64_t prompt_batches_ = 0;
+  std::unique_ptr<Reward> reward_;
+  std::unique_ptr<PolicyTrainer> policy_trainer_;
+  RlStats last_rl_;
   int64_t step_ = 0, tokens_ = 0;
   double last_grad_norm_ = 0;
   double peak_flops_ = 0;  // measured GEMM ceiling, FLOP/s, for MFU

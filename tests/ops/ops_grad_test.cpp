@@ -74,6 +74,7 @@ TEST(OpsGrad, EmbeddingRopeCrossEntropy) {
     gradcheck([&](const V& in) { return ops::rope(in[0], pos, 10000.f, layout); }, {param(Shape{2, 3, 2, 8}, 2)});
   const Tensor targets = ids({4, -100, 0, 2}, Shape{2, 2});
   gradcheck([&](const V& in) { return ops::cross_entropy(in[0], targets); }, {param(Shape{2, 2, 5}, 3, -2.f, 2.f)});
+  gradcheck([&](const V& in) { return ops::token_logprobs(in[0], targets); }, {param(Shape{2, 2, 5}, 4, -2.f, 2.f)});
 }
 
 TEST(OpsGrad, Attention) {
@@ -125,6 +126,21 @@ TEST(OpsForward, CrossEntropyIgnoresRows) {
   };
   EXPECT_NEAR(loss, (row_loss(0, 2) + row_loss(2, 1)) / 2, 1e-6);
   EXPECT_EQ(ops::cross_entropy(logits, ids({-100, -100, -100}, Shape{3})).item(), 0.f);
+}
+
+TEST(OpsForward, TokenLogprobsAreLogSoftmaxGathered) {
+  Tensor logits = param(Shape{3, 4}, 2);
+  const auto l = logits.to_vector<float>();
+  const auto lp = ops::token_logprobs(logits, ids({2, -100, 0}, Shape{3})).to_vector<float>();
+  auto log_softmax = [&](int r, int t) {
+    double m = -1e30, s = 0;
+    for (int c = 0; c < 4; ++c) m = std::max(m, double(l[r * 4 + c]));
+    for (int c = 0; c < 4; ++c) s += std::exp(l[r * 4 + c] - m);
+    return l[r * 4 + t] - m - std::log(s);
+  };
+  EXPECT_NEAR(lp[0], log_softmax(0, 2), 1e-6);
+  EXPECT_EQ(lp[1], 0.f);
+  EXPECT_NEAR(lp[2], log_softmax(2, 0), 1e-6);
 }
 
 }  // namespace
