@@ -103,9 +103,9 @@ PolicyTrainer::Sampled PolicyTrainer::sample(const std::vector<const Record*>& p
   return s;
 }
 
-double PolicyTrainer::evaluate(const std::vector<const Record*>& prompts) {
+double PolicyTrainer::evaluate(const std::vector<const Record*>& prompts, float temperature, int64_t samples, uint64_t seed) {
   if (prompts.empty()) return 0;
-  const Sampled s = sample(prompts, 1, 0.f, 0);
+  const Sampled s = sample(prompts, temperature > 0 ? samples : 1, temperature, seed);
   double sum = 0;
   for (double r : s.rewards) sum += r;
   return sum / static_cast<double>(s.rewards.size());

@@ -61,8 +61,10 @@ class PolicyTrainer {
 
   // One sampled batch and `iterations` updates with learning rate lr. `seed` makes the sampling.
   RlStats step(optim::AdamW& optimizer, const std::vector<const Record*>& prompts, float lr, uint64_t seed);
-  // Mean reward of greedy completions of the prompts (no update).
-  double evaluate(const std::vector<const Record*>& prompts);
+  // Mean reward of completions of the prompts (no update): greedy with temperature 0, else
+  // `samples` sampled completions per prompt.
+  double evaluate(const std::vector<const Record*>& prompts, float temperature = 0.f, int64_t samples = 1,
+                  uint64_t seed = 0);
 
  private:
   struct Sampled;

@@ -64,6 +64,8 @@ class Trainer {
   void save_checkpoint_now();
 
   models::CausalLM& model() { return *model_; }
+  PolicyTrainer* policy_trainer() { return policy_trainer_.get(); }  // grpo / reinforce runs
+  const std::vector<Record>& validation_prompts() const { return val_prompts_; }
   const TrainConfig& config() const { return config_; }
   int64_t step() const { return step_; }
 
