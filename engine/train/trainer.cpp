@@ -1,5 +1,6 @@
 #include "engine/train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -177,7 +178,6 @@ void Trainer::setup_finetune_data(const std::string& model_dir) {
   }
   prompts_ = std::move(records);
   val_prompts_ = std::move(val);
-  prompt_order_ = std::make_unique<EpochOrder>(static_cast<int64_t>(prompts_.size()), config_.seed);
   reward_ = std::make_unique<Reward>(config_.reward);
   log_ << "data: " << config_.train_data << " (" << template_name << "): " << prompts_.size() << " prompts"
        << (val_prompts_.empty() ? "" : ", " + std::to_string(val_prompts_.size()) + " validation prompts") << "\n"
@@ -209,8 +209,21 @@ void Trainer::setup_finetune_data(const std::string& model_dir) {
     for (const generate::Message& m : messages) text += m.content;
     return generate::encode_prompt(*tokenizer_, text);
   };
+  // Prompts that leave no room for a completion in the model's context are left out (and counted).
+  const int64_t room = model_->config().max_seq_len - 1;
+  size_t too_long = 0;
+  for (std::vector<Record>* set : {&prompts_, &val_prompts_}) {
+    const size_t before = set->size();
+    set->erase(std::remove_if(set->begin(), set->end(),
+                              [&](const Record& r) { return static_cast<int64_t>(encode(r).size()) >= room; }),
+               set->end());
+    too_long += before - set->size();
+  }
+  if (too_long) log_ << "note: " << too_long << " prompt(s) longer than the model's context left out\n";
+  LLM_CHECK(!prompts_.empty(), config_.train_data, ": no prompt fits the model's context of ", room + 1, " tokens");
+  prompt_order_ = std::make_unique<EpochOrder>(static_cast<int64_t>(prompts_.size()), config_.seed);
   policy_trainer_ = std::make_unique<PolicyTrainer>(
-      go, *model_, std::move(reference), *tokenizer_, std::move(encode), *reward_,
+      go, *model_, std::move(reference), *tokenizer_, encode, *reward_,
       config_.chat_template ? generate::chat_stop_strings(chat_format) : std::vector<std::string>{});
 }
 
