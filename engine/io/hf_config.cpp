@@ -98,6 +98,12 @@ ModelConfig config_from_hf_json(const std::string& text, const std::string& sour
       LLM_CHECK(k.integer("head_dim") == c.dim / std::max<int64_t>(c.n_heads, 1), source,
                 ": key 'head_dim': a head_dim other than hidden_size / num_attention_heads is not supported");
     LLM_CHECK(!k.has("rope_scaling"), source, ": key 'rope_scaling': RoPE scaling is not supported");
+    if (type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+      c.sliding_window = k.integer("sliding_window");
+      if (c.sliding_window >= c.max_seq_len) c.sliding_window = 0;  // never narrower than the context: no window
+    }
+    LLM_CHECK(type != "qwen2" || !k.boolean_or("use_sliding_window", false), source,
+              ": key 'use_sliding_window': true is not supported for qwen2 (its per-layer windows)");
     if (k.has("hidden_act"))
       LLM_CHECK(k.string("hidden_act") == "silu", source, ": key 'hidden_act': '", k.string("hidden_act"),
                 "' is not supported (silu is)");
@@ -122,8 +128,10 @@ std::string config_to_hf_json(const ModelConfig& c) {
          {"activation_function", "gelu_new"}, {"tie_word_embeddings", true}};
   } else {
     // q/k/v biases without an o_proj bias is Qwen2's layout (LLaMA's attention_bias also biases o_proj).
-    const bool qwen2 = c.attention_bias;
-    j = {{"architectures", {qwen2 ? "Qwen2ForCausalLM" : "LlamaForCausalLM"}}, {"model_type", qwen2 ? "qwen2" : "llama"},
+    const bool qwen2 = c.attention_bias, mistral = c.sliding_window > 0;
+    const char* type = qwen2 ? "qwen2" : mistral ? "mistral" : "llama";
+    const char* model_class = qwen2 ? "Qwen2ForCausalLM" : mistral ? "MistralForCausalLM" : "LlamaForCausalLM";
+    j = {{"architectures", {model_class}}, {"model_type", type},
          {"vocab_size", c.vocab_size},
          {"max_position_embeddings", c.max_seq_len}, {"hidden_size", c.dim}, {"num_hidden_layers", c.n_layers},
          {"num_attention_heads", c.n_heads}, {"num_key_value_heads", c.n_kv_heads},
@@ -131,6 +139,7 @@ std::string config_to_hf_json(const ModelConfig& c) {
          {"tie_word_embeddings", c.tie_embeddings}, {"hidden_act", "silu"}};
     if (qwen2) j["use_sliding_window"] = false;
     else j["attention_bias"] = false;
+    if (mistral) j["sliding_window"] = c.sliding_window;
   }
   j["torch_dtype"] = "float32";
   return j.dump(2) + "\n";

@@ -24,6 +24,7 @@ struct ModelConfig {
   float rope_theta = 10000.f;
   bool tie_embeddings = true;
   bool attention_bias = false;  // biases on q/k/v projections (Qwen2)
+  int64_t sliding_window = 0;   // Mistral: each token attends to at most this many latest tokens; 0: all
 
   int64_t head_dim() const { return n_heads ? dim / n_heads : 0; }
   const char* arch_name() const { return arch == Arch::GPT2 ? "gpt2" : "llama"; }

@@ -20,13 +20,16 @@ void ModelConfig::validate() const {
   LLM_CHECK(arch != Arch::Llama || head_dim() % 2 == 0, "model config: RoPE needs an even head_dim, got ", head_dim());
   LLM_CHECK(norm_eps > 0, "model config: norm_eps must be positive");
   LLM_CHECK(arch != Arch::Llama || rope_theta > 0, "model config: rope_theta must be positive");
+  LLM_CHECK(sliding_window >= 0 && (arch == Arch::Llama || sliding_window == 0),
+            "model config: sliding_window must be 0 (none) or positive, and only LLaMA-family models have one");
 }
 
 std::string ModelConfig::summary() const {
   return std::string(arch_name()) + ": " + std::to_string(n_layers) + " layers, dim " + std::to_string(dim) + ", " +
          std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " heads, mlp " + std::to_string(hidden_dim) +
          ", vocab " + std::to_string(vocab_size) + ", context " + std::to_string(max_seq_len) +
-         (tie_embeddings ? ", tied embeddings" : "");
+         (tie_embeddings ? ", tied embeddings" : "") +
+         (sliding_window > 0 ? ", sliding window " + std::to_string(sliding_window) : "");
 }
 
 int64_t ModelConfig::num_parameters() const {
@@ -246,7 +249,7 @@ class LlamaBlock : public nn::Module {
     const Tensor q = ops::rope(q_proj.forward(h).view(Shape{B, T, config_.n_heads, hd}), positions, config_.rope_theta);
     const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope_theta);
     const Tensor v = v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd});
-    const Tensor y = ops::attention(q, k, v, doc).view(Shape{B, T, config_.n_heads * hd});
+    const Tensor y = ops::attention(q, k, v, doc, 0.f, config_.sliding_window).view(Shape{B, T, config_.n_heads * hd});
     const Tensor r = x + o_proj.forward(y);
     const Tensor m = post_attention_layernorm.forward(r);
     return r + down_proj.forward(ops::swiglu(gate_proj.forward(m), up_proj.forward(m)));
@@ -259,7 +262,7 @@ class LlamaBlock : public nn::Module {
     const Tensor q = ops::rope(q_proj.forward(h).view(Shape{B, T, config_.n_heads, hd}), positions, config_.rope_theta);
     const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope_theta);
     append_to_cache(k, v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), n_new, cache, layer);
-    const Tensor y = ops::attention_cached(q, cache.k[layer], cache.v[layer], past_lengths(cache));
+    const Tensor y = ops::attention_cached(q, cache.k[layer], cache.v[layer], past_lengths(cache), 0.f, config_.sliding_window);
     const Tensor r = x + o_proj.forward(y.view(Shape{B, T, config_.n_heads * hd}));
     const Tensor m = post_attention_layernorm.forward(r);
     return r + down_proj.forward(ops::swiglu(gate_proj.forward(m), up_proj.forward(m)));

@@ -267,10 +267,11 @@ struct AttentionBackward : Node {
 };
 }  // namespace
 
-Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& doc_in, float scale) {
+Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& doc_in, float scale,
+                 int64_t window) {
   Tensor q = cpu_f32(q_in, "attention", "q"), k = cpu_f32(k_in, "attention", "k"), v = cpu_f32(v_in, "attention", "v");
   LLM_CHECK(q.dim() == 4, "attention: q must be [B, T, Hq, D], got ", q.str());
-  const cpu::AttentionShape s{q.size(0), q.size(1), q.size(2), k.dim() == 4 ? k.size(2) : 0, q.size(3)};
+  const cpu::AttentionShape s{q.size(0), q.size(1), q.size(2), k.dim() == 4 ? k.size(2) : 0, q.size(3), window};
   check_shape(k, Shape{s.B, s.T, s.Hkv, s.D}, "attention", "k");
   check_shape(v, k.shape(), "attention", "v");
   LLM_CHECK(s.Hkv > 0 && s.Hq % s.Hkv == 0, "attention: ", s.Hq, " query heads are not a multiple of ", s.Hkv,
@@ -297,7 +298,8 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
   return out;
 }
 
-Tensor attention_cached(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& past_in, float scale) {
+Tensor attention_cached(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& past_in, float scale,
+                        int64_t window) {
   LLM_CHECK(!autograd::needs_grad({&q_in, &k_in, &v_in}), "attention_cached: inference only; run it under NoGradGuard");
   Tensor q = cpu_f32(q_in, "attention_cached", "q"), k = cpu_f32(k_in, "attention_cached", "k_cache"),
          v = cpu_f32(v_in, "attention_cached", "v_cache"), past = cpu_i32(past_in, "attention_cached", "past");
@@ -310,7 +312,7 @@ Tensor attention_cached(const Tensor& q_in, const Tensor& k_in, const Tensor& v_
   Tensor out = Tensor::empty(q.shape());
   cpu::attention_cached_forward(B, Tq, S, Hq, Hkv, D, q.data<float>(), k.data<float>(), v.data<float>(),
                                 past.data<int32_t>(), scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(D)),
-                                out.data<float>());
+                                out.data<float>(), window);
   return out;
 }
 

@@ -61,15 +61,16 @@ Tensor rope(const Tensor& x, const Tensor& positions, float theta,
             cpu::RopeLayout layout = cpu::RopeLayout::kHalf);
 // Causal attention. q [B, T, Hq, D], k and v [B, T, Hkv, D] (Hq a multiple of Hkv) → [B, T, Hq, D].
 // doc (optional, i32 [B, T]): segment ids; each run of equal ids is one packed document, and a
-// token attends only to earlier tokens of its own run.
-// scale <= 0 means 1/sqrt(D).
+// token attends only to earlier tokens of its own run. window > 0: a sliding window (Mistral), query
+// t sees only keys t - window + 1 .. t. scale <= 0 means 1/sqrt(D).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& doc = Tensor(),
-                 float scale = 0.f);
+                 float scale = 0.f, int64_t window = 0);
 // Inference attention against a KV cache (not differentiable; no autograd recording allowed):
 // q [B, Tq, Hq, D], k_cache/v_cache [B, S, Hkv, D], past i32 [B] (tokens cached before these queries).
-// Query t of row b attends to cache slots 0 .. past[b] + t. scale <= 0 means 1/sqrt(D).
+// Query t of row b attends to cache slots 0 .. past[b] + t (the last `window` of them when window > 0).
+// scale <= 0 means 1/sqrt(D).
 Tensor attention_cached(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& past,
-                        float scale = 0.f);
+                        float scale = 0.f, int64_t window = 0);
 // Weight-only int8 (Q8_0, kernels/cpu/quant.h) for inference: a [N, K] matrix as int8 blocks with
 // scales. linear_q8 is x·Wᵀ + bias with such a matrix (not differentiable).
 struct Q8Matrix {

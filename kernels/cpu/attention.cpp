@@ -224,14 +224,18 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rs, int64_t
 }
 
 // ---- masks ---------------------------------------------------------------------------------------
-// doc_start[b*T + t]: the first position of t's document (0 without documents). Query t may attend
-// to keys [doc_start, t]; this relies on documents being contiguous runs, as the contract states.
-std::vector<int64_t> document_starts(int64_t B, int64_t T, const int32_t* doc) {
+// doc_start[b*T + t]: the first key query t may attend to: the start of t's document (0 without
+// documents), or t - window + 1 when a sliding window cuts in later. Query t attends to keys
+// [doc_start, t]. The starts never decrease along t (documents are contiguous runs, as the contract
+// states), which the tile ranges below rely on.
+std::vector<int64_t> document_starts(int64_t B, int64_t T, const int32_t* doc, int64_t window) {
   std::vector<int64_t> start(static_cast<size_t>(B * T), 0);
-  if (!doc) return start;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 1; t < T; ++t)
-      start[b * T + t] = doc[b * T + t] == doc[b * T + t - 1] ? start[b * T + t - 1] : t;
+      start[b * T + t] = !doc || doc[b * T + t] == doc[b * T + t - 1] ? start[b * T + t - 1] : t;
+  if (window > 0)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) start[b * T + t] = std::max(start[b * T + t], t - window + 1);
   return start;
 }
 
@@ -300,7 +304,7 @@ void attention_forward(const AttentionShape& sh, const float* q, const float* k,
                        const int32_t* doc, float scale, float* out, float* lse) {
   const int64_t B = sh.B, T = sh.T, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D, group = Hq / Hkv;
   if (B <= 0 || T <= 0 || Hq <= 0 || D <= 0) return;
-  const std::vector<int64_t> doc_start = document_starts(B, T, doc);
+  const std::vector<int64_t> doc_start = document_starts(B, T, doc, sh.window);
   const PackedKV kv = packed_kv_buffers(sh);
   const int64_t Dp = kv.Dp, num_blocks = (T + kBQ - 1) / kBQ, jobs = B * Hq * num_blocks;
   const int64_t pack_jobs = B * Hkv * kv.num_tiles;
@@ -387,7 +391,7 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
                         const float* dout, float* dq, float* dk, float* dv) {
   const int64_t B = sh.B, T = sh.T, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D, group = Hq / Hkv;
   if (B <= 0 || T <= 0 || Hq <= 0 || D <= 0) return;
-  const std::vector<int64_t> doc_start = document_starts(B, T, doc);
+  const std::vector<int64_t> doc_start = document_starts(B, T, doc, sh.window);
   const int64_t Dp = round_up(D, kW), num_tiles = (T + kBwdBK - 1) / kBwdBK;
   constexpr int64_t BQ = kBwdBQ, BK = kBwdBK;
 

@@ -11,6 +11,7 @@ struct AttentionShape {
   int64_t Hq;   // query heads
   int64_t Hkv;  // key/value heads; Hq % Hkv == 0 and query head h reads kv head h / (Hq / Hkv)
   int64_t D;    // head dimension
+  int64_t window = 0;  // sliding window (Mistral): query t also needs key s > t - window; 0: unlimited
 };
 
 // Layouts (contiguous, row-major): q, out, dout, dq: [B, T, Hq, D]; k, v, dk, dv: [B, T, Hkv, D];
@@ -33,11 +34,13 @@ namespace llm::cpu {
 
 // Inference attention over a KV cache (no backward). q, out: [B, Tq, Hq, D]; k_cache, v_cache:
 // [B, S, Hkv, D] with S the cache capacity; past[b] is how many tokens row b had cached before these
-// queries. Query t of row b is at position past[b] + t and attends to cache slots 0 .. past[b] + t,
+// queries. Query t of row b is at position p = past[b] + t and attends to cache slots 0 .. p (with a
+// sliding window > 0, only the last `window` of them: p - window + 1 .. p),
 // whose keys and values (its own included) must already be written (slots past S are never read:
 // a padding query beyond the capacity sees slots 0 .. S-1).
 // Every (row, query, head) is computed independently, so results do not depend on the thread count.
 void attention_cached_forward(int64_t B, int64_t Tq, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, const float* q,
-                              const float* k_cache, const float* v_cache, const int32_t* past, float scale, float* out);
+                              const float* k_cache, const float* v_cache, const int32_t* past, float scale, float* out,
+                              int64_t window = 0);
 
 }  // namespace llm::cpu

@@ -21,7 +21,8 @@ inline float dot(const float* a, const float* b, int64_t n) {
 }  // namespace
 
 void attention_cached_forward(int64_t B, int64_t Tq, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, const float* q,
-                              const float* k_cache, const float* v_cache, const int32_t* past, float scale, float* out) {
+                              const float* k_cache, const float* v_cache, const int32_t* past, float scale, float* out,
+                              int64_t window) {
   const int64_t group = Hq / Hkv, rows = B * Tq * Hq;
   // Tiny decode steps are not worth waking the thread pool for.
   const bool parallel = rows * S * D > (1 << 15);
@@ -33,19 +34,20 @@ void attention_cached_forward(int64_t B, int64_t Tq, int64_t S, int64_t Hq, int6
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t h = r % Hq, t = (r / Hq) % Tq, b = r / (Hq * Tq), kvh = h / group;
       const int64_t visible = std::min<int64_t>(static_cast<int64_t>(past[b]) + t + 1, S);
+      const int64_t first = window > 0 ? std::max<int64_t>(0, visible - window) : 0;
       const float* qr = q + r * D;
       const float* kb = k_cache + (b * S * Hkv + kvh) * D;
       const float* vb = v_cache + (b * S * Hkv + kvh) * D;
       const int64_t slot_stride = Hkv * D;
       float mx = -INFINITY;
-      for (int64_t s = 0; s < visible; ++s) {
+      for (int64_t s = first; s < visible; ++s) {
         scores[s] = scale * dot(qr, kb + s * slot_stride, D);
         mx = std::max(mx, scores[s]);
       }
       float z = 0.f;
-      for (int64_t s = 0; s < visible; ++s) z += scores[s] = std::exp(scores[s] - mx);
+      for (int64_t s = first; s < visible; ++s) z += scores[s] = std::exp(scores[s] - mx);
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t s = 0; s < visible; ++s) {
+      for (int64_t s = first; s < visible; ++s) {
         const float p = scores[s];
         const float* vr = vb + s * slot_stride;
 #pragma omp simd

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "engine/io/hf_config.h"
 #include "engine/io/hf_model.h"
 #include "engine/io/llama2c.h"
 #include "engine/io/safetensors.h"
@@ -221,7 +222,16 @@ TEST(HfModel, Qwen2AndMistralConfigsLoad) {
   });
   back = train::load_pretrained(dir2.str());
   EXPECT_FALSE(back.config.attention_bias);
+  EXPECT_EQ(back.config.sliding_window, 0);
   EXPECT_EQ(logits(*train::make_loaded_model(back)), logits(*m2));
+  // Mistral's sliding window is read (and null or wider than the context means none) and written back.
+  rewrite_config(dir2.str(), [](json& j) { j["sliding_window"] = 3; });
+  back = train::load_pretrained(dir2.str());
+  EXPECT_EQ(back.config.sliding_window, 3);
+  EXPECT_NE(io::config_to_hf_json(back.config).find("\"sliding_window\": 3"), std::string::npos);
+  EXPECT_EQ(io::config_from_hf_json(io::config_to_hf_json(back.config), "x").sliding_window, 3);
+  rewrite_config(dir2.str(), [](json& j) { j["sliding_window"] = nullptr; });
+  EXPECT_EQ(train::load_pretrained(dir2.str()).config.sliding_window, 0);
 }
 
 TEST(HfModel, NativeCheckpointToHfAndBack) {

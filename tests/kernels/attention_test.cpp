@@ -23,7 +23,7 @@ size_t lse_size(const AttentionShape& s) { return static_cast<size_t>(s.B * s.Hq
 
 // Literal mask of the contract (not the contiguous-range shortcut the kernel uses).
 bool allowed(const AttentionShape& s, const int32_t* doc, int64_t b, int64_t t, int64_t key) {
-  return key <= t && (!doc || doc[b * s.T + key] == doc[b * s.T + t]);
+  return key <= t && (s.window <= 0 || key > t - s.window) && (!doc || doc[b * s.T + key] == doc[b * s.T + t]);
 }
 
 struct Reference {
@@ -169,6 +169,7 @@ TEST(AttentionReference, BackwardMatchesFiniteDifferences) {
   check_reference_gradients({1, 5, 2, 1, 3}, false);
   check_reference_gradients({1, 6, 2, 1, 3}, true);
   check_reference_gradients({2, 4, 2, 2, 2}, true);
+  check_reference_gradients({1, 6, 2, 1, 3, 2}, true);  // a sliding window of 2
 }
 
 // ---- the fp32 kernels against the double reference ----------------------------------------------
@@ -212,6 +213,7 @@ std::string describe(const Case& c) {
   const AttentionShape& s = c.shape;
   return "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " Hq=" + std::to_string(s.Hq) +
          " Hkv=" + std::to_string(s.Hkv) + " D=" + std::to_string(s.D) + (c.docs ? " docs" : "") +
+         (s.window ? " window=" + std::to_string(s.window) : "") +
          " scale=" + std::to_string(c.scale);
 }
 
@@ -226,6 +228,9 @@ const Case kCases[] = {
     {{1, 257, 2, 1, 64}, false, 0},     // several tiles plus one key
     {{1, 257, 4, 1, 128}, true, 0.7f},  // MQA, documents across tiles
     {{2, 257, 8, 2, 17}, true, 0},      // GQA 4 with documents
+    {{1, 257, 4, 2, 64, 100}, false, 0},  // a sliding window across tile boundaries
+    {{2, 130, 4, 1, 17, 7}, true, 0},     // a window narrower than a tile, with documents
+    {{1, 70, 2, 2, 16, 1}, false, 0},     // a window of one: each query sees itself
 };
 
 // Relative to the largest reference value. Sums run over up to 257 keys in fp32 (and D = 128 terms

@@ -29,8 +29,10 @@ std::vector<float> full_last_logits(CausalLM& m, const std::vector<int32_t>& seq
   return std::vector<float>(all.end() - V, all.end());
 }
 
-void check_cache_matches_full_forward(Arch arch) {
-  auto model = make_model(tiny(arch), 3);
+void check_cache_matches_full_forward(Arch arch, int64_t sliding_window = 0) {
+  ModelConfig config = tiny(arch);
+  config.sliding_window = sliding_window;
+  auto model = make_model(config, 3);
   NoGradGuard no_grad;
   const int64_t V = model->config().vocab_size;
   std::vector<std::vector<int32_t>> seqs = {testing::random_ints(5, 1, 0, V), testing::random_ints(9, 2, 0, V),
@@ -65,6 +67,23 @@ void check_cache_matches_full_forward(Arch arch) {
 
 TEST(KVCache, LlamaMatchesFullForward) { check_cache_matches_full_forward(Arch::Llama); }
 TEST(KVCache, Gpt2MatchesFullForward) { check_cache_matches_full_forward(Arch::GPT2); }
+// Sequences grow to 14 tokens, past a window of 4: prefill and decode must both apply it.
+TEST(KVCache, SlidingWindowMatchesFullForward) { check_cache_matches_full_forward(Arch::Llama, 4); }
+
+TEST(KVCache, SlidingWindowChangesLongSequencesOnly) {
+  ModelConfig windowed = tiny(Arch::Llama);
+  windowed.sliding_window = 4;
+  auto plain = make_model(tiny(Arch::Llama), 3), mistral = make_model(windowed, 3);
+  NoGradGuard no_grad;
+  const std::vector<int32_t> seq = testing::random_ints(10, 4, 0, 53);
+  const std::vector<float> a = plain->forward(Tensor::from_vector(seq, Shape{1, 10})).to_vector<float>();
+  const std::vector<float> b = mistral->forward(Tensor::from_vector(seq, Shape{1, 10})).to_vector<float>();
+  const size_t V = 53;
+  // The first 4 positions see the same keys either way; later ones lose the oldest keys.
+  EXPECT_EQ(std::vector<float>(a.begin(), a.begin() + 4 * V), std::vector<float>(b.begin(), b.begin() + 4 * V));
+  EXPECT_GT(testing::max_rel_error(std::vector<float>(b.begin() + 9 * V, b.end()), std::vector<float>(a.begin() + 9 * V, a.end())),
+            1e-3);
+}
 
 TEST(KVCache, CapacityAndContextErrors) {
   auto model = make_model(tiny(Arch::Llama), 3);
@@ -85,6 +104,11 @@ TEST(AttentionCachedKernel, EqualsCausalAttentionOnAFullCache) {
   cpu::attention_forward({B, T, Hq, Hkv, D}, q.data(), k.data(), v.data(), nullptr, 0.3f, want.data(), lse.data());
   const std::vector<int32_t> past(B, 0);
   cpu::attention_cached_forward(B, T, T, Hq, Hkv, D, q.data(), k.data(), v.data(), past.data(), 0.3f, got.data());
+  EXPECT_LE(testing::max_rel_error(got, want), 1e-5);
+  // The same with a sliding window of 5.
+  cpu::attention_forward({B, T, Hq, Hkv, D, 5}, q.data(), k.data(), v.data(), nullptr, 0.3f, want.data(), lse.data());
+  got = testing::poisoned(q.size());
+  cpu::attention_cached_forward(B, T, T, Hq, Hkv, D, q.data(), k.data(), v.data(), past.data(), 0.3f, got.data(), 5);
   EXPECT_LE(testing::max_rel_error(got, want), 1e-5);
 }
 
