@@ -100,7 +100,9 @@ int main(int argc, char** argv) {
         max_diff = std::max(max_diff, std::fabs(static_cast<double>(got[i]) - want[i]));
         scale = std::max(scale, std::fabs(static_cast<double>(want[i])));
       }
-      LLM_CHECK(got.size() == want.size() && max_diff <= 1e-6 * std::max(scale, 1.0), out,
+      // A merged weight rounds differently from base + adapter computed apart: allow float32 round-off.
+      const double tolerance = (lora.empty() ? 1e-6 : 1e-4) * std::max(scale, 1.0);
+      LLM_CHECK(got.size() == want.size() && max_diff <= tolerance, out,
                 ": verification failed: logits differ from the input model's by up to ", max_diff);
       std::printf("verified: %zu logits, max |difference| %g\n", want.size(), max_diff);
     }

@@ -1,5 +1,6 @@
 #include "engine/nn/lora.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -20,9 +21,24 @@ bool path_matches(const std::string& path, const std::string& target) {
 // PEFT's "all-linear" leaves out the output layer.
 bool is_output_head(const std::string& path) { return path == "lm_head"; }
 
-std::string joined(const std::vector<std::string>& names) {
+// The Linear paths for an error message, layer numbers folded ("model.layers.N.self_attn.q_proj"), so
+// the list stays short for deep models.
+std::string describe(const std::vector<std::pair<std::string, Linear*>>& linears) {
+  std::vector<std::string> seen;
   std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  for (const auto& [path, linear] : linears) {
+    std::string folded;
+    for (size_t i = 0; i < path.size();) {
+      const size_t end = path.find('.', i);
+      const std::string part = path.substr(i, end == std::string::npos ? std::string::npos : end - i);
+      const bool number = !part.empty() && part.find_first_not_of("0123456789") == std::string::npos;
+      folded += (folded.empty() ? "" : ".") + (number ? std::string("N") : part);
+      i = end == std::string::npos ? path.size() : end + 1;
+    }
+    if (std::find(seen.begin(), seen.end(), folded) != seen.end()) continue;
+    seen.push_back(folded);
+    out += (out.empty() ? "" : ", ") + folded;
+  }
   return out;
 }
 }  // namespace
@@ -58,10 +74,8 @@ std::vector<std::string> apply_lora(Module& model, const LoraConfig& config, uin
   // Every pattern must name something: a misspelt target would otherwise silently train less.
   for (const auto& t : config.targets) {
     if (matched_targets.count(t)) continue;
-    std::vector<std::string> names;
-    for (const auto& [path, linear] : linears) names.push_back(path);
     throw Error("lora: target module '" + t + "' matches no Linear layer of the model (its Linear layers: " +
-                joined(names) + ")");
+                describe(linears) + ")");
   }
   for (const auto& [path, linear] : chosen)
     LLM_CHECK(!linear->lora.defined(), "lora: '", path, "' already has a LoRA adapter");
