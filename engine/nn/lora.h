@@ -19,6 +19,9 @@
 //   nn::apply_lora(*model, config, seed);
 //   optim::AdamW opt(nn::trainable_parameters(*model), cfg);   // only the lora_* tensors
 //   ... train ...; io::save_lora_adapter(dir, *model, config, base_name);   // or merge_lora + save weights
+// An adapted model's named_parameters() include the lora_* tensors, so a native checkpoint of it
+// loads into a model after apply_lora with the same config. Exact resume with dropout > 0 also needs
+// each adapter's call counter (LoraAdapter::calls), which picks the next dropout mask.
 #pragma once
 #include <cstdint>
 #include <string>
