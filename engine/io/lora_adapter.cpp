@@ -43,8 +43,8 @@ bool unset(const json& j, const char* key, const char* default_string = nullptr)
          (default_string && v.is_string() && v.get<std::string>() == default_string);
 }
 
-// The module path of an adapter parameter name ("x.q_proj.lora_A.weight" → "x.q_proj").
-std::string module_of(const std::string& param) { return param.substr(0, param.size() - std::string(".lora_A.weight").size()); }
+// The module path of an adapter parameter name ("x.q_proj.lora_A.weight" or ".lora_B.weight" → "x.q_proj").
+std::string module_of(const std::string& param) { return param.substr(0, param.size() - std::string(".lora_X.weight").size()); }
 }  // namespace
 
 nn::LoraConfig read_lora_config(const std::string& dir, std::string* base_model) {

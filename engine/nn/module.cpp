@@ -94,9 +94,11 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias) {
 Tensor Linear::forward(const Tensor& x) const {
   Tensor y = q8.defined() ? ops::linear_q8(x, q8, bias) : ops::linear(x, weight, bias);
   if (!lora.defined()) return y;
+  // Only calls that draw a mask advance the counter, so evaluation in between leaves the masks alone.
+  const bool drop = training() && lora.dropout > 0;
+  const Tensor in = drop ? ops::dropout(x, lora.dropout, lora.seed + lora.calls++) : x;
   // The scale goes on the narrow [.., r] product, the cheapest place for it.
-  const uint64_t mask_seed = lora.seed + lora.calls++;
-  const Tensor h = ops::linear(ops::dropout(x, lora.dropout, mask_seed, training()), lora.A);
+  const Tensor h = ops::linear(in, lora.A);
   return y + ops::linear(h * lora.scale, lora.B);
 }
 

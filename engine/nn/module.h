@@ -57,7 +57,7 @@ struct LoraAdapter {
   Tensor A, B;          // [r, in] and [out, r]: parameters "lora_A.weight" and "lora_B.weight" (PEFT's names)
   float scale = 0.f;    // alpha / r (alpha / sqrt(r) with rsLoRA)
   float dropout = 0.f;  // on the adapter's input, in training mode only
-  uint64_t seed = 0;    // dropout masks: a new one per forward call, from seed and the call count
+  uint64_t seed = 0;    // dropout masks: a new one per training forward call, from seed and the count
   mutable uint64_t calls = 0;
   bool defined() const { return A.defined(); }
 };

@@ -131,6 +131,18 @@ TEST(Lora, DropoutOnlyWhileTrainingAndDeterministicFromSeed) {
   EXPECT_NE(train[0], other_seed[0]);
   EXPECT_EQ(eval[0], eval[1]);
   EXPECT_NE(eval[0], train[0]);
+
+  // Evaluation in between does not move the mask sequence on.
+  OneLinear net(64, 8);
+  nn::apply_lora(net, lora_config({"fc"}, 4, 8.f, 0.5f), 9);
+  randomize_adapters(net, 1);
+  const Tensor x = param(Shape{3, 64}, 2);
+  NoGradGuard no_grad;
+  EXPECT_EQ(net.fc.forward(x).to_vector<float>(), train[0]);
+  net.set_training(false);
+  net.fc.forward(x);
+  net.set_training(true);
+  EXPECT_EQ(net.fc.forward(x).to_vector<float>(), train[1]);
 }
 
 TEST(Lora, TargetsByNameAndFreezing) {
