@@ -5,7 +5,7 @@
 namespace llm::nn {
 
 void Module::register_parameter(const std::string& name, Tensor* slot) {
-  slot->set_requires_grad(true);
+  if (slot->defined()) slot->set_requires_grad(true);
   params_.emplace_back(name, slot);
 }
 
@@ -39,6 +39,15 @@ Tensor Module::parameter(const std::string& name) const {
   for (const auto& [n, t] : named_parameters())
     if (n == name) return t;
   throw Error("no parameter named '" + name + "' in this model");
+}
+
+std::vector<std::pair<std::string, Module*>> Module::named_modules() {
+  std::vector<std::pair<std::string, Module*>> out;
+  for (auto& [name, child] : children_) {
+    out.emplace_back(name, child);
+    for (auto& [sub, module] : child->named_modules()) out.emplace_back(name + "." + sub, module);
+  }
+  return out;
 }
 
 void Module::load_state(const std::map<std::string, Tensor>& tensors, bool strict) {
@@ -78,6 +87,19 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias) {
     bias = Tensor::zeros(Shape{out});
     register_parameter("bias", &bias);
   }
+  register_parameter("lora_A.weight", &lora.A);
+  register_parameter("lora_B.weight", &lora.B);
+}
+
+Tensor Linear::forward(const Tensor& x) const {
+  Tensor y = q8.defined() ? ops::linear_q8(x, q8, bias) : ops::linear(x, weight, bias);
+  if (!lora.defined()) return y;
+  // Only calls that draw a mask advance the counter, so evaluation in between leaves the masks alone.
+  const bool drop = training() && lora.dropout > 0;
+  const Tensor in = drop ? ops::dropout(x, lora.dropout, lora.seed + lora.calls++) : x;
+  // The scale goes on the narrow [.., r] product, the cheapest place for it.
+  const Tensor h = ops::linear(in, lora.A);
+  return y + ops::linear(h * lora.scale, lora.B);
 }
 
 Embedding::Embedding(int64_t vocab, int64_t dim) {

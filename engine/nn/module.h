@@ -25,6 +25,8 @@ class Module {
   int64_t num_parameters() const;
   // The parameter with this dotted name; throws naming it when there is none.
   Tensor parameter(const std::string& name) const;
+  // Every module below this one (not itself), parents before children, with its dotted path.
+  std::vector<std::pair<std::string, Module*>> named_modules();
 
   // Copies tensors into the parameters of the same names (shapes must match). strict: every
   // parameter must be given and every given name must exist; errors name the offending tensors.
@@ -38,6 +40,7 @@ class Module {
   virtual void quantize_q8();
 
  protected:
+  // A slot may stay undefined (an optional parameter, e.g. a LoRA adapter): it is listed once defined.
   void register_parameter(const std::string& name, Tensor* slot);
   void register_module(const std::string& name, Module* child);
 
@@ -48,17 +51,32 @@ class Module {
   bool training_ = true;
 };
 
-// y = x·Wᵀ + b with W [out, in] (nn.Linear).
+// A low-rank adapter on a Linear (LoRA, Hu et al. 2021), added by nn::apply_lora (engine/nn/lora.h):
+// the layer computes x·Wᵀ + b + scale·(dropout(x)·Aᵀ)·Bᵀ.
+struct LoraAdapter {
+  Tensor A, B;          // [r, in] and [out, r]: parameters "lora_A.weight" and "lora_B.weight" (PEFT's names)
+  float scale = 0.f;    // alpha / r (alpha / sqrt(r) with rsLoRA)
+  float dropout = 0.f;  // on the adapter's input, in training mode only
+  uint64_t seed = 0;    // dropout masks: a new one per training forward call, from seed and the count
+  mutable uint64_t calls = 0;
+  bool defined() const { return A.defined(); }
+};
+
+// y = x·Wᵀ + b with W [out, in] (nn.Linear), plus an optional LoRA adapter.
 class Linear : public Module {
  public:
   Linear(int64_t in, int64_t out, bool bias);
-  Tensor forward(const Tensor& x) const { return q8.defined() ? ops::linear_q8(x, q8, bias) : ops::linear(x, weight, bias); }
-  // Layers whose input width is not a multiple of the 32-value block stay in fp32.
+  Tensor forward(const Tensor& x) const;
+  // Layers whose input width is not a multiple of the 32-value block stay in fp32. An adapter keeps
+  // working on top of the quantized weight (its own matrices stay fp32).
   void quantize_q8() override {
     if (weight.size(1) % 32 == 0) q8 = ops::quantize_q8(weight);
   }
+  int64_t in_features() const { return weight.size(1); }
+  int64_t out_features() const { return weight.size(0); }
   Tensor weight, bias;
   ops::Q8Matrix q8;  // set by quantize_q8()
+  LoraAdapter lora;  // set by nn::apply_lora, folded into weight by nn::merge_lora
 };
 
 class Embedding : public Module {
