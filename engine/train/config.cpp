@@ -170,6 +170,20 @@ const std::vector<Field>& fields() {
       flag("finetune", "packing", &C::packing),
       text("finetune", "system_prompt", &C::system_prompt),
       number("finetune", "val_fraction", &C::val_fraction),
+      integer("lora", "rank", &C::lora_rank),
+      number("lora", "alpha", &C::lora_alpha),
+      number("lora", "dropout", &C::lora_dropout),
+      {"lora", "targets",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         if (!n.IsSequence()) {
+           c.lora_targets = as<std::string>(n, w, "a list of module names or all-linear");
+           return;
+         }
+         c.lora_targets.clear();
+         for (const auto& item : n) c.lora_targets += (c.lora_targets.empty() ? "" : ",") + as<std::string>(item, w, "a module name");
+       },
+       [](const C& c) { return yaml_quote(c.lora_targets); }},
+      flag("lora", "rslora", &C::lora_rslora),
       integer("grpo", "prompts_per_step", &C::prompts_per_step),
       integer("grpo", "group_size", &C::group_size),
       integer("grpo", "max_new_tokens", &C::max_new_tokens),
@@ -220,6 +234,7 @@ void check_values(const TrainConfig& c) {
   LLM_CHECK(!c.train_data.empty(), src, ": data.train: missing (",
             c.is_finetune() ? "a JSONL file of examples" : "a prepared directory or a shard glob", ")");
   LLM_CHECK(c.val_fraction >= 0 && c.val_fraction < 1, src, ": finetune.val_fraction: must be in [0, 1), got ", c.val_fraction);
+  LLM_CHECK(c.lora_rank >= 0, src, ": lora.rank: must be 0 (off) or positive, got ", c.lora_rank);
   if (c.is_rl()) {
     positive(c.prompts_per_step, "grpo.prompts_per_step");
     positive(c.group_size, "grpo.group_size");
@@ -248,7 +263,7 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
   LLM_CHECK(root.IsMap(), source, ": expected sections (model, data, optim, train, checkpoint, log)");
   for (const auto& section : root) {
     const std::string s = section.first.as<std::string>();
-    LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log, finetune, grpo, reward)");
+    LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward)");
     LLM_CHECK(section.second.IsMap() || section.second.IsNull(), source, ": ", s, ": expected a map of keys");
     for (const auto& kv : section.second) {
       const std::string k = kv.first.as<std::string>();

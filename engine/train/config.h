@@ -60,6 +60,12 @@ struct TrainConfig {
   std::string system_prompt;
   float val_fraction = 0;     // without data.val: hold out this share of the records for validation
 
+  // lora: rank 0 trains every weight; rank > 0 freezes them and trains adapters (engine/nn/lora.h)
+  int64_t lora_rank = 0;
+  float lora_alpha = 16.f, lora_dropout = 0.f;
+  std::string lora_targets = "q_proj,k_proj,v_proj,o_proj";  // comma-separated PEFT module names, or all-linear
+  bool lora_rslora = false;
+
   // grpo (also reinforce): sampling and the clipped objective (engine/train/grpo.h)
   int64_t prompts_per_step = 4;  // per rank; train.batch_size is the micro-batch of sequences
   int64_t group_size = 8;

@@ -10,6 +10,7 @@
 
 #include "data/tokenizer.h"
 #include "engine/generate/generate.h"
+#include "engine/io/lora_adapter.h"
 #include "engine/train/checkpoint.h"
 #include "engine/train/pretrained.h"
 #include "kernels/cpu/gemm.h"
@@ -115,12 +116,38 @@ Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(conf
          << " shard(s)" << (val_loader_ ? ", " + std::to_string(val_loader_->num_tokens()) + " validation tokens" : "") << "\n";
   }
 
+  if (config_.lora_rank > 0) {
+    // After the data: GRPO's reference model is a copy of the base weights, without adapters.
+    lora_ = std::make_unique<nn::LoraConfig>();
+    lora_->rank = config_.lora_rank;
+    lora_->alpha = config_.lora_alpha;
+    lora_->dropout = config_.lora_dropout;
+    lora_->rslora = config_.lora_rslora;
+    for (size_t a = 0, b; a <= config_.lora_targets.size(); a = b + 1) {
+      b = config_.lora_targets.find(',', a);
+      if (b == std::string::npos) b = config_.lora_targets.size();
+      std::string name = config_.lora_targets.substr(a, b - a);
+      name.erase(0, name.find_first_not_of(' '));
+      name.erase(name.find_last_not_of(' ') + 1);
+      if (!name.empty()) lora_->targets.push_back(name);
+    }
+    try {
+      const std::vector<std::string> adapted = nn::apply_lora(*model_, *lora_, config_.seed);
+      log_ << "lora: rank " << lora_->rank << ", alpha " << lora_->alpha << " on " << adapted.size() << " modules ("
+           << config_.lora_targets << ")\n";
+    } catch (const Error& e) {
+      throw Error(config_.source + ": lora: " + e.what());
+    }
+  }
+
   optim::AdamWConfig oc;
   oc.beta1 = config_.beta1;
   oc.beta2 = config_.beta2;
   oc.eps = config_.eps;
   oc.weight_decay = config_.weight_decay;
-  optimizer_ = std::make_unique<optim::AdamW>(model_->named_parameters(), oc);
+  // Only what trains gets optimizer state: every weight, or the LoRA adapters alone.
+  const auto trainable = nn::trainable_parameters(*model_);
+  optimizer_ = std::make_unique<optim::AdamW>(trainable, oc);
   schedule_.kind = optim::Schedule::parse(config_.schedule);
   schedule_.lr = config_.lr;
   schedule_.min_lr = config_.min_lr;
@@ -128,7 +155,10 @@ Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(conf
   schedule_.total_steps = config_.max_steps;
 
   peak_flops_ = measure_gemm_ceiling();
-  log_ << "model: " << mc.summary() << ", " << model_->num_parameters() << " parameters\n";
+  int64_t trained = 0;
+  for (const auto& [name, t] : trainable) trained += t.numel();
+  log_ << "model: " << mc.summary() << ", " << model_->num_parameters() << " parameters"
+       << (trained != model_->num_parameters() ? ", " + std::to_string(trained) + " trained" : "") << "\n";
   if (config_.is_rl())
     log_ << config_.method << ": " << config_.prompts_per_step << " prompts x " << config_.group_size
          << " completions per step, " << config_.rl_iterations << " update(s) each, " << cpu::num_threads() << " threads\n";
@@ -271,6 +301,12 @@ void Trainer::resume(const std::string& path_or_auto) {
   LLM_CHECK(ck.has_optimizer, path, ": has no optimizer state, so the run cannot resume from it (use model.init_from)");
   optimizer_->set_state(ck.optimizer);
   set_data_state(ck.loader_state);
+  if (lora_) {
+    const auto layers = nn::lora_layers(*model_);
+    LLM_CHECK(ck.rng_state.size() == layers.size(), path, ": holds ", ck.rng_state.size(), " adapter counters for ",
+              layers.size(), " adapted modules");
+    for (size_t i = 0; i < layers.size(); ++i) layers[i].second->lora.calls = ck.rng_state[i];
+  }
   step_ = ck.step;
   tokens_ = ck.tokens;
   log_ << "resume: " << path << " at step " << step_ << "\n";
@@ -402,11 +438,20 @@ void Trainer::save_checkpoint_now() {
   ck.tokens = tokens_;
   ck.loader_state = data_state();
   ck.train_config_yaml = to_yaml(config_);
+  // The adapters' dropout counters, so a resumed run draws the same masks.
+  if (lora_)
+    for (const auto& [path, layer] : nn::lora_layers(*model_)) ck.rng_state.push_back(layer->lora.calls);
   ck.tokenizer = tokenizer_spec_;
   const std::string path = checkpoint_path(config_.checkpoint_dir, step_);
   save_checkpoint(path, ck);
   prune_checkpoints(config_.checkpoint_dir, config_.keep_last);
   log_ << "checkpoint: " << path << "\n";
+  if (lora_) {
+    // The adapters on their own, in PEFT's layout (llm-convert --merge-lora folds them into the base).
+    const std::string adapter_dir = (fs::path(config_.checkpoint_dir) / "adapter").string();
+    io::save_lora_adapter(adapter_dir, *model_, *lora_, config_.init_from);
+    log_ << "adapter: " << adapter_dir << "\n";
+  }
 }
 
 std::vector<StepRecord> Trainer::run() {

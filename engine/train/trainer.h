@@ -13,6 +13,7 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "engine/models/transformer.h"
+#include "engine/nn/lora.h"
 #include "engine/train/config.h"
 #include "engine/train/grpo.h"
 #include "engine/train/sft_data.h"
@@ -93,6 +94,7 @@ class Trainer {
   std::unique_ptr<Reward> reward_;
   std::unique_ptr<PolicyTrainer> policy_trainer_;
   RlStats last_rl_;
+  std::unique_ptr<nn::LoraConfig> lora_;  // set when adapters train instead of the weights
   int64_t step_ = 0, tokens_ = 0;
   double last_grad_norm_ = 0;
   double peak_flops_ = 0;  // measured GEMM ceiling, FLOP/s, for MFU
