@@ -157,10 +157,8 @@ Q8Matrix quantize_q8(const Tensor& w_in) {
   LLM_CHECK(w.dim() == 2 && w.size(1) % cpu::kQ8Block == 0, "quantize_q8: needs a [N, K] matrix with K a multiple of ",
             cpu::kQ8Block, ", got ", w.str());
   const int64_t N = w.size(0), K = w.size(1);
-  Q8Matrix m{Tensor::empty(Shape{N, K}, DType::U8), Tensor::empty(Shape{N, K / cpu::kQ8Block}),
-             Tensor::empty(Shape{N, K / cpu::kQ8Block}, DType::I32)};
-  cpu::quantize_q8_rows(N, K, w.data<float>(), reinterpret_cast<int8_t*>(m.q.data<uint8_t>()), m.scales.data<float>(),
-                        m.sums.data<int32_t>());
+  Q8Matrix m{Tensor::empty(Shape{N, K}, DType::U8), Tensor::empty(Shape{N, K / cpu::kQ8Block})};
+  cpu::quantize_q8_rows(N, K, w.data<float>(), reinterpret_cast<int8_t*>(m.q.data<uint8_t>()), m.scales.data<float>());
   return m;
 }
 
@@ -180,7 +178,7 @@ Tensor linear_q8(const Tensor& x_in, const Q8Matrix& w, const Tensor& bias_in) {
   shape.back() = N;
   Tensor y = Tensor::empty(Shape(shape));
   cpu::gemm_q8(x.numel() / K, N, K, x.data<float>(), reinterpret_cast<const int8_t*>(w.q.data<uint8_t>()),
-               w.scales.data<float>(), w.sums.data<int32_t>(), bias.defined() ? bias.data<float>() : nullptr, y.data<float>());
+               w.scales.data<float>(), bias.defined() ? bias.data<float>() : nullptr, y.data<float>());
   return y;
 }
 

@@ -76,7 +76,6 @@ Tensor attention_cached(const Tensor& q, const Tensor& k_cache, const Tensor& v_
 struct Q8Matrix {
   Tensor q;       // u8 storage of the int8 values, [N, K]
   Tensor scales;  // f32 [N, K/32]
-  Tensor sums;    // i32 [N, K/32]: each block's sum of int8 values
   bool defined() const { return q.defined(); }
 };
 Q8Matrix quantize_q8(const Tensor& w);
