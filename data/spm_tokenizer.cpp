@@ -64,6 +64,13 @@ class SentencePieceTokenizer final : public Tokenizer {
     // PieceToId answers unk for unknown pieces; only a real match of the name counts.
     return (id >= 0 && sp_.IdToPiece(id) == name) ? id : -1;
   }
+  // Control pieces (<s>, </s>, chat markers). User-defined pieces need no help: Encode() keeps them whole.
+  std::vector<std::string> special_tokens() const override {
+    std::vector<std::string> out;
+    for (int id = 0; id < sp_.GetPieceSize(); ++id)
+      if (sp_.IsControl(id)) out.push_back(sp_.IdToPiece(id));
+    return out;
+  }
   std::string identity() const override { return identity_; }
 
  private:
