@@ -95,12 +95,20 @@ std::vector<int32_t> ChatTemplate::encode(const data::Tokenizer& tokenizer, cons
 ChatTemplate::Masked ChatTemplate::encode_with_mask(const data::Tokenizer& tokenizer,
                                                     const std::vector<Message>& messages) const {
   const std::string full = render(messages, false);
-  // How far a rendering of a prefix of the conversation agrees with the whole one. A plain prefix
-  // test would fail on templates that close the text only at the very end (Phi-3 adds eos there).
+  const std::vector<std::string> specials = tokenizer.special_tokens();
+  // How far a rendering of a prefix of the conversation agrees with the whole one (a plain prefix
+  // test would fail on templates that close the text only at the very end, as Phi-3 adds eos there),
+  // backed off to the start of a special token the point would cut ("<|end|>" against "<|user|>").
   auto agreed = [&](const std::vector<Message>& head, bool add_generation_prompt) {
     const std::string part = render(head, add_generation_prompt);
     size_t n = 0;
     while (n < part.size() && n < full.size() && part[n] == full[n]) ++n;
+    for (const std::string& sp : specials)
+      for (size_t p = n >= sp.size() ? n - sp.size() + 1 : 0; p < n; ++p)
+        if (full.compare(p, sp.size(), sp) == 0 || part.compare(p, sp.size(), sp) == 0) {
+          n = p;
+          break;
+        }
     return n;
   };
   Masked out;
