@@ -40,15 +40,16 @@ class ChatTemplate {
   std::vector<int32_t> encode(const data::Tokenizer& tokenizer, const std::vector<Message>& messages,
                               bool add_generation_prompt) const;
 
-  // Token ids of a whole conversation and, per id, 1 when it belongs to an assistant turn's reply (its
-  // content and what the template puts after it up to the next message: the end-of-turn marker and,
-  // e.g. in ChatML, the newline after it), 0 elsewhere (system/user turns and the assistant header).
-  // Found by rendering growing prefixes: messages[:i] with the generation prompt, then
-  // messages[:i+1], and tokenizing the text each step adds on its own. So ids equal encode(messages,
-  // false) except where the tokenizer would merge across a step boundary (rare: boundaries are mostly
-  // at special tokens; a SentencePiece tokenizer adds its dummy-prefix space at each step's start).
-  // Throws llm::Error when the template does not render a conversation's prefixes as prefixes of it
-  // (e.g. templates that rewrite earlier turns depending on later ones).
+  // Token ids of a whole conversation and, per id, 1 when it belongs to an assistant reply: its content
+  // and what the template puts after it before the next message (the end-of-turn marker and, e.g. in
+  // ChatML, the newline after it; after the last message also a closing eos), 0 elsewhere (system and
+  // user turns, assistant headers). Works for any template by rendering prefixes: a reply spans from
+  // where render(messages[:i], add_generation_prompt=true) stops agreeing with the whole rendering to
+  // where render(messages[:i+1]) does (backed off to a special token's start). The text is tokenized
+  // span by span, so ids equal encode(messages, false) except where the tokenizer would merge across a
+  // span boundary (rare: boundaries mostly fall at special tokens; a SentencePiece tokenizer starts
+  // each span with its dummy-prefix space). Throws llm::Error when a reply is not inside its span
+  // (templates that render earlier turns differently once later ones exist).
   struct Masked {
     std::vector<int32_t> ids;
     std::vector<uint8_t> assistant_mask;

@@ -256,6 +256,8 @@ TEST(ChatTemplate, SpecialTokenTextBecomesSingleIds) {
   // The longest marker at a position wins; text around and between markers is plain.
   EXPECT_EQ(tok->encode_with_special("a</s><s></s"), (std::vector<int32_t>{'a', tok->special_id("</s>"), tok->special_id("<s>"), '<', '/', 's'}));
   EXPECT_EQ(tok->encode_with_special(""), std::vector<int32_t>{});
+  // The default special tokens are BOS and EOT: the byte tokenizer's <|endoftext|>.
+  EXPECT_EQ(data::make_byte_tokenizer()->encode_with_special("a<|endoftext|>"), (std::vector<int32_t>{'a', 256}));
 }
 
 TEST(ChatTemplate, ChatMLIsTextWhenTheVocabularyLacksItsMarkers) {

@@ -152,6 +152,13 @@ TEST(Jinja, StrftimeNowFormatsTheCurrentTime) {
   EXPECT_EQ(render("{{ strftime_now('%d %B %Y') | length > 8 }}"), "True");
 }
 
+TEST(Jinja, GenerationBlocksRenderTheirBody) {
+  // transformers' {% generation %} marks assistant text for its own masks; here it is just its body.
+  EXPECT_EQ(render("{% for m in ms %}{% if m == 'a' %}{% generation %}[{{ m }}]{% endgeneration %}{% else %}{{ m }}{% endif %}{% endfor %}",
+                   R"({"ms": ["u", "a"]})"),
+            "u[a]");
+}
+
 TEST(Jinja, ContextKeepsInsertionOrder) {
   EXPECT_EQ(render("{% for k, v in d | items %}{{ k }}{% endfor %} {{ d | tojson }}", R"({"d": {"z": 1, "a": 2, "m": 3}})"),
             R"(zam {"z": 1, "a": 2, "m": 3})");
