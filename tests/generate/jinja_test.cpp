@@ -145,6 +145,51 @@ TEST(Jinja, UndefinedAndGlobals) {
             "nosys");
   EXPECT_EQ(render("{% set d = dict(a=1, b='x') %}{{ d }} {{ namespace(a=1).a }}"), "{'a': 1, 'b': 'x'} 1");
 }
+TEST(Jinja, ToolCallingTemplateOfTheCommonShape) {
+  // Top-level `set messages = messages[1:]`, a default for a missing variable, `in` on a message,
+  // rebinding the loop variable, neighbours by loop.index0, tojson with indent, tests in expressions.
+  const std::string tpl = R"J({%- if not date_string is defined %}{% set date_string = "1 Jan 2025" %}{% endif %}
+{%- if messages[0].role == 'system' %}
+    {%- set system = messages[0].content | trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system = 'Default.' %}
+{%- endif %}
+<sys>{{ system }} ({{ date_string }})
+{%- if tools is not none %}
+
+Tools:
+    {%- for tool in tools %}
+{{ tool.function | tojson(indent=2) }}
+    {%- endfor %}
+{%- endif %}
+</sys>
+{% for message in messages %}
+    {%- if 'tool_calls' in message %}
+<call>
+        {%- for call in message.tool_calls %}
+            {%- if call.function is defined %}{% set call = call.function %}{% endif %}
+{"name": "{{ call.name }}", "arguments": {{ call.arguments | tojson }}}
+        {%- endfor %}
+</call>
+    {%- elif message.role == 'tool' %}
+        {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}
+<results>
+        {%- endif %}
+  {{ message.content if message.content is string else message.content | tojson }}
+        {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}
+</results>
+        {%- endif %}
+    {%- else %}
+<{{ message.role }}>{{ message.content }}</{{ message.role }}>
+    {%- endif %}
+{% endfor %}
+{%- if add_generation_prompt %}<assistant>{% endif %})J";
+  EXPECT_EQ(render(tpl, R"J({"messages": [{"role": "system", "content": " Sys. "}, {"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}, {"role": "tool", "content": "22C"}, {"role": "tool", "content": {"sky": "sunny"}}, {"role": "assistant", "content": "22C and sunny."}], "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}], "add_generation_prompt": false})J"),
+            "<sys>Sys. (1 Jan 2025)\nTools:{\n  \"name\": \"get_weather\",\n  \"parameters\": {\n    \"type\": \"object\",\n    \"properties\": {\n      \"city\": {\n        \"type\": \"string\"\n      }\n    }\n  }\n}</sys>\n<user>Weather in Paris?</user><call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}</call><results>  22C  {\"sky\": \"sunny\"}</results><assistant>22C and sunny.</assistant>");
+  EXPECT_EQ(render(tpl, R"J({"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": null, "add_generation_prompt": true})J"), "<sys>Default. (1 Jan 2025)</sys>\n<user>Weather in Paris?</user><assistant>");
+}
+
 TEST(Jinja, StrftimeNowFormatsTheCurrentTime) {
   const std::string year = render("{{ strftime_now('%Y') }}");
   ASSERT_EQ(year.size(), 4u);
