@@ -964,7 +964,7 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
   if (op == "*") {
     const Value* seq = a.is_string() || a.is_list() ? &a : b.is_string() || b.is_list() ? &b : nullptr;
     const Value& times = seq == &a ? b : a;
-    if (seq && times.kind() == Value::Kind::Int) {
+    if (seq && (times.kind() == Value::Kind::Int || times.kind() == Value::Kind::Bool)) {
       const int64_t n = std::max<int64_t>(0, times.as_int());
       if (seq->is_string()) {
         std::string out;
@@ -1043,9 +1043,9 @@ bool apply_test(const std::string& name, const Value& v, const CallArgs& a) {
   if (name == "in") return contains(other, v);
   if (name == "odd" || name == "even") return (to_int(v, name) % 2 != 0) == (name == "odd");
   if (name == "divisibleby") {
-    const int64_t d = to_int(other, "divisibleby");
-    if (d == 0) throw Fail("divisibleby 0");
-    return to_int(v, "divisibleby") % d == 0;
+    if (!numeric(v) || !numeric(other)) throw Fail("divisibleby: expected numbers");
+    if (other.as_double() == 0) throw Fail("divisibleby 0");
+    return std::fmod(v.as_double(), other.as_double()) == 0;
   }
   if (name == "lower") return v.is_string() && lower(v.as_string()) == v.as_string();
   if (name == "upper") return v.is_string() && upper(v.as_string()) == v.as_string();
