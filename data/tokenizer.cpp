@@ -53,7 +53,9 @@ std::vector<int32_t> Tokenizer::encode_with_special(std::string_view text) const
       continue;
     }
     flush(i);
-    out.push_back(special_id(*hit));
+    const int32_t id = special_id(*hit);
+    LLM_CHECK(id >= 0, identity(), ": special token '", *hit, "' has no id");
+    out.push_back(id);
     i += hit->size();
     plain = i;
   }

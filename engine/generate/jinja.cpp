@@ -658,9 +658,15 @@ Value arg(const CallArgs& a, size_t i, const std::string& name, Value def = Valu
   return def;
 }
 
+// Python's int(x) of a float, as an error (not undefined behaviour) outside 64 bits.
+int64_t truncate(double d) {
+  if (!(d > -9.2e18 && d < 9.2e18)) throw Fail("cannot convert " + float_repr(d) + " to an integer");
+  return static_cast<int64_t>(d);
+}
+
 int64_t to_int(const Value& v, const std::string& what) {
   if (v.kind() == Value::Kind::Int || v.kind() == Value::Kind::Bool) return v.as_int();
-  if (v.kind() == Value::Kind::Float) return static_cast<int64_t>(v.as_double());
+  if (v.kind() == Value::Kind::Float) return truncate(v.as_double());
   throw Fail(what + ": expected an integer, got " + kind_name(v.kind()));
 }
 
@@ -891,7 +897,7 @@ Value method(const Value& obj, const std::string& name) {
       });
     if (name == "count")
       return bind([s](const CallArgs& a) {
-        const std::string& sub = to_str_arg(arg(a, 0, "sub"), "count");
+        const std::string sub = to_str_arg(arg(a, 0, "sub"), "count");
         int64_t n = 0;
         if (!sub.empty())
           for (size_t p = s.find(sub); p != std::string::npos; p = s.find(sub, p + sub.size())) ++n;
@@ -966,6 +972,8 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
     const Value& times = seq == &a ? b : a;
     if (seq && (times.kind() == Value::Kind::Int || times.kind() == Value::Kind::Bool)) {
       const int64_t n = std::max<int64_t>(0, times.as_int());
+      const double size = static_cast<double>(seq->is_string() ? seq->as_string().size() : seq->list().size());
+      if (size * static_cast<double>(n) > 1e8) throw Fail("'*' would make a sequence of more than 1e8 items");
       if (seq->is_string()) {
         std::string out;
         for (int64_t i = 0; i < n; ++i) out += seq->as_string();
@@ -988,6 +996,7 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
     if (y == 0) throw Fail(op == "//" ? "integer division by zero" : "modulo by zero");
     if (ints) {
       const int64_t p = a.as_int(), q = b.as_int();
+      if (q == -1 && p == INT64_MIN) throw Fail("integer overflow in '" + op + "'");
       int64_t d = p / q, m = p % q;
       if (m != 0 && ((m < 0) != (q < 0))) --d, m += q;  // Python floors
       return op == "//" ? Value(d) : Value(m);
@@ -997,15 +1006,22 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
   }
   if (op == "**") {
     if (ints && b.as_int() >= 0) {
-      int64_t r = 1;
-      for (int64_t i = 0; i < b.as_int(); ++i) r *= a.as_int();
+      int64_t r = 1, base = a.as_int();  // by squaring
+      for (int64_t e = b.as_int(); e > 0; e >>= 1) {
+        if ((e & 1) && __builtin_mul_overflow(r, base, &r)) throw Fail("integer overflow in '**'");
+        if (e > 1 && __builtin_mul_overflow(base, base, &base)) throw Fail("integer overflow in '**'");
+      }
       return Value(r);
     }
     return Value(std::pow(x, y));
   }
-  if (ints) {
+  if (ints) {  // Python's ints are unbounded; 64 bits are plenty for templates, overflow is an error
     const int64_t p = a.as_int(), q = b.as_int();
-    return Value(op == "+" ? p + q : op == "-" ? p - q : p * q);
+    int64_t r;
+    const bool overflow = op == "+" ? __builtin_add_overflow(p, q, &r) : op == "-" ? __builtin_sub_overflow(p, q, &r)
+                                                                          : __builtin_mul_overflow(p, q, &r);
+    if (overflow) throw Fail("integer overflow in '" + op + "'");
+    return Value(r);
   }
   return Value(op == "+" ? x + y : op == "-" ? x - y : x * y);
 }
@@ -1078,7 +1094,7 @@ Value filter_select(const std::string& name, const Value& v, const CallArgs& a) 
 }
 
 std::string indent(const std::string& s, const Value& width, bool first, bool blank) {
-  const std::string pad = width.is_string() ? width.as_string() : std::string(static_cast<size_t>(std::max<int64_t>(0, to_int(width, "indent"))), ' ');
+  const std::string pad = width.is_string() ? width.as_string() : std::string(static_cast<size_t>(std::clamp<int64_t>(to_int(width, "indent"), 0, 1000)), ' ');
   std::string out;
   size_t start = 0;
   for (bool is_first = true; start <= s.size(); is_first = false) {
@@ -1132,10 +1148,11 @@ Value apply_filter(const std::string& name, const Value& v, const CallArgs& a) {
       const long long i = std::strtoll(s.c_str(), &end, 10);
       if (!s.empty() && *end == 0) return Value(static_cast<int64_t>(i));
       const double d = std::strtod(s.c_str(), &end);
-      if (!s.empty() && *end == 0) return Value(static_cast<int64_t>(d));
+      if (!s.empty() && *end == 0) return Value(truncate(d));
       return arg(a, 0, "default", Value(0));
     }
-    return numeric(v) ? Value(static_cast<int64_t>(v.as_double())) : arg(a, 0, "default", Value(0));
+    if (v.kind() == Value::Kind::Int || v.kind() == Value::Kind::Bool) return Value(v.as_int());
+    return v.kind() == Value::Kind::Float ? Value(truncate(v.as_double())) : arg(a, 0, "default", Value(0));
   }
   if (name == "float") {
     if (v.is_string()) {
@@ -1147,7 +1164,10 @@ Value apply_filter(const std::string& name, const Value& v, const CallArgs& a) {
     return numeric(v) ? Value(v.as_double()) : arg(a, 0, "default", Value(0.0));
   }
   if (name == "abs") {
-    if (v.kind() == Value::Kind::Int) return Value(v.as_int() < 0 ? -v.as_int() : v.as_int());
+    if (v.kind() == Value::Kind::Int) {
+      if (v.as_int() == INT64_MIN) throw Fail("integer overflow in abs");
+      return Value(v.as_int() < 0 ? -v.as_int() : v.as_int());
+    }
     if (!numeric(v)) throw Fail(std::string("abs: expected a number, got ") + kind_name(v.kind()));
     return Value(std::fabs(v.as_double()));
   }
@@ -1389,7 +1409,9 @@ struct Unary : Expr {
     ctx.at(pos);
     if (!numeric(v)) throw Fail("bad operand type for unary " + op + ": " + kind_name(v.kind()));
     if (op == "+") return v;
-    return v.kind() == Value::Kind::Float ? Value(-v.as_double()) : Value(-v.as_int());
+    if (v.kind() == Value::Kind::Float) return Value(-v.as_double());
+    if (v.as_int() == INT64_MIN) throw Fail("integer overflow in unary -");
+    return Value(-v.as_int());
   }
 };
 
@@ -1588,11 +1610,12 @@ struct MacroNode : Node {
   Body body;
   Flow exec(Context& ctx) const override {
     const MacroNode* self = this;
-    std::shared_ptr<ast::Scope> globals = ctx.scopes.front();
+    // Weak: the macro lives in the globals it refers to, and a cycle would never be freed.
+    std::weak_ptr<ast::Scope> globals = ctx.scopes.front();
     ast::RenderState* state = ctx.state;
     ctx.set(name, Value::function([self, globals, state](const CallArgs& a) {
       if (state->depth >= 100) throw Fail("macro '" + self->name + "' nested too deep (recursion?)");
-      Context inner{{globals, std::make_shared<ast::Scope>()}, nullptr, state};
+      Context inner{{globals.lock(), std::make_shared<ast::Scope>()}, nullptr, state};
       if (a.positional.size() > self->params.size())
         throw Fail("macro '" + self->name + "' takes " + std::to_string(self->params.size()) + " arguments, got " +
                    std::to_string(a.positional.size()));

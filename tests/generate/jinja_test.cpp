@@ -105,6 +105,8 @@ TEST(Jinja, Tests) {
   EXPECT_EQ(render("{{ x is sameas none }} {{ x is sameas false }} {{ 6 is divisibleby 3 }} {{ 7 is divisibleby(3) }} {{ 3 is odd }} {{ 4 is even }} {{ 1 is equalto 1 }} {{ 5 is gt 3 }} {{ 'A' is upper }} {{ x is boolean }} {{ 2 is integer }} {{ 2.0 is float }}",
                    R"({"x": false})"),
             "False True True False True True True True True True True True");
+  EXPECT_EQ(render("{{ 'ab' * true }} {{ [0] * false }} {{ 2.5 is divisibleby 2 }} {{ 3.0 is divisibleby 1.5 }}"),
+            "ab [] False True");
 }
 
 TEST(Jinja, Filters) {
@@ -232,6 +234,12 @@ TEST(Jinja, RuntimeErrorsNameLineAndColumn) {
   EXPECT_EQ(error_of("{{ 'a' - 1 }}"), "template:1:8: unsupported operand types for '-': string and int");
   EXPECT_EQ(error_of("{{ 1 // 0 }}"), "template:1:6: integer division by zero");
   EXPECT_EQ(error_of("{{ x + 1 }}"), "template:1:6: undefined value in '+'");
+  // Python's integers are unbounded; here overflow is an error, never undefined behaviour.
+  EXPECT_EQ(render("{{ 2 ** 62 }} {{ (-2) ** 63 }} {{ 1 ** 1000000000000 }}"), "4611686018427387904 -9223372036854775808 1");
+  EXPECT_EQ(error_of("{{ 2 ** 63 }}"), "template:1:6: integer overflow in '**'");
+  EXPECT_EQ(error_of("{{ 9223372036854775807 + 1 }}"), "template:1:24: integer overflow in '+'");
+  EXPECT_EQ(error_of("{{ 1e300 | int }}"), "template:1:10: cannot convert 1e+300 to an integer");
+  EXPECT_EQ(error_of("{{ 'ab' * 100000000 }}"), "template:1:9: '*' would make a sequence of more than 1e8 items");
   EXPECT_EQ(error_of("{% for x in 3 %}{% endfor %}"), "template:1:13: a int value is not iterable");
   EXPECT_EQ(error_of("{% set x = 1 %}{% set x.a = 2 %}"), "template:1:19: cannot set attribute 'a' of 'x' (a int, not a namespace)");
   EXPECT_EQ(error_of("{{ {'a': x} | tojson }}"), "template:1:13: tojson: a undefined value is not JSON serializable");
