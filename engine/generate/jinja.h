@@ -1,17 +1,18 @@
 // A Jinja2 subset interpreter, enough for the chat templates Hugging Face models ship in
 // tokenizer_config.json. It runs with the environment transformers uses (trim_blocks=True,
 // lstrip_blocks=True, loop controls, HF's tojson) and Jinja's default Undefined: a missing variable
-// is falsy, renders empty, iterates as empty and fails `is defined`; only attribute access on it and
-// arithmetic with it are errors.
+// is falsy, renders empty, iterates as empty and fails `is defined`; only reading its attributes or
+// items and arithmetic with it are errors.
 //
 // Supported: {{ }}, {% %}, {# #} with -/+ whitespace control; if/elif/else, for (loop.*, unpacking,
 // inline if, else, break/continue), set (incl. block set and namespace attributes), macro, call
 // blocks, filter blocks, HF's generation block (rendered as its body); literals, arithmetic, ~,
-// comparisons, and/or/not, in, conditional expressions, tests, filters, slicing, string/dict/list
+// comparisons, and/or/not, in, conditional expressions, tests, filters, slicing, string and dict
 // methods, and the globals range, namespace, dict, raise_exception and strftime_now.
 //
-// Errors are llm::Error: syntax errors and runtime errors read "<name>:<line>:<column>: <what>";
-// raise_exception(msg) gives "<name>: raise_exception: <msg>".
+// Errors are llm::Error reading "<name>:<line>:<column>: <what>" for syntax and runtime errors alike;
+// for raise_exception(msg) <what> is the template's msg. Integer overflow (Python's ints are unbounded)
+// is an error too. A parsed Template is immutable: rendering it from several threads is safe.
 #pragma once
 #include <cstdint>
 #include <functional>
