@@ -1,5 +1,6 @@
 #include "engine/generate/chat.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
