@@ -222,6 +222,12 @@ class BpeTokenizer final : public Tokenizer {
     }
     return -1;
   }
+  std::vector<std::string> special_tokens() const override {
+    std::vector<std::string> out = Tokenizer::special_tokens();  // encoder.json's <|endoftext|> is in the vocabulary
+    for (const auto& kv : specials_)
+      if (std::find(out.begin(), out.end(), kv.first) == out.end()) out.push_back(kv.first);
+    return out;
+  }
   std::string identity() const override { return identity_; }
 
  private:

@@ -15,6 +15,10 @@ class SentencePieceTokenizer final : public Tokenizer {
     const auto status = sp_.LoadFromSerializedProto(bytes);
     LLM_CHECK(status.ok(), path, ": not a SentencePiece model: ", status.ToString());
     identity_ = "spm:vocab=" + std::to_string(sp_.GetPieceSize()) + ":fnv1a64=" + file_fingerprint(path);
+    // The special tokens: control pieces (<s>, </s>, chat markers). User-defined pieces need no help,
+    // Encode() keeps them whole.
+    for (int id = 0; id < sp_.GetPieceSize(); ++id)
+      if (sp_.IsControl(id)) control_pieces_.push_back(sp_.IdToPiece(id));
   }
 
   std::vector<int32_t> encode(std::string_view text) const override {
@@ -64,6 +68,7 @@ class SentencePieceTokenizer final : public Tokenizer {
     // PieceToId answers unk for unknown pieces; only a real match of the name counts.
     return (id >= 0 && sp_.IdToPiece(id) == name) ? id : -1;
   }
+  std::vector<std::string> special_tokens() const override { return control_pieces_; }
   std::string identity() const override { return identity_; }
 
  private:
@@ -73,6 +78,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   }
   std::string path_;
   std::string identity_;
+  std::vector<std::string> control_pieces_;
   sentencepiece::SentencePieceProcessor sp_;
 };
 

@@ -1,6 +1,7 @@
 // The factory, the byte tokenizer and helpers shared by the tokenizers.
 #include "data/tokenizer.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,50 @@ namespace fs = std::filesystem;
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string out;
   for (int32_t id : ids) out += token_text(id);
+  return out;
+}
+
+std::vector<std::string> Tokenizer::special_tokens() const {
+  std::vector<std::string> out;
+  for (int32_t id : {bos_id(), eot_id()})
+    if (id >= 0) out.push_back(token_text(id));
+  return out;
+}
+
+std::vector<int32_t> Tokenizer::encode_with_special(std::string_view text) const {
+  std::vector<std::string> specials = special_tokens();
+  specials.erase(std::remove(specials.begin(), specials.end(), std::string()), specials.end());
+  // Longest first, so "<|im_start|>" wins over a special "<|im" at the same position.
+  std::sort(specials.begin(), specials.end(), [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  bool starts[256] = {};  // first bytes of specials: most positions are rejected by one lookup
+  for (const std::string& s : specials) starts[static_cast<unsigned char>(s[0])] = true;
+  std::vector<int32_t> out;
+  size_t plain = 0;  // start of the text not yet encoded
+  auto flush = [&](size_t end) {
+    if (end > plain) {
+      const std::vector<int32_t> ids = encode(text.substr(plain, end - plain));
+      out.insert(out.end(), ids.begin(), ids.end());
+    }
+  };
+  for (size_t i = 0; i < text.size();) {
+    const std::string* hit = nullptr;
+    for (size_t k = 0; starts[static_cast<unsigned char>(text[i])] && k < specials.size(); ++k)
+      if (text.compare(i, specials[k].size(), specials[k]) == 0) {
+        hit = &specials[k];
+        break;
+      }
+    if (!hit) {
+      ++i;
+      continue;
+    }
+    flush(i);
+    const int32_t id = special_id(*hit);
+    LLM_CHECK(id >= 0, identity(), ": special token '", *hit, "' has no id");
+    out.push_back(id);
+    i += hit->size();
+    plain = i;
+  }
+  flush(text.size());
   return out;
 }
 

@@ -4,7 +4,8 @@
 // encode() treats its input as plain text: special-token strings such as "<|endoftext|>" inside the
 // text are encoded as ordinary characters, never as the special id (so untrusted data cannot inject
 // control tokens). Callers insert special ids themselves (special_id() finds them by name); the data
-// pipeline puts eot_id() before every document. encode() never adds BOS.
+// pipeline puts eot_id() before every document. encode() never adds BOS. encode_with_special() is
+// for trusted text that spells its control tokens out, such as a rendered chat template.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -27,6 +28,12 @@ class Tokenizer {
   virtual int32_t bos_id() const = 0;   // -1 if none
   // The id of a special/added token by its text (e.g. "<|endoftext|>", "</s>"), or -1.
   virtual int32_t special_id(std::string_view name) const = 0;
+  // The text of every special/added token (control tokens, chat markers); by default BOS and EOT.
+  virtual std::vector<std::string> special_tokens() const;
+  // encode(), except that special-token text anywhere in `text` becomes that token's single id (the
+  // longest match at a position wins), as Hugging Face tokenizers treat added tokens; the text
+  // between is encoded as plain text piece by piece.
+  std::vector<int32_t> encode_with_special(std::string_view text) const;
   // Tells two tokenizers apart: kind, vocabulary size and a hash of the files it was built from.
   virtual std::string identity() const = 0;
 };

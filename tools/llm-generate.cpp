@@ -119,15 +119,15 @@ int main(int argc, char** argv) {
     if (a.chat) {
       // Interactive: each user line is one turn; the conversation stays in the prompt.
       const std::string model_dir = std::filesystem::is_directory(a.model) ? a.model : directory_of(a.model);
-      const generate::ChatFormat format = generate::detect_chat_format(generate::read_chat_template(model_dir));
-      for (const std::string& s : generate::chat_stop_strings(format)) a.gen.stop.push_back(s);
+      const generate::ChatTemplate chat = generate::ChatTemplate::from_model_dir(model_dir);
+      for (const std::string& s : chat.stop_strings()) a.gen.stop.push_back(s);
       std::vector<generate::Message> history;
       if (!a.system.empty()) history.push_back({"system", a.system});
-      std::fprintf(stderr, "chat (%s format); an empty line or Ctrl-D ends it\n", generate::chat_format_name(format));
+      std::fprintf(stderr, "chat (template: %s); an empty line or Ctrl-D ends it\n", chat.origin().c_str());
       std::string line;
       while (std::fprintf(stderr, "> "), std::getline(std::cin, line) && !line.empty()) {
         history.push_back({"user", line});
-        const std::vector<int32_t> ids = generate::encode_chat(*tokenizer, format, history, true);
+        const std::vector<int32_t> ids = chat.encode(*tokenizer, history, true);
         generate::GenerateStats stats;
         const auto out = generate::generate(*model, *tokenizer, {ids}, a.gen,
                                             [](size_t, const std::string& t) { std::fwrite(t.data(), 1, t.size(), stdout), std::fflush(stdout); },

@@ -1,5 +1,6 @@
 #include "engine/generate/chat.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -7,147 +8,142 @@
 
 namespace llm::generate {
 
-const char* chat_format_name(ChatFormat f) {
-  switch (f) {
-    case ChatFormat::ChatML: return "chatml";
-    case ChatFormat::Llama2: return "llama2";
-    case ChatFormat::Llama3: return "llama3";
-    case ChatFormat::Zephyr: return "zephyr";
-  }
-  return "?";
-}
-
-ChatFormat detect_chat_format(const std::string& t) {
-  if (t.find("<|im_start|>") != std::string::npos) return ChatFormat::ChatML;
-  if (t.find("<|start_header_id|>") != std::string::npos) return ChatFormat::Llama3;
-  if (t.find("[INST]") != std::string::npos) return ChatFormat::Llama2;
-  if (t.find("<|user|>") != std::string::npos) return ChatFormat::Zephyr;
-  return ChatFormat::ChatML;
-}
-
-std::string read_chat_template(const std::string& model_dir) {
-  const std::filesystem::path p = std::filesystem::path(model_dir) / "tokenizer_config.json";
-  if (!std::filesystem::is_regular_file(p)) return "";
-  const nlohmann::json j = nlohmann::json::parse(data::read_file(p.string()), nullptr, false);
-  LLM_CHECK(!j.is_discarded(), p.string(), ": not valid JSON");
-  if (!j.contains("chat_template")) return "";
-  const nlohmann::json& t = j["chat_template"];
-  if (t.is_string()) return t.get<std::string>();
-  // A list of named templates: the "default" one.
-  if (t.is_array())
-    for (const auto& e : t)
-      if (e.is_object() && e.value("name", "") == "default" && e.contains("template")) return e["template"].get<std::string>();
-  return "";
-}
-
 namespace {
-// Builds the id sequence piece by piece: markers become special ids when the vocabulary has them.
-class ChatEncoder {
- public:
-  explicit ChatEncoder(const data::Tokenizer& tok) : tok_(tok) {}
-  void marker(const std::string& m) {
-    const int32_t id = tok_.special_id(m);
-    if (id >= 0) {
-      ids_.push_back(id);
-    } else {
-      text(m);
-    }
-  }
-  void text(const std::string& t) {
-    const std::vector<int32_t> e = tok_.encode(t);
-    ids_.insert(ids_.end(), e.begin(), e.end());
-  }
-  void bos() {
-    if (tok_.bos_id() >= 0) ids_.push_back(tok_.bos_id());
-  }
-  std::vector<int32_t> take() { return std::move(ids_); }
 
- private:
-  const data::Tokenizer& tok_;
-  std::vector<int32_t> ids_;
-};
+// transformers' historical default template (ChatML), written out here.
+const char* kChatML =
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+// A special token in tokenizer_config.json: a string, {"content": "..."} or null.
+std::string token_field(const nlohmann::json& config, const char* key, const std::string& where) {
+  if (!config.contains(key) || config[key].is_null()) return "";
+  const nlohmann::json& t = config[key];
+  if (t.is_string()) return t.get<std::string>();
+  LLM_CHECK(t.is_object() && t.contains("content") && t["content"].is_string(), where, ": ", key,
+            " must be a string or an object with a \"content\" string");
+  return t["content"].get<std::string>();
+}
+
+// Templates commonly trim message content.
+std::string trimmed(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  return b == std::string::npos ? "" : s.substr(b, s.find_last_not_of(" \t\r\n") + 1 - b);
+}
+
 }  // namespace
 
-std::vector<int32_t> encode_chat(const data::Tokenizer& tokenizer, ChatFormat format, const std::vector<Message>& messages,
-                                 bool add_generation_prompt) {
-  for (const Message& m : messages)
-    LLM_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "chat: unknown role '", m.role,
-              "' (expected system, user or assistant)");
-  ChatEncoder e(tokenizer);
-  switch (format) {
-    case ChatFormat::ChatML:
-      for (const Message& m : messages) {
-        e.marker("<|im_start|>");
-        e.text(m.role + "\n" + m.content);
-        e.marker("<|im_end|>");
-        e.text("\n");
-      }
-      if (add_generation_prompt) {
-        e.marker("<|im_start|>");
-        e.text("assistant\n");
-      }
-      break;
-    case ChatFormat::Llama3:
-      e.bos();
-      for (const Message& m : messages) {
-        e.marker("<|start_header_id|>");
-        e.text(m.role);
-        e.marker("<|end_header_id|>");
-        e.text("\n\n" + m.content);
-        e.marker("<|eot_id|>");
-      }
-      if (add_generation_prompt) {
-        e.marker("<|start_header_id|>");
-        e.text("assistant");
-        e.marker("<|end_header_id|>");
-        e.text("\n\n");
-      }
-      break;
-    case ChatFormat::Llama2: {
-      // The system prompt goes inside the first [INST] block; each user/assistant pair is one <s>…</s>.
-      std::string system;
-      size_t i = 0;
-      if (!messages.empty() && messages[0].role == "system") system = messages[i++].content;
-      bool first = true;
-      for (; i < messages.size(); ++i) {
-        const Message& m = messages[i];
-        if (m.role == "user") {
-          e.bos();
-          std::string body = m.content;
-          if (first && !system.empty()) body = "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + body;
-          e.text("[INST] " + body + " [/INST]");
-          first = false;
-        } else {
-          e.text(" " + m.content + " ");
-          if (tokenizer.eot_id() >= 0) e.marker(tokenizer.token_text(tokenizer.eot_id()));
-        }
-      }
-      break;
-    }
-    case ChatFormat::Zephyr:
-      for (const Message& m : messages) {
-        e.marker("<|" + m.role + "|>");
-        e.text("\n" + m.content);
-        e.marker("</s>");
-        e.text("\n");
-      }
-      if (add_generation_prompt) {
-        e.marker("<|assistant|>");
-        e.text("\n");
-      }
-      break;
+ChatTemplate::ChatTemplate() : ChatTemplate(kChatML, "", "", "built-in ChatML") {}
+
+ChatTemplate::ChatTemplate(const std::string& jinja_source, std::string bos_token, std::string eos_token, std::string origin)
+    : template_(std::make_shared<jinja::Template>(jinja_source, origin)),
+      source_(jinja_source),
+      bos_token_(std::move(bos_token)),
+      eos_token_(std::move(eos_token)),
+      origin_(std::move(origin)) {}
+
+ChatTemplate ChatTemplate::from_model_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const fs::path config_path = fs::path(dir) / "tokenizer_config.json";
+  nlohmann::json config = nlohmann::json::object();
+  if (fs::is_regular_file(config_path)) {
+    config = nlohmann::json::parse(data::read_file(config_path.string()), nullptr, false);
+    LLM_CHECK(!config.is_discarded() && config.is_object(), config_path.string(), ": not a JSON object");
   }
-  return e.take();
+  const std::string where = config_path.string();
+  const std::string bos = token_field(config, "bos_token", where), eos = token_field(config, "eos_token", where);
+  if (config.contains("chat_template") && !config["chat_template"].is_null()) {
+    const nlohmann::json& t = config["chat_template"];
+    if (t.is_string()) return ChatTemplate(t.get<std::string>(), bos, eos, where + ": chat_template");
+    LLM_CHECK(t.is_array(), where, ": chat_template must be a string or a list of {\"name\", \"template\"} objects");
+    for (const auto& e : t)
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") && e["template"].is_string())
+        return ChatTemplate(e["template"].get<std::string>(), bos, eos, where + ": chat_template \"default\"");
+    throw Error(where + ": chat_template lists named templates but none named \"default\"");
+  }
+  const fs::path jinja_file = fs::path(dir) / "chat_template.jinja";  // newer transformers save it apart
+  if (fs::is_regular_file(jinja_file))
+    return ChatTemplate(data::read_file(jinja_file.string()), bos, eos, jinja_file.string());
+  ChatTemplate chatml;
+  chatml.bos_token_ = bos;
+  chatml.eos_token_ = eos;
+  return chatml;
 }
 
-std::vector<std::string> chat_stop_strings(ChatFormat format) {
-  switch (format) {
-    case ChatFormat::ChatML: return {"<|im_end|>", "<|im_start|>"};
-    case ChatFormat::Llama3: return {"<|eot_id|>", "<|start_header_id|>"};
-    case ChatFormat::Llama2: return {"[INST]", "</s>"};
-    case ChatFormat::Zephyr: return {"</s>", "<|user|>"};
+std::string ChatTemplate::render(const std::vector<Message>& messages, bool add_generation_prompt) const {
+  jinja::Value::List list;
+  for (const Message& m : messages) {
+    jinja::Value::Dict d;
+    d.items = {{"role", jinja::Value(m.role)}, {"content", jinja::Value(m.content)}};
+    list.emplace_back(std::move(d));
   }
-  return {};
+  jinja::Value::Dict context;
+  context.items = {{"messages", jinja::Value(std::move(list))},
+                   {"add_generation_prompt", jinja::Value(add_generation_prompt)},
+                   {"tools", jinja::Value(nullptr)}};
+  if (!bos_token_.empty()) context.set("bos_token", jinja::Value(bos_token_));
+  if (!eos_token_.empty()) context.set("eos_token", jinja::Value(eos_token_));
+  return template_->render(jinja::Value(std::move(context)));
+}
+
+std::vector<int32_t> ChatTemplate::encode(const data::Tokenizer& tokenizer, const std::vector<Message>& messages,
+                                          bool add_generation_prompt) const {
+  return tokenizer.encode_with_special(render(messages, add_generation_prompt));
+}
+
+ChatTemplate::Masked ChatTemplate::encode_with_mask(const data::Tokenizer& tokenizer,
+                                                    const std::vector<Message>& messages) const {
+  const std::string full = render(messages, false);
+  const std::vector<std::string> specials = tokenizer.special_tokens();
+  // How far a rendering of a prefix of the conversation agrees with the whole one (a plain prefix
+  // test would fail on templates that close the text only at the very end, as Phi-3 adds eos there),
+  // backed off to the start of a special token the point would cut ("<|end|>" against "<|user|>").
+  auto agreed = [&](const std::vector<Message>& head, bool add_generation_prompt) {
+    const std::string part = render(head, add_generation_prompt);
+    size_t n = 0;
+    while (n < part.size() && n < full.size() && part[n] == full[n]) ++n;
+    for (const std::string& sp : specials)
+      for (size_t p = n >= sp.size() ? n - sp.size() + 1 : 0; p < n; ++p)
+        if (full.compare(p, sp.size(), sp) == 0 || part.compare(p, sp.size(), sp) == 0) {
+          n = p;
+          break;
+        }
+    return n;
+  };
+  Masked out;
+  size_t done = 0;  // the text of `full` the ids cover so far
+  auto extend_to = [&](size_t end, bool assistant) {
+    const std::vector<int32_t> ids = tokenizer.encode_with_special(std::string_view(full).substr(done, end - done));
+    out.ids.insert(out.ids.end(), ids.begin(), ids.end());
+    out.assistant_mask.insert(out.assistant_mask.end(), ids.size(), assistant ? 1 : 0);
+    done = end;
+  };
+  for (size_t i = 0; i < messages.size(); ++i) {
+    if (messages[i].role != "assistant") continue;
+    const std::vector<Message> head(messages.begin(), messages.begin() + static_cast<long>(i));
+    std::vector<Message> with = head;
+    with.push_back(messages[i]);
+    const size_t begin = agreed(head, true), end = agreed(with, false);
+    // The reply must lie in its span: otherwise the template rewrites turns depending on later ones.
+    LLM_CHECK(begin >= done && end >= begin && full.substr(begin, end - begin).find(trimmed(messages[i].content)) != std::string::npos,
+              origin_, ": cannot find where assistant message ", i, " lies in the rendered conversation (the template ",
+              "renders the conversation's prefixes differently from the whole), so no assistant mask can be computed");
+    extend_to(begin, false);  // everything up to and including the assistant header
+    extend_to(end, true);     // the reply and its end-of-turn marker
+  }
+  extend_to(full.size(), false);
+  return out;
+}
+
+std::vector<std::string> ChatTemplate::stop_strings() const {
+  std::vector<std::string> out;
+  if (!eos_token_.empty()) out.push_back(eos_token_);
+  for (const char* marker : {"<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>"})
+    if (source_.find(marker) != std::string::npos && std::find(out.begin(), out.end(), marker) == out.end())
+      out.emplace_back(marker);
+  return out;
 }
 
 }  // namespace llm::generate
