@@ -103,34 +103,14 @@ std::vector<generate::Message> to_prompt(const Record& r, const SftFormat& forma
   return messages;
 }
 
-ChatEncoder chat_encoder(const data::Tokenizer& tokenizer, generate::ChatFormat format) {
-  return [&tokenizer, format](const std::vector<generate::Message>& messages, bool add_generation_prompt) {
-    return generate::encode_chat(tokenizer, format, messages, add_generation_prompt);
-  };
-}
-
-TokenizedExample tokenize_chat(const ChatEncoder& encode, const std::vector<generate::Message>& messages,
-                               const std::string& where) {
-  TokenizedExample ex;
-  ex.ids = encode(messages, false);
-  ex.trained.assign(ex.ids.size(), 0);
-  auto is_prefix = [](const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
-    return a.size() <= b.size() && std::equal(a.begin(), a.end(), b.begin());
-  };
-  // An assistant turn is what rendering messages[:i+1] adds to the prompt for it (messages[:i] with
-  // the generation prompt): its content and its end-of-turn marker.
-  for (size_t i = 0; i < messages.size(); ++i) {
-    if (messages[i].role != "assistant") continue;
-    const std::vector<generate::Message> before(messages.begin(), messages.begin() + static_cast<std::ptrdiff_t>(i));
-    const std::vector<generate::Message> through(messages.begin(), messages.begin() + static_cast<std::ptrdiff_t>(i) + 1);
-    const std::vector<int32_t> prompt = encode(before, true), reply = encode(through, false);
-    LLM_CHECK(is_prefix(prompt, reply) && is_prefix(reply, ex.ids), where,
-              ": the chat template does not render this conversation's prefixes as prefixes of its tokens, so "
-              "assistant turns cannot be located");
-    std::fill(ex.trained.begin() + static_cast<std::ptrdiff_t>(prompt.size()),
-              ex.trained.begin() + static_cast<std::ptrdiff_t>(reply.size()), 1);
+TokenizedExample tokenize_chat(const generate::ChatTemplate& chat, const data::Tokenizer& tokenizer,
+                               const std::vector<generate::Message>& messages, const std::string& where) {
+  try {
+    generate::ChatTemplate::Masked m = chat.encode_with_mask(tokenizer, messages);
+    return {std::move(m.ids), std::move(m.assistant_mask)};
+  } catch (const Error& e) {
+    throw Error(where + ": " + e.what());
   }
-  return ex;
 }
 
 TokenizedExample tokenize_plain(const data::Tokenizer& tokenizer, const std::vector<generate::Message>& messages) {
@@ -146,12 +126,12 @@ TokenizedExample tokenize_plain(const data::Tokenizer& tokenizer, const std::vec
 }
 
 std::vector<TokenizedExample> tokenize_records(const std::vector<Record>& records, const SftFormat& format,
-                                               const data::Tokenizer& tokenizer, const ChatEncoder& chat) {
+                                               const data::Tokenizer& tokenizer, const generate::ChatTemplate& chat) {
   std::vector<TokenizedExample> out;
   out.reserve(records.size());
   for (const Record& r : records) {
     const std::vector<generate::Message> messages = to_conversation(r, format);
-    out.push_back(format.chat_template ? tokenize_chat(chat, messages, r.where) : tokenize_plain(tokenizer, messages));
+    out.push_back(format.chat_template ? tokenize_chat(chat, tokenizer, messages, r.where) : tokenize_plain(tokenizer, messages));
   }
   return out;
 }

@@ -5,7 +5,6 @@
 // inside each through document ids, positions restarting) or padded (one example per row).
 #pragma once
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -46,12 +45,10 @@ struct TokenizedExample {
   std::vector<int32_t> ids;
   std::vector<uint8_t> trained;  // per id: 1 when the model learns to produce it
 };
-// Renders messages (the whole conversation, or with add_generation_prompt the prefix a reply follows).
-using ChatEncoder = std::function<std::vector<int32_t>(const std::vector<generate::Message>&, bool add_generation_prompt)>;
-// The encoder of a chat format: `format`'s markers as the tokenizer's special tokens where it has them.
-ChatEncoder chat_encoder(const data::Tokenizer& tokenizer, generate::ChatFormat format);
-TokenizedExample tokenize_chat(const ChatEncoder& encode, const std::vector<generate::Message>& messages,
-                               const std::string& where);
+// Through the chat template (ChatTemplate::encode_with_mask); errors are prefixed with `where`.
+TokenizedExample tokenize_chat(const generate::ChatTemplate& chat, const data::Tokenizer& tokenizer,
+                               const std::vector<generate::Message>& messages, const std::string& where);
+// Plain text: BOS (when the tokenizer has one), each message's content, then the end-of-text token.
 TokenizedExample tokenize_plain(const data::Tokenizer& tokenizer, const std::vector<generate::Message>& messages);
 
 struct SftOptions {
@@ -112,6 +109,6 @@ class SftDataset {
 
 // Tokenizes every record (chat template or plain) for SftDataset; `where` of a failing record in errors.
 std::vector<TokenizedExample> tokenize_records(const std::vector<Record>& records, const SftFormat& format,
-                                               const data::Tokenizer& tokenizer, const ChatEncoder& chat);
+                                               const data::Tokenizer& tokenizer, const generate::ChatTemplate& chat);
 
 }  // namespace llm::train

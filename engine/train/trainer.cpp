@@ -181,17 +181,15 @@ void Trainer::setup_finetune_data(const std::string& model_dir) {
     val.assign(std::make_move_iterator(records.end() - static_cast<std::ptrdiff_t>(held)), std::make_move_iterator(records.end()));
     records.resize(records.size() - held);
   }
-  const generate::ChatFormat chat_format =
-      generate::detect_chat_format(model_dir.empty() ? "" : generate::read_chat_template(model_dir));
+  const generate::ChatTemplate chat = model_dir.empty() ? generate::ChatTemplate() : generate::ChatTemplate::from_model_dir(model_dir);
   SftFormat format;
   format.prompt_key = config_.prompt_key;
   format.completion_key = config_.completion_key;
   format.chat_template = config_.chat_template;
   format.system_prompt = config_.system_prompt;
-  const std::string template_name = config_.chat_template ? generate::chat_format_name(chat_format) : "plain text";
+  const std::string template_name = config_.chat_template ? chat.origin() : "plain text";
 
   if (config_.method == "sft") {
-    const ChatEncoder chat = chat_encoder(*tokenizer_, chat_format);
     SftOptions so;
     so.B = config_.batch_size;
     so.T = config_.seq_len;
@@ -232,9 +230,9 @@ void Trainer::setup_finetune_data(const std::string& model_dir) {
     reference->load_state(std::map<std::string, Tensor>(weights.begin(), weights.end()));
     reference->set_training(false);
   }
-  PromptEncoder encode = [this, format, chat_format](const Record& r) {
+  PromptEncoder encode = [this, format, chat](const Record& r) {
     const std::vector<generate::Message> messages = to_prompt(r, format);
-    if (format.chat_template) return generate::encode_chat(*tokenizer_, chat_format, messages, true);
+    if (format.chat_template) return chat.encode(*tokenizer_, messages, true);
     std::string text;
     for (const generate::Message& m : messages) text += m.content;
     return generate::encode_prompt(*tokenizer_, text);
@@ -254,7 +252,7 @@ void Trainer::setup_finetune_data(const std::string& model_dir) {
   prompt_order_ = std::make_unique<EpochOrder>(static_cast<int64_t>(prompts_.size()), config_.seed);
   policy_trainer_ = std::make_unique<PolicyTrainer>(
       go, *model_, std::move(reference), *tokenizer_, encode, *reward_,
-      config_.chat_template ? generate::chat_stop_strings(chat_format) : std::vector<std::string>{});
+      config_.chat_template ? chat.stop_strings() : std::vector<std::string>{});
 }
 
 Trainer::~Trainer() = default;

@@ -159,7 +159,9 @@ TEST(Finetune, LoraTrainsOnlyAdaptersAndSavesThemForMerging) {
   for (const auto& [name, p] : t.model().named_parameters()) {
     if (nn::is_lora_parameter(name)) {
       ++adapters;
-      if (name.find("lora_B") != std::string::npos) EXPECT_NE(p.to_vector<float>(), start[name]) << name;
+      if (name.find("lora_B") != std::string::npos) {
+        EXPECT_NE(p.to_vector<float>(), start[name]) << name;
+      }
     } else {
       EXPECT_EQ(p.to_vector<float>(), start[name]) << name << " is frozen";
     }

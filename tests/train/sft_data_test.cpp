@@ -73,10 +73,10 @@ TEST(SftData, ErrorsNameTheFileAndLine) {
 
 TEST(SftData, ChatTemplateMasksExactlyTheAssistantTurns) {
   const auto tok = data::make_byte_tokenizer();
-  const ChatEncoder chat = chat_encoder(*tok, generate::ChatFormat::ChatML);
+  const generate::ChatTemplate chat;  // ChatML
   const std::vector<generate::Message> conv = {
       {"system", "S"}, {"user", "U1"}, {"assistant", "A1"}, {"user", "U2"}, {"assistant", "A2"}};
-  const TokenizedExample ex = tokenize_chat(chat, conv, "test");
+  const TokenizedExample ex = tokenize_chat(chat, *tok, conv, "test");
   ASSERT_EQ(ex.ids.size(), ex.trained.size());
   EXPECT_EQ(tok->decode(ex.ids), "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU1<|im_end|>\n"
                                  "<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nU2<|im_end|>\n"
@@ -125,7 +125,9 @@ TEST(SftData, PackingKeepsExamplesApartAndCountsTruncation) {
     const auto doc = b.doc.to_vector<int32_t>(), pos = b.positions.to_vector<int32_t>();
     ASSERT_EQ(in.size(), 8u);
     for (size_t j = 0; j < 8; ++j) {
-      if (j > 0) EXPECT_EQ(pos[j], doc[j] == doc[j - 1] ? pos[j - 1] + 1 : 0);
+      if (j > 0) {
+        EXPECT_EQ(pos[j], doc[j] == doc[j - 1] ? pos[j - 1] + 1 : 0);
+      }
       if (tg[j] != -100) {
         EXPECT_EQ(tg[j], in[j] + 1);  // the examples count upwards
         ++seen_trained;
