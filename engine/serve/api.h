@@ -15,9 +15,10 @@ namespace llm::serve {
 
 // An error as the API reports it: an HTTP status and OpenAI's {"error": {message, type, param, code}}.
 struct ApiError : std::runtime_error {
-  ApiError(int status, std::string message, std::string type = "invalid_request_error", std::string param = "",
-           std::string code = "")
-      : std::runtime_error(message), status(status), type(std::move(type)), param(std::move(param)), code(std::move(code)) {}
+  ApiError(int http_status, const std::string& message, std::string error_type = "invalid_request_error",
+           std::string error_param = "", std::string error_code = "")
+      : std::runtime_error(message), status(http_status), type(std::move(error_type)), param(std::move(error_param)),
+        code(std::move(error_code)) {}
   int status;
   std::string type, param, code;  // param and code: "" becomes null
 };

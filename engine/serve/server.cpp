@@ -91,6 +91,8 @@ struct Server::Impl {
   std::deque<std::shared_ptr<Job>> queue;
   bool stopping = false;
   int64_t running_count = 0;
+  int64_t peak_running = 0;       // the most requests ever decoded together
+  int64_t cancelled_count = 0;    // requests whose client went away before the end
   std::atomic<uint64_t> request_counter{0};
 
   void routes();
@@ -151,11 +153,11 @@ void Server::Impl::routes() {
                              "invalid_request_error", "", "invalid_api_key"));
     return httplib::Server::HandlerResponse::Handled;
   });
-  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+  http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // our own error body
     send_error(res, error_for_status(req, res.status));
     return httplib::Server::HandlerResponse::Handled;
-  });
+  }));
   http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "unknown exception";
     try {
@@ -169,7 +171,8 @@ void Server::Impl::routes() {
 
   http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     std::lock_guard<std::mutex> lk(mu);
-    res.set_content(dump({{"status", "ok"}, {"running", running_count}, {"queued", queue.size()}, {"slots", options.max_batch}}),
+    res.set_content(dump({{"status", "ok"}, {"running", running_count}, {"queued", queue.size()}, {"slots", options.max_batch},
+                         {"peak_running", peak_running}, {"cancelled", cancelled_count}}),
                     "application/json");
   });
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
@@ -297,9 +300,11 @@ void Server::Impl::decode_loop() {
       }
     }
     const auto now = clock_type::now();
+    int64_t cancelled = 0;
     for (const std::shared_ptr<Job>& job : admitted) {
       if (job->cancelled) {
         job->finish({}, ApiError(499, "the client closed the request"));
+        ++cancelled;
         continue;
       }
       if (now > job->deadline) {
@@ -319,6 +324,7 @@ void Server::Impl::decode_loop() {
     for (auto it = running.begin(); it != running.end();) {
       const std::shared_ptr<Job> job = it->second;
       if (job->cancelled || now > job->deadline) {
+        cancelled += job->cancelled ? 1 : 0;
         if (!job->cancelled) job->finish({}, timeout_error());  // before cancel's on_done, so the 504 wins
         decoder.cancel(it->first);
         it = running.erase(it);
@@ -326,6 +332,7 @@ void Server::Impl::decode_loop() {
         ++it;
       }
     }
+    const int64_t batch_size = static_cast<int64_t>(running.size());
     try {
       decoder.step();
     } catch (const std::exception& e) {
@@ -335,7 +342,9 @@ void Server::Impl::decode_loop() {
     for (auto it = running.begin(); it != running.end();) it = it->second->done ? running.erase(it) : std::next(it);
     {
       std::lock_guard<std::mutex> lk(mu);
+      peak_running = std::max(peak_running, batch_size);
       running_count = static_cast<int64_t>(running.size());
+      cancelled_count += cancelled;
     }
   }
   fail_all(shutdown_error());
