@@ -11,12 +11,14 @@ struct BatchDecoder::Slot {
   Callbacks callbacks;
 };
 
-BatchDecoder::BatchDecoder(models::CausalLM& model, const data::Tokenizer& tokenizer, int64_t slots, int64_t prefill_chunk)
+BatchDecoder::BatchDecoder(models::CausalLM& model, const data::Tokenizer& tokenizer, int64_t slots, int64_t prefill_chunk,
+                           int64_t capacity)
     : model_(model),
       tokenizer_(tokenizer),
       slots_(slots),
       prefill_chunk_(prefill_chunk),
-      cache_(model.config(), std::max<int64_t>(slots, 1), model.config().max_seq_len) {
+      cache_(model.config(), std::max<int64_t>(slots, 1),
+             capacity > 0 ? std::min(capacity, model.config().max_seq_len) : model.config().max_seq_len) {
   LLM_CHECK(slots >= 1, "BatchDecoder: slots must be at least 1, got ", slots);
   LLM_CHECK(prefill_chunk >= 1, "BatchDecoder: prefill_chunk must be at least 1, got ", prefill_chunk);
   for (int64_t n = 1; n <= slots; ++n) {
@@ -37,6 +39,8 @@ BatchDecoder::~BatchDecoder() = default;
 uint64_t BatchDecoder::add(std::vector<int32_t> prompt, const GenerateOptions& options, Callbacks callbacks) {
   validate_options(options);
   validate_prompt(model_.config(), prompt, "prompt");
+  LLM_CHECK(static_cast<int64_t>(prompt.size()) <= cache_.capacity, "BatchDecoder: the prompt has ", prompt.size(),
+            " tokens; a slot holds ", cache_.capacity);
   LLM_CHECK(has_free_slot(), "BatchDecoder: all ", slots_, " slots are busy");
   const uint64_t id = next_id_++;
   const size_t row = active_.size();

@@ -23,8 +23,10 @@ class BatchDecoder {
   };
 
   // `slots`: how many sequences decode together. `prefill_chunk`: at most this many prompt tokens of
-  // one sequence per step, which bounds how long a long prompt stalls the others.
-  BatchDecoder(models::CausalLM& model, const data::Tokenizer& tokenizer, int64_t slots, int64_t prefill_chunk = 256);
+  // one sequence per step, which bounds how long a long prompt stalls the others. `capacity`: the
+  // positions each slot's cache holds (prompt + generated); 0: the model's context.
+  BatchDecoder(models::CausalLM& model, const data::Tokenizer& tokenizer, int64_t slots, int64_t prefill_chunk = 256,
+               int64_t capacity = 0);
   ~BatchDecoder();
 
   // Takes a free slot for a new sequence, prefilled from the next step(); it samples as
