@@ -1,6 +1,7 @@
 // llm-serve --model PATH [--host 127.0.0.1] [--port 8080] [--api-key KEY] [options]
 // An OpenAI-compatible HTTP server (engine/serve/server.h): /v1/completions, /v1/chat/completions,
 // /v1/models, /health, with requests decoded together by continuous batching. Ctrl-C stops it.
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -23,9 +24,11 @@ using llm::cli::positive;
 const char* kUsage =
     "usage: llm-serve --model PATH [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--model-name NAME]\n"
     "         [--tokenizer SPEC] [--max-batch 16] [--max-queue 64] [--max-body BYTES] [--max-tokens 1024]\n"
-    "         [--default-max-tokens 256] [--timeout SECONDS] [--threads N] [--quantize q8]\n"
+    "         [--default-max-tokens 256] [--timeout SECONDS] [--ctx N] [--threads N] [--quantize q8]\n"
     "  PATH: a Hugging Face directory, an llm checkpoint (.h5) or a llama2.c .bin\n"
-    "  --max-batch 1 serves one request at a time; --port 0 picks a free port\n";
+    "  --max-batch 1 serves one request at a time; --port 0 picks a free port\n"
+    "  --ctx: positions per request (prompt + reply; default the model's context); the KV cache\n"
+    "  holds max-batch x ctx positions\n";
 
 struct Args {
   std::string model, tokenizer;
@@ -61,6 +64,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--max-tokens") a.server.max_tokens = positive<int64_t>(f, value());
     else if (f == "--default-max-tokens") a.server.default_max_tokens = positive<int64_t>(f, value());
     else if (f == "--timeout") a.server.request_timeout_s = positive<double>(f, value());
+    else if (f == "--ctx") a.server.context = positive<int64_t>(f, value());
     else if (f == "--threads" || f == "-t") a.threads = number<int>(f, value());
     else if (f == "--quantize") {
       const std::string kind = value();
@@ -104,8 +108,12 @@ int main(int argc, char** argv) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     serve::Server server(*model, *tokenizer, format, a.server);
     const int port = server.start();
-    std::fprintf(stderr, "llm-serve: %s (%s chat format) on http://%s:%d, %lld slots%s\n", a.server.model_name.c_str(),
-                 generate::chat_format_name(format), a.server.host.c_str(), port, static_cast<long long>(a.server.max_batch),
+    const models::ModelConfig& c = model->config();
+    const int64_t ctx = a.server.context > 0 ? std::min(a.server.context, c.max_seq_len) : c.max_seq_len;
+    const double cache_mib = 2.0 * c.n_layers * a.server.max_batch * ctx * c.n_kv_heads * c.head_dim() * 4 / (1 << 20);
+    std::fprintf(stderr, "llm-serve: %s (%s chat format) on http://%s:%d, %lld slots of %lld positions (KV cache %.1f MiB)%s\n",
+                 a.server.model_name.c_str(), generate::chat_format_name(format), a.server.host.c_str(), port,
+                 static_cast<long long>(a.server.max_batch), static_cast<long long>(ctx), cache_mib,
                  a.server.api_key.empty() ? "" : ", API key required");
     int sig = 0;
     sigwait(&signals, &sig);

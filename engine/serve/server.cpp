@@ -100,6 +100,10 @@ struct Server::Impl {
   void completion(const httplib::Request& req, httplib::Response& res, bool chat);
   void stream(httplib::Response& res, const std::shared_ptr<Job>& job);
   void decode_loop();
+  int64_t slot_context() const {
+    const int64_t model_context = model.config().max_seq_len;
+    return options.context > 0 ? std::min(options.context, model_context) : model_context;
+  }
 };
 
 Server::Server(models::CausalLM& model, const data::Tokenizer& tokenizer, generate::ChatFormat chat_format, ServerOptions options)
@@ -116,6 +120,7 @@ int Server::start() {
   LLM_CHECK(o.max_tokens >= 1 && o.default_max_tokens >= 0 && o.default_max_tokens <= o.max_tokens,
             "llm-serve: need 1 <= max tokens and 0 <= default max tokens <= max tokens");
   LLM_CHECK(o.request_timeout_s > 0, "llm-serve: --timeout must be positive");
+  LLM_CHECK(o.context >= 0, "llm-serve: --ctx must not be negative, got ", o.context);
   s.routes();
   const int port = o.port == 0 ? s.http.bind_to_any_port(o.host) : (s.http.bind_to_port(o.host, o.port) ? o.port : -1);
   LLM_CHECK(port > 0, "llm-serve: cannot listen on ", o.host, ":", o.port, " (address in use or not available)");
@@ -200,7 +205,7 @@ std::shared_ptr<Job> Server::Impl::submit(const httplib::Request& req, bool chat
   } else {
     job->prompt = generate::encode_prompt(tokenizer, r.prompt);
   }
-  const int64_t context = model.config().max_seq_len;
+  const int64_t context = slot_context();
   if (static_cast<int64_t>(job->prompt.size()) >= context)
     throw ApiError(400, "the prompt has " + std::to_string(job->prompt.size()) + " tokens; this model's context is " +
                             std::to_string(context), "invalid_request_error", chat ? "messages" : "prompt", "context_length_exceeded");
@@ -279,7 +284,7 @@ void Server::Impl::stream(httplib::Response& res, const std::shared_ptr<Job>& jo
 }
 
 void Server::Impl::decode_loop() {
-  generate::BatchDecoder decoder(model, tokenizer, options.max_batch, options.prefill_chunk);
+  generate::BatchDecoder decoder(model, tokenizer, options.max_batch, options.prefill_chunk, slot_context());
   std::map<uint64_t, std::shared_ptr<Job>> running;
   auto fail_all = [&](const ApiError& e) {
     for (auto& [id, job] : running) {

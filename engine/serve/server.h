@@ -27,6 +27,8 @@ struct ServerOptions {
   int64_t default_max_tokens = 256;
   double request_timeout_s = 120;  // from arrival to the last token; then 504 (or an error event)
   int64_t prefill_chunk = 256;     // prompt tokens per step and sequence (BatchDecoder)
+  int64_t context = 0;             // positions per slot (prompt + reply); 0: the model's context. The KV
+                                   // cache holds max_batch × context positions for every layer.
 };
 
 class Server {

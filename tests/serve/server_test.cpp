@@ -176,6 +176,7 @@ TEST(Server, BadRequestsGetOpenAIErrors) {
   o.max_body_bytes = 4096;
   o.max_tokens = 100;
   o.default_max_tokens = 16;
+  o.context = 64;  // positions per request
   Running s(o);
   expect_error(s.post("/v1/completions", "{\"prompt\": \"hi\""), 400, "not valid JSON");
   expect_error(s.post("/v1/completions", "[1, 2]"), 400, "must be a JSON object");
@@ -191,7 +192,7 @@ TEST(Server, BadRequestsGetOpenAIErrors) {
   expect_error(s.post("/v1/completions", R"({"prompt": "hi", "model": "gpt-4"})"), 404, "does not exist", "model");
   expect_error(s.post("/v1/completions", completion_body(std::string(5000, 'a'), 3)), 413, "too large");
   expect_error(s.client().Get("/v1/nothing"), 404, "Unknown request URL");
-  expect_error(s.post("/v1/completions", completion_body(std::string(3000, '!'), 3)), 400, "context");
+  expect_error(s.post("/v1/completions", completion_body(std::string(200, '!'), 3)), 400, "context", "prompt");
   EXPECT_EQ(s.health()["status"], "ok");  // still serving
 }
 
