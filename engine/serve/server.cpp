@@ -207,7 +207,7 @@ std::shared_ptr<Job> Server::Impl::submit(const httplib::Request& req, bool chat
   }
   const int64_t context = slot_context();
   if (static_cast<int64_t>(job->prompt.size()) >= context)
-    throw ApiError(400, "the prompt has " + std::to_string(job->prompt.size()) + " tokens; this model's context is " +
+    throw ApiError(400, "the prompt has " + std::to_string(job->prompt.size()) + " tokens; the context per request is " +
                             std::to_string(context), "invalid_request_error", chat ? "messages" : "prompt", "context_length_exceeded");
   job->header = {std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(n), options.model_name,
                  std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(), chat};
