@@ -105,10 +105,9 @@ Model Model::from_pretrained(const std::string& path, const LoadOptions& options
   impl->tokenizer = data::load_tokenizer(spec);
   impl->model = train::make_loaded_model(loaded);
   if (options.quantize_q8) impl->model->quantize_q8();
-  impl->chat_format = generate::chat_format_of_model(path);
-  const std::filesystem::path p(path);
-  const std::filesystem::path dir = std::filesystem::is_directory(p) ? p : p.parent_path();
-  impl->has_chat_template = !generate::read_chat_template(dir.empty() ? "." : dir.string()).empty();
+  const std::string chat_template = generate::chat_template_of_model(path);
+  impl->chat_format = generate::detect_chat_format(chat_template);
+  impl->has_chat_template = !chat_template.empty();
   return Model(std::move(impl));
 }
 
