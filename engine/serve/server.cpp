@@ -248,7 +248,16 @@ void Server::Impl::stream(httplib::Response& res, const std::shared_ptr<Job>& jo
       "text/event-stream",
       [this, job, first](size_t, httplib::DataSink& sink) {
         std::unique_lock<std::mutex> lk(job->mu);
-        job->cv.wait(lk, [&] { return job->done || !job->text.empty(); });
+        if (!job->cv.wait_for(lk, std::chrono::seconds(1), [&] { return job->done || !job->text.empty(); })) {
+          // Nothing yet (queued, or a long prompt): an SSE comment, which clients ignore, tells
+          // whether the client is still there.
+          lk.unlock();
+          static const char kKeepAlive[] = ": keep-alive\n\n";
+          if (sink.write(kKeepAlive, sizeof(kKeepAlive) - 1)) return true;
+          job->cancelled = true;
+          cv.notify_all();
+          return false;
+        }
         const std::string text = std::move(job->text);
         job->text.clear();
         const bool done = job->done;
