@@ -56,9 +56,11 @@ class Fields {
     const json* v = get(key);
     if (!v) return fallback;
     if (!v->is_number_integer()) throw bad(name(key), std::string("expected an integer, got ") + (v->is_number() ? v->dump() : type_name(*v)));
-    if (v->is_number_unsigned() ? v->get<uint64_t>() > static_cast<uint64_t>(hi) : (v->get<int64_t>() < lo || v->get<int64_t>() > hi))
+    const bool beyond_int64 = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX);
+    const int64_t x = beyond_int64 ? 0 : v->get<int64_t>();
+    if (beyond_int64 || x < lo || x > hi)
       throw bad(name(key), "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + v->dump());
-    return v->get<int64_t>();
+    return x;
   }
   bool boolean(const std::string& key, bool fallback) {
     const json* v = get(key);
@@ -190,7 +192,7 @@ CompletionRequest parse_completion_request(const std::string& body, bool chat, c
     sof.reject_unknown();
   }
   // Accepted where they ask for nothing we lack; anything else is refused rather than ignored.
-  if (f.integer("n", 1, 1, 1) != 1) throw bad("n", "only 1 is supported");
+  f.integer("n", 1, 1, 1);  // one choice per request
   f.string("user", false);
   for (const char* penalty : {"presence_penalty", "frequency_penalty"})
     if (f.number(penalty, 0, -2, 2) != 0) throw bad(penalty, "not supported (use repeat_penalty); must be 0");

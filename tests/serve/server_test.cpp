@@ -185,6 +185,11 @@ TEST(Server, BadRequestsGetOpenAIErrors) {
   expect_error(s.post("/v1/completions", R"({"prompt": "hi", "temperature": "hot"})"), 400, "expected a number", "temperature");
   expect_error(s.post("/v1/completions", R"({"prompt": "hi", "stream": 1})"), 400, "expected a boolean", "stream");
   expect_error(s.post("/v1/completions", R"({"prompt": "hi", "max_tokens": 101})"), 400, "must be in [0, 100]", "max_tokens");
+  expect_error(s.post("/v1/completions", R"({"prompt": "hi", "n": 0})"), 400, "must be in [1, 1]", "n");
+  expect_error(s.post("/v1/completions", R"({"prompt": "hi", "top_p": 1.5})"), 400, "must be in", "top_p");
+  expect_error(s.post("/v1/completions", R"({"prompt": "hi", "stop": ["a", 3]})"), 400, "expected strings", "stop");
+  expect_error(s.post("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "x", "extra": 1}]})"), 400,
+               "Unrecognized request argument", "messages[0].extra");
   expect_error(s.post("/v1/completions", R"({"prompt": "hi", "temprature": 1})"), 400, "Unrecognized request argument", "temprature");
   expect_error(s.post("/v1/completions", R"({"max_tokens": 3})"), 400, "is required", "prompt");
   expect_error(s.post("/v1/chat/completions", R"({"messages": [{"role": "robot", "content": "x"}]})"), 400, "role", "messages[0].role");
