@@ -131,6 +131,27 @@ TEST(BatchDecoder, BadInputChangesNothing) {
   EXPECT_NE(testing::error_of([&] { dec.add({1}, o, {}); }).find("top_p"), std::string::npos);
   EXPECT_EQ(dec.active(), 0);
   EXPECT_THROW(BatchDecoder(*f.model, *f.tok, 0), Error);
+  BatchDecoder small(*f.model, *f.tok, 1, 256, /*capacity=*/4);
+  EXPECT_NE(testing::error_of([&] { small.add({1, 2, 3, 4, 5}, GenerateOptions{}, {}); }).find("a slot holds 4"), std::string::npos);
+}
+
+TEST(BatchDecoder, AFullSlotEndsWithLengthAsGenerateDoes) {
+  Fixture& f = fixture();
+  GenerateOptions o;
+  o.sampling.temperature = 0;
+  o.stop_at_eos = false;
+  o.max_new_tokens = 50;
+  const std::vector<int32_t> prompt = encode_prompt(*f.tok, "Once upon a time");
+  BatchDecoder dec(*f.model, *f.tok, 1, 256, /*capacity=*/prompt.size() + 7);  // room for 7 tokens fed back
+  Generation got;
+  BatchDecoder::Callbacks cb;
+  cb.on_done = [&](Generation&& g) { got = std::move(g); };
+  dec.add(prompt, o, cb);
+  while (dec.active() > 0) dec.step();
+  EXPECT_EQ(got.finish_reason, "length");
+  EXPECT_EQ(got.tokens.size(), 8u);  // the last one is predicted from a full slot
+  const std::vector<int32_t> longer = generate(*f.model, *f.tok, {prompt}, o)[0].tokens;
+  EXPECT_EQ(got.tokens, std::vector<int32_t>(longer.begin(), longer.begin() + 8));
 }
 
 }  // namespace
