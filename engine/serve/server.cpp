@@ -34,7 +34,12 @@ void send_error(httplib::Response& res, const ApiError& e) {
 ApiError error_for_status(const httplib::Request& req, int status) {
   switch (status) {
     case 404: return ApiError(404, "Unknown request URL: " + req.method + " " + req.path, "invalid_request_error", "", "unknown_url");
-    case 413: return ApiError(413, "the request body is too large", "invalid_request_error", "", "request_too_large");
+    case 413: {
+      // cpp-httplib caps form-encoded bodies (curl -d's default type) at 8 KiB, whatever the limit.
+      const bool form = req.get_header_value("Content-Type").find("x-www-form-urlencoded") != std::string::npos;
+      return ApiError(413, std::string("the request body is too large") + (form ? " for a form-encoded body; send it as Content-Type: application/json" : ""),
+                      "invalid_request_error", "", "request_too_large");
+    }
     default: return ApiError(status, "request failed with HTTP status " + std::to_string(status), status >= 500 ? "server_error" : "invalid_request_error");
   }
 }
