@@ -1,7 +1,6 @@
 // The C++ SDK (include/llm/llm.h) over the engine's libraries.
 #include "include/llm/llm.h"
 
-#include <cmath>
 #include <filesystem>
 #include <iostream>
 

@@ -1,6 +1,5 @@
 #include "engine/serve/api.h"
 
-#include <cmath>
 #include <set>
 
 namespace llm::serve {
