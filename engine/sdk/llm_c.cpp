@@ -2,9 +2,12 @@
 // llm_last_error() and returns a status; returned memory comes from malloc, so llm_free is free().
 #include "include/llm/llm_c.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string>
+#include <vector>
 
 #include "include/llm/llm.h"
 
