@@ -28,7 +28,8 @@ packages=(
   libsentencepiece-dev  # llm_data: SentencePiece tokenizer.model (LLaMA family)
   nlohmann-json3-dev    # llm_io, llm_data: config.json, tokenizer.json, JSONL and meta.json parsing
   libyaml-cpp-dev  # llm_train: YAML training recipes (configs/)
-  pkg-config       # finds PCRE2 at configure time
+  pkg-config       # finds PCRE2 and cpp-httplib at configure time
+  libcpp-httplib-dev    # llm_serve: llm-serve's HTTP server (and its tests' HTTP client)
   libopenblas-dev  # benchmark comparison only (llm-bench kernels); the engine never links it
 )
 if [ "$install" = 1 ]; then

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -97,11 +96,6 @@ void print_stats(const llm::generate::GenerateStats& s) {
                s.time_to_first_token * 1e3);
 }
 
-std::string directory_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -118,8 +112,7 @@ int main(int argc, char** argv) {
 
     if (a.chat) {
       // Interactive: each user line is one turn; the conversation stays in the prompt.
-      const std::string model_dir = std::filesystem::is_directory(a.model) ? a.model : directory_of(a.model);
-      const generate::ChatTemplate chat = generate::ChatTemplate::from_model_dir(model_dir);
+      const generate::ChatTemplate chat = generate::ChatTemplate::of_model(a.model);
       for (const std::string& s : chat.stop_strings()) a.gen.stop.push_back(s);
       std::vector<generate::Message> history;
       if (!a.system.empty()) history.push_back({"system", a.system});

@@ -1,15 +1,12 @@
-// One error type for the whole engine: a message a user can act on, thrown on misuse or bad input.
+// One error type for the whole engine: llm::Error (defined in the public include/llm/error.h, so the
+// SDK throws the same type), and LLM_CHECK, which throws it with a message built from parts.
 #pragma once
 #include <sstream>
-#include <stdexcept>
 #include <string>
 
-namespace llm {
+#include "include/llm/error.h"
 
-class Error : public std::runtime_error {
- public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
-};
+namespace llm {
 
 namespace detail {
 template <typename... Args>

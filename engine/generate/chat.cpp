@@ -44,6 +44,14 @@ ChatTemplate::ChatTemplate(const std::string& jinja_source, std::string bos_toke
       eos_token_(std::move(eos_token)),
       origin_(std::move(origin)) {}
 
+ChatTemplate ChatTemplate::of_model(const std::string& model_path) {
+  const std::filesystem::path p(model_path);
+  if (std::filesystem::is_directory(p)) return from_model_dir(model_path);
+  return from_model_dir(p.has_parent_path() ? p.parent_path().string() : ".");
+}
+
+bool ChatTemplate::is_default() const { return source_ == kChatML && origin_ == "built-in ChatML"; }
+
 ChatTemplate ChatTemplate::from_model_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   const fs::path config_path = fs::path(dir) / "tokenizer_config.json";

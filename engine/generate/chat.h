@@ -29,6 +29,11 @@ class ChatTemplate {
   // "default" of a list of named templates), else a chat_template.jinja file, else ChatML; bos_token
   // and eos_token from tokenizer_config.json (strings or {"content": ...} objects).
   static ChatTemplate from_model_dir(const std::string& dir);
+  // The same for a model path as the tools take it: a directory, or a checkpoint / .bin file whose
+  // directory holds tokenizer_config.json.
+  static ChatTemplate of_model(const std::string& model_path);
+  // True when the template is the built-in ChatML default (the model declares none).
+  bool is_default() const;
 
   // Where the template came from ("built-in ChatML" or the file), for messages.
   const std::string& origin() const { return origin_; }

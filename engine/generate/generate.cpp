@@ -10,14 +10,6 @@ using clock_type = std::chrono::steady_clock;
 namespace {
 double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
 
-// Per sequence: its text so far, how much of it was handed out, and whether it finished.
-struct Stream {
-  std::vector<int32_t> history;  // prompt + generated, for the repetition penalty
-  Generation out;
-  size_t emitted = 0;
-  bool done = false;
-};
-
 // The text token `tok` adds after `history`: decoding a short window with and without it, so that
 // tokenizer conventions apply as in a full decode (SentencePiece drops the space that starts a text,
 // byte pieces join into characters).
@@ -54,46 +46,88 @@ std::vector<int32_t> encode_prompt(const data::Tokenizer& tokenizer, const std::
   return ids;
 }
 
+Sequence::Sequence(const data::Tokenizer& tokenizer, const GenerateOptions& options, std::vector<int32_t> prompt,
+                   uint64_t sampler_stream)
+    : tokenizer_(tokenizer),
+      options_(options),
+      eos_(options.stop_at_eos ? tokenizer.eot_id() : -1),
+      sampler_(options.sampling, sampler_stream),
+      history_(std::move(prompt)) {}
+
+void Sequence::emit(bool finished, const OnText& on_text) {
+  const size_t hold = finished ? 0 : pending_stop_prefix(out_.text, options_.stop);
+  const size_t upto = out_.text.size() - hold;
+  if (upto > emitted_ && on_text) on_text(out_.text.substr(emitted_, upto - emitted_));
+  emitted_ = std::max(emitted_, upto);
+}
+
+void Sequence::finish(const char* reason, const OnText& on_text) {
+  if (done_) return;
+  done_ = true;
+  out_.finish_reason = reason;
+  emit(true, on_text);
+}
+
+int32_t Sequence::advance(const float* logits, int64_t vocab, bool context_full, const OnText& on_text) {
+  LLM_CHECK(!done_, "Sequence::advance: the sequence has finished");
+  if (static_cast<int64_t>(out_.tokens.size()) >= options_.max_new_tokens) {
+    finish("length", on_text);
+    return -1;
+  }
+  const int32_t tok = sampler_.sample(logits, vocab, history_);
+  if (tok == eos_) {
+    finish("eos", on_text);
+    return -1;
+  }
+  out_.text += text_increment(tokenizer_, history_, tok);
+  out_.tokens.push_back(tok);
+  history_.push_back(tok);
+  // A stop string ends the sequence; the text is cut where it begins.
+  size_t cut = std::string::npos;
+  for (const std::string& stop : options_.stop)
+    cut = std::min(cut, out_.text.find(stop, emitted_ > stop.size() ? emitted_ - stop.size() : 0));
+  if (cut != std::string::npos) {
+    out_.text.resize(cut);
+    finish("stop", on_text);
+    return -1;
+  }
+  emit(false, on_text);
+  if (context_full) {  // no room to feed this token back
+    finish("length", on_text);
+    return -1;
+  }
+  return tok;
+}
+
+void validate_options(const GenerateOptions& options) {
+  options.sampling.validate();
+  for (const std::string& s : options.stop) LLM_CHECK(!s.empty(), "generate: empty stop string");
+}
+
+void validate_prompt(const models::ModelConfig& config, const std::vector<int32_t>& prompt, const std::string& what) {
+  LLM_CHECK(!prompt.empty(), "generate: ", what, " has no tokens");
+  LLM_CHECK(static_cast<int64_t>(prompt.size()) < config.max_seq_len, "generate: ", what, " has ", prompt.size(),
+            " tokens; the model's context is ", config.max_seq_len);
+  for (int32_t t : prompt)
+    LLM_CHECK(t >= 0 && t < config.vocab_size, "generate: ", what, " has token id ", t, " outside the vocabulary");
+}
+
 std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer& tokenizer,
                                  const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& options,
                                  const TextCallback& on_text, GenerateStats* stats) {
   NoGradGuard no_grad;
-  options.sampling.validate();
-  for (const std::string& s : options.stop) LLM_CHECK(!s.empty(), "generate: empty stop string");
+  validate_options(options);
   LLM_CHECK(!prompts.empty(), "generate: no prompts");
   const int64_t B = static_cast<int64_t>(prompts.size()), V = model.config().vocab_size;
-  const int64_t context = model.config().max_seq_len;
   int64_t longest = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    LLM_CHECK(!prompts[i].empty(), "generate: prompt ", i, " has no tokens");
-    LLM_CHECK(static_cast<int64_t>(prompts[i].size()) < context, "generate: prompt ", i, " has ", prompts[i].size(),
-              " tokens; the model's context is ", context);
-    for (int32_t t : prompts[i]) LLM_CHECK(t >= 0 && t < V, "generate: prompt ", i, " has token id ", t, " outside the vocabulary");
+    validate_prompt(model.config(), prompts[i], "prompt " + std::to_string(i));
     longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[i].size()));
   }
-  const int64_t capacity = std::min(context, longest + std::max<int64_t>(options.max_new_tokens, 0));
+  const int64_t capacity = std::min(model.config().max_seq_len, longest + std::max<int64_t>(options.max_new_tokens, 0));
   models::KVCache cache(model.config(), B, capacity);
-  std::vector<Stream> streams(prompts.size());
-  std::vector<Sampler> samplers;
-  for (int64_t b = 0; b < B; ++b) {
-    streams[b].history = prompts[b];
-    samplers.emplace_back(options.sampling, static_cast<uint64_t>(b));
-  }
-  const int32_t eos = options.stop_at_eos ? tokenizer.eot_id() : -1;
-
-  // Hands out newly final text of sequence b; `finished` flushes what was held back.
-  auto emit = [&](int64_t b, bool finished) {
-    Stream& s = streams[b];
-    const size_t hold = finished ? 0 : pending_stop_prefix(s.out.text, options.stop);
-    const size_t upto = s.out.text.size() - hold;
-    if (upto > s.emitted && on_text) on_text(static_cast<size_t>(b), s.out.text.substr(s.emitted, upto - s.emitted));
-    s.emitted = std::max(s.emitted, upto);
-  };
-  auto finish = [&](int64_t b, const char* reason) {
-    streams[b].done = true;
-    streams[b].out.finish_reason = reason;
-    emit(b, true);
-  };
+  std::vector<Sequence> seqs;
+  for (int64_t b = 0; b < B; ++b) seqs.emplace_back(tokenizer, options, prompts[b], static_cast<uint64_t>(b));
 
   const auto start = clock_type::now();
   std::vector<int32_t> ids(static_cast<size_t>(B * longest), 0), n_new(static_cast<size_t>(B));
@@ -110,35 +144,13 @@ std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer&
     std::vector<int32_t> next(static_cast<size_t>(B), 0);
     bool any = false;
     for (int64_t b = 0; b < B; ++b) {
-      Stream& s = streams[b];
       n_new[b] = 0;
-      if (s.done) continue;
-      if (step >= options.max_new_tokens) {
-        finish(b, "length");
-        continue;
-      }
-      const int32_t tok = samplers[b].sample(logits.data<float>() + b * V, V, s.history);
-      if (tok == eos) {
-        finish(b, "eos");
-        continue;
-      }
-      s.out.text += text_increment(tokenizer, s.history, tok);
-      s.out.tokens.push_back(tok);
-      s.history.push_back(tok);
-      ++st.generated_tokens;
-      // A stop string ends the sequence; the text is cut where it begins.
-      size_t cut = std::string::npos;
-      for (const std::string& stop : options.stop) cut = std::min(cut, s.out.text.find(stop, s.emitted > stop.size() ? s.emitted - stop.size() : 0));
-      if (cut != std::string::npos) {
-        s.out.text.resize(cut);
-        finish(b, "stop");
-        continue;
-      }
-      emit(b, false);
-      if (cache.length[b] >= capacity) {  // no room to feed this token back: the context is full
-        finish(b, "length");
-        continue;
-      }
+      if (seqs[b].done()) continue;
+      const int32_t tok = seqs[b].advance(logits.data<float>() + b * V, V, cache.length[b] >= capacity,
+                                          [&](const std::string& text) {
+                                            if (on_text) on_text(static_cast<size_t>(b), text);
+                                          });
+      if (tok < 0) continue;
       next[b] = tok;
       n_new[b] = 1;
       any = true;
@@ -148,9 +160,12 @@ std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer&
     logits = model.forward_cached(Tensor::from_vector(next, Shape{B, 1}), n_new, cache);
   }
   st.decode_seconds = seconds_since(start) - st.prefill_seconds;
-  if (stats) *stats = st;
   std::vector<Generation> out;
-  for (Stream& s : streams) out.push_back(std::move(s.out));
+  for (Sequence& s : seqs) {
+    st.generated_tokens += static_cast<int64_t>(s.result().tokens.size());
+    out.push_back(s.take_result());
+  }
+  if (stats) *stats = st;
   return out;
 }
 

@@ -34,6 +34,42 @@ struct GenerateStats {
 // stop string is held back until it cannot).
 using TextCallback = std::function<void(size_t sequence, const std::string& text)>;
 
+// One sequence being generated, the part every decoding loop shares (generate() and BatchDecoder):
+// samples each next token with its own Sampler, turns tokens into text, applies EOS, stop strings and
+// the token limit, and hands out text once it can no longer turn out to be a stop string.
+class Sequence {
+ public:
+  using OnText = std::function<void(const std::string& text)>;
+  Sequence(const data::Tokenizer& tokenizer, const GenerateOptions& options, std::vector<int32_t> prompt,
+           uint64_t sampler_stream);
+  // Takes the logits [vocab] that follow the tokens so far and returns the sampled token to feed back,
+  // or -1 once the sequence finished (result().finish_reason says why). `context_full`: there is no
+  // room to feed another token, so this one is the last.
+  int32_t advance(const float* logits, int64_t vocab, bool context_full, const OnText& on_text);
+  // Ends the sequence now with `reason`, handing out any text held back.
+  void finish(const char* reason, const OnText& on_text);
+  bool done() const { return done_; }
+  const Generation& result() const { return out_; }
+  Generation take_result() { return std::move(out_); }
+
+ private:
+  void emit(bool finished, const OnText& on_text);
+
+  const data::Tokenizer& tokenizer_;
+  GenerateOptions options_;
+  int32_t eos_;
+  Sampler sampler_;
+  std::vector<int32_t> history_;  // prompt + generated, for the repetition penalty
+  Generation out_;
+  size_t emitted_ = 0;  // bytes of out_.text handed out
+  bool done_ = false;
+};
+
+// Checks what generate() and BatchDecoder require of options and a prompt (non-empty, ids in the
+// vocabulary, shorter than the context); `what` names the prompt in errors.
+void validate_options(const GenerateOptions& options);
+void validate_prompt(const models::ModelConfig& config, const std::vector<int32_t>& prompt, const std::string& what);
+
 // Generates a continuation of every prompt (token ids, non-empty). Sequence i samples from its own
 // stream of options.sampling.seed, so results do not depend on the batch or the thread count.
 std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer& tokenizer,
