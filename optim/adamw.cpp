@@ -8,12 +8,15 @@
 
 namespace llm::optim {
 
+bool uses_weight_decay(const AdamWConfig& config, const std::string& name, const Tensor& param) {
+  return config.decay_filter ? config.decay_filter(name, param) : param.dim() >= 2;
+}
+
 AdamW::AdamW(std::vector<std::pair<std::string, Tensor>> named_params, AdamWConfig config) : config_(std::move(config)) {
   for (auto& [name, p] : named_params) {
     check_dtype(p, DType::F32, "AdamW", name.c_str());
     LLM_CHECK(p.is_contiguous() && p.device().is_cpu(), "AdamW: parameter '", name, "' must be a contiguous CPU tensor");
-    const bool decay = config_.decay_filter ? config_.decay_filter(name, p) : p.dim() >= 2;
-    slots_.push_back({name, p, Tensor::zeros(p.shape()), Tensor::zeros(p.shape()), decay});
+    slots_.push_back({name, p, Tensor::zeros(p.shape()), Tensor::zeros(p.shape()), uses_weight_decay(config_, name, p)});
   }
 }
 

@@ -22,6 +22,9 @@ struct AdamWConfig {
   std::function<bool(const std::string& name, const Tensor& param)> decay_filter;
 };
 
+// Whether `param` gets weight decay under `config` (its decay_filter, or 2+ dimensions by default).
+bool uses_weight_decay(const AdamWConfig& config, const std::string& name, const Tensor& param);
+
 class AdamW {
  public:
   AdamW(std::vector<std::pair<std::string, Tensor>> named_params, AdamWConfig config);

@@ -2,7 +2,8 @@
 # The GPU check, for the bare, offline GPU machine (CUDA toolkit, CMake, a compiler; no -dev packages).
 #   here, once:       scripts/gpu_check.sh --fetch      downloads the .deb files the check needs into gpu-debs/
 #   on the GPU box:   scripts/gpu_check.sh              unpacks them into a local prefix, builds for sm_90,
-#                                                       runs the CUDA tests and prints the benchmark table
+#                                                       runs the CUDA tests and prints the benchmark table,
+#                                                       then the NCCL communicator under mpirun -np 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 debs=gpu-debs
@@ -38,3 +39,14 @@ echo "== tests"
 
 echo "== benchmark"
 build-gpu/tools/llm-bench kernels --threads "$(nproc)" || true
+
+# The NCCL communicator end to end with world size 1 (it bootstraps over MPI, so it is built only
+# where an MPI library is installed: Debian's libopenmpi-dev openmpi-bin).
+echo "== NCCL under mpirun -np 1"
+if command -v mpirun >/dev/null; then
+  mpi=(mpirun --allow-run-as-root --oversubscribe -np 1)
+  "${mpi[@]}" build-gpu/tests/nccl_test 2>&1 | tail -4 || true
+  "${mpi[@]}" build-gpu/tools/llm-bench allreduce --backend nccl || true
+else
+  echo "skipped: no mpirun on this machine, so the NCCL communicator was not built"
+fi

@@ -31,6 +31,8 @@ packages=(
   pkg-config       # finds PCRE2 and cpp-httplib at configure time
   libcpp-httplib-dev    # llm_serve: llm-serve's HTTP server (and its tests' HTTP client)
   libopenblas-dev  # benchmark comparison only (llm-bench kernels); the engine never links it
+  libopenmpi-dev   # llm_dist: the MPI communicator (data-parallel training across processes)
+  openmpi-bin      # mpirun: launches the ranks; the dist tests run under it
 )
 if [ "$install" = 1 ]; then
   missing=()

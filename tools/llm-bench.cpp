@@ -3,6 +3,10 @@
 //   llm-bench kernels [--threads N] [--json]
 //   llm-bench train --config FILE.yaml [--batch B] [--seq T] [--steps N] [--threads N] [--json]
 //   llm-bench generate [--shape llama-110m|gpt2-124m] [--prompt P] [--gen G] [--threads N] [--json]
+//   llm-bench allreduce [--backend auto|mpi|nccl] [--json]     (under mpirun -np N for N > 1)
+//
+// Under mpirun, `train` runs data parallel: --batch is per rank, the world size is a column, and
+// only rank 0 prints.
 //
 // Each section (gemm, attention) is one function that measures its cases and hands rows to a Reporter,
 // which prints either an aligned table or one JSON object per line.
@@ -18,6 +22,9 @@
 #include <thread>
 #include <vector>
 
+#include "engine/core/allocator.h"
+#include "engine/dist/communicator.h"
+#include "engine/dist/data_parallel.h"
 #include "engine/models/transformer.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
@@ -41,6 +48,8 @@ struct Options {
   std::string config;
   int64_t batch = 0, seq = 0;  // 0: the config's
   int steps = 5;
+  // allreduce
+  std::string backend = "auto";
   // generate
   std::string shape = "llama-110m";
   bool q8 = false;
@@ -263,8 +272,11 @@ int run_train(const Options& o) {
     llm::optim::AdamWConfig oc;
     oc.weight_decay = cfg.weight_decay;
     llm::optim::AdamW opt(model->named_parameters(), oc);
+    const auto comm = llm::dist::make_communicator(cfg.dist_backend, cfg.timeout_s);
+    const int world = comm->world_size();
+    llm::dist::DataParallel dp(*comm, model->named_parameters(), cfg.bucket_mb);
     const int64_t B = cfg.batch_size, T = cfg.seq_len;
-    llm::Generator gen(cfg.seed);
+    llm::Generator gen(cfg.seed + static_cast<uint64_t>(comm->rank()));  // each rank its own tokens
     std::vector<int32_t> ids(B * (T + 1));
     for (auto& x : ids) x = static_cast<int32_t>(gen.next_u64() % static_cast<uint64_t>(mc.vocab_size));
     std::vector<int32_t> in(B * T), out(B * T);
@@ -276,29 +288,39 @@ int run_train(const Options& o) {
     const std::vector<llm::data::Batch> batch{{llm::Tensor::from_vector(in, llm::Shape{B, T}),
                                                llm::Tensor::from_vector(out, llm::Shape{B, T})}};
     const double ceiling = llm::train::measure_gemm_ceiling();
-    std::vector<double> times;
+    std::vector<double> times, waits;
     for (int i = 0; i < o.steps + 2; ++i) {  // two warm-up steps fill the allocator cache
+      comm->barrier();  // every rank starts the step together, so a step's time is the slowest rank's
       const auto t0 = std::chrono::steady_clock::now();
-      llm::train::training_step(*model, opt, batch, 1e-4f, cfg.grad_clip, nullptr);
-      if (i >= 2) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      llm::train::training_step(*model, opt, batch, 1e-4f, cfg.grad_clip, nullptr, &dp);
+      if (i >= 2) {
+        times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        waits.push_back(dp.last_wait_seconds());
+      }
     }
-    const double s = median(times), tps = double(B * T) / s;
-    const double mfu = llm::train::flops_per_token(mc, T) * tps / ceiling;
-    const double peak_gb = double(peak_rss()) / (1 << 30);
+    // Rank 0's median step; the machine-wide ceiling is every rank's (they measured at once).
+    const double s = median(times), wait = median(waits), tps = double(world * B * T) / s;
+    const double world_ceiling = comm->all_reduce_value(ceiling, llm::dist::ReduceOp::Sum);
+    const double mfu = llm::train::flops_per_token(mc, T) * tps / world_ceiling;
+    const double peak_gb = comm->all_reduce_value(double(peak_rss()) / (1 << 30), llm::dist::ReduceOp::Sum);
     const int threads = llm::cpu::num_threads();
+    if (comm->rank() != 0) return 0;
     if (o.json) {
-      std::printf("{\"op\":\"train\",\"model\":\"%s\",\"params\":%lld,\"batch\":%lld,\"seq\":%lld,\"threads\":%d,"
-                  "\"ms_per_step\":%.1f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,\"ceiling_gflops\":%.1f,\"peak_rss_gb\":%.3f}\n",
-                  mc.arch_name(), (long long)model->num_parameters(), (long long)B, (long long)T, threads, s * 1e3, tps, mfu,
-                  ceiling * 1e-9, peak_gb);
+      std::printf("{\"op\":\"train\",\"model\":\"%s\",\"params\":%lld,\"world\":%d,\"batch\":%lld,\"seq\":%lld,"
+                  "\"threads\":%d,\"ms_per_step\":%.1f,\"ms_allreduce_wait\":%.1f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,"
+                  "\"ceiling_gflops\":%.1f,\"peak_rss_gb\":%.3f}\n",
+                  mc.arch_name(), (long long)model->num_parameters(), world, (long long)B, (long long)T, threads, s * 1e3,
+                  wait * 1e3, tps, mfu, world_ceiling * 1e-9, peak_gb);
     } else {
-      std::printf("train  %s  %lld parameters  batch %lld x seq %lld  threads %d  (median of %d steps)\n", mc.summary().c_str(),
-                  (long long)model->num_parameters(), (long long)B, (long long)T, threads, o.steps);
-      std::printf("  %.1f ms/step  %.0f tokens/s  MFU %.1f%% of the %.0f GFLOP/s GEMM ceiling  peak RSS %.2f GiB\n", s * 1e3, tps,
-                  100 * mfu, ceiling * 1e-9, peak_gb);
+      std::printf("train  %s  %lld parameters  world %d x threads %d  batch %lld x seq %lld per rank  (median of %d steps)\n",
+                  mc.summary().c_str(), (long long)model->num_parameters(), world, threads, (long long)B, (long long)T, o.steps);
+      std::printf("  %.1f ms/step (%.1f ms waiting for gradient all-reduce)  %.0f tokens/s  MFU %.1f%% of the %.0f GFLOP/s "
+                  "GEMM ceiling  peak RSS %.2f GiB (all ranks)\n",
+                  s * 1e3, wait * 1e3, tps, 100 * mfu, world_ceiling * 1e-9, peak_gb);
     }
   } catch (const llm::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
+    llm::dist::abort_world(1);
     return 1;
   }
   return 0;
@@ -395,11 +417,56 @@ int run_generate(const Options& o) {
   return 0;
 }
 
+// All-reduce (sum) bandwidth against message size on the active backend, nccl-tests' way: algorithm
+// bandwidth = bytes / time, bus bandwidth = algorithm bandwidth x 2(world - 1)/world (what each link
+// carries in a ring). NCCL buffers live on the rank's GPU.
+int run_allreduce(const Options& o) {
+  try {
+    const auto comm = llm::dist::make_communicator(o.backend);
+    const int world = comm->world_size();
+    const llm::Device device = comm->backend() == "nccl" ? llm::Device::cuda(comm->local_rank() % std::max(1, llm::cuda_device_count()))
+                                                          : llm::Device::cpu();
+    if (comm->rank() == 0 && !o.json)
+      std::printf("allreduce  backend %s  world %d  (float32 sum, median time)\n  %12s %12s %14s %14s\n", comm->backend().c_str(),
+                  world, "bytes", "time (us)", "algbw (GB/s)", "busbw (GB/s)");
+    for (int64_t bytes = 4 << 10; bytes <= (int64_t{256} << 20); bytes *= 4) {
+      const int64_t n = bytes / 4;
+      llm::Tensor buf = llm::Tensor::full({n}, 1.0, llm::DType::F32).to(device);
+      std::vector<double> times;
+      double spent = 0;
+      for (int i = 0; i < 3 || (spent < 0.3 && i < 1000); ++i) {
+        comm->barrier();
+        const auto t0 = std::chrono::steady_clock::now();
+        comm->all_reduce(buf, llm::dist::ReduceOp::Sum);
+        const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        // Every rank stops together: rank 0 decides from the slowest rank's time.
+        spent += comm->all_reduce_value(t, llm::dist::ReduceOp::Sum) / world;
+        if (i >= 1) times.push_back(t);
+      }
+      const double t = comm->all_reduce_value(median(times), llm::dist::ReduceOp::Average);
+      const double algbw = double(bytes) / t * 1e-9, busbw = algbw * 2.0 * (world - 1) / world;
+      if (comm->rank() != 0) continue;
+      if (o.json)
+        std::printf("{\"op\":\"allreduce\",\"backend\":\"%s\",\"world\":%d,\"bytes\":%lld,\"us\":%.1f,\"algbw_gbs\":%.3f,"
+                    "\"busbw_gbs\":%.3f}\n",
+                    comm->backend().c_str(), world, (long long)bytes, t * 1e6, algbw, busbw);
+      else
+        std::printf("  %12lld %12.1f %14.3f %14.3f\n", (long long)bytes, t * 1e6, algbw, busbw);
+    }
+  } catch (const llm::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    llm::dist::abort_world(1);
+    return 1;
+  }
+  return 0;
+}
+
 int usage_error(const std::string& message) {
   std::fprintf(stderr,
                "error: %s (usage: llm-bench kernels [--threads N] [--json] | llm-bench train --config FILE [--batch B] "
                "[--seq T] [--steps N] [--threads N] [--json] | llm-bench generate [--shape llama-110m|gpt2-124m] "
-               "[--prompt P] [--gen G] [--quantize q8] [--threads N] [--json])\n",
+               "[--prompt P] [--gen G] [--quantize q8] [--threads N] [--json] | llm-bench allreduce [--backend auto|mpi|nccl] "
+               "[--json])\n",
                message.c_str());
   return 2;
 }
@@ -409,7 +476,7 @@ int usage_error(const std::string& message) {
 int main(int argc, char** argv) {
   if (argc < 2) return usage_error("missing command");
   const std::string command = argv[1];
-  if (command != "kernels" && command != "train" && command != "generate")
+  if (command != "kernels" && command != "train" && command != "generate" && command != "allreduce")
     return usage_error("unknown command '" + command + "'");
   Options options;
   auto integer = [&](int& i, const char* flag, long lo, long hi, long* out) -> bool {
@@ -440,6 +507,8 @@ int main(int argc, char** argv) {
     } else if (command == "generate" && arg == "--gen") {
       if (!integer(i, "--gen", 2, 1 << 20, &n)) return usage_error("--gen: expected an integer of at least 2");
       options.gen = n;
+    } else if (command == "allreduce" && arg == "--backend" && i + 1 < argc) {
+      options.backend = argv[++i];
     } else if (command == "train" && arg == "--config" && i + 1 < argc) {
       options.config = argv[++i];
     } else if (command == "train" && arg == "--batch") {
@@ -457,6 +526,7 @@ int main(int argc, char** argv) {
   }
   if (command == "kernels") return run_kernels(options);
   if (command == "generate") return run_generate(options);
+  if (command == "allreduce") return run_allreduce(options);
 #if defined(LLM_BENCH_TRAIN)
   return run_train(options);
 #else

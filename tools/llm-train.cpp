@@ -2,6 +2,7 @@
 // Pretraining from a YAML recipe. Ctrl-C (SIGINT) or SIGTERM saves a checkpoint and exits.
 // The same source builds llm-finetune (LLM_FINETUNE): the same loop, for recipes whose
 // finetune.method is sft, grpo or reinforce.
+// Data parallel under a launcher: mpirun -np N llm-train ... or srun llm-train ... (dist section).
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "engine/core/error.h"
+#include "engine/dist/communicator.h"
 #include "engine/train/trainer.h"
 
 namespace {
@@ -65,11 +67,10 @@ int main(int argc, char** argv) {
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     trainer.run();
-  } catch (const llm::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
+    std::fflush(stderr);
+    llm::dist::abort_world(1);  // other ranks may be waiting for this one: end the launch now
     return 1;
   }
   return 0;

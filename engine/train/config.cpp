@@ -203,6 +203,16 @@ const std::vector<Field>& fields() {
       reward_text("program", &RewardConfig::program),
       reward_number("program_weight", &RewardConfig::program_weight),
       reward_number("program_timeout_s", &RewardConfig::program_timeout_s),
+      {"dist", "backend",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         c.dist_backend = as<std::string>(n, w, "a string");
+         if (c.dist_backend != "auto" && c.dist_backend != "single" && c.dist_backend != "mpi" && c.dist_backend != "nccl")
+           throw Error(w + ": expected auto, single, mpi or nccl, got \"" + c.dist_backend + "\"");
+       },
+       [](const C& c) { return c.dist_backend; }},
+      integer("dist", "zero", &C::zero),
+      number("dist", "bucket_mb", &C::bucket_mb),
+      number("dist", "timeout_s", &C::timeout_s),
   };
   return table;
 }
@@ -231,6 +241,9 @@ void check_values(const TrainConfig& c) {
   LLM_CHECK(c.beta1 >= 0 && c.beta1 < 1, src, ": optim.beta1: must be in [0, 1), got ", c.beta1);
   LLM_CHECK(c.beta2 >= 0 && c.beta2 < 1, src, ": optim.beta2: must be in [0, 1), got ", c.beta2);
   LLM_CHECK(c.keep_last >= 1, src, ": checkpoint.keep_last: must be at least 1, got ", c.keep_last);
+  LLM_CHECK(c.zero == 0 || c.zero == 1, src, ": dist.zero: expected 0 or 1, got ", c.zero);
+  LLM_CHECK(c.bucket_mb > 0, src, ": dist.bucket_mb: must be positive, got ", c.bucket_mb);
+  LLM_CHECK(c.timeout_s > 0, src, ": dist.timeout_s: must be positive, got ", c.timeout_s);
   LLM_CHECK(!c.train_data.empty(), src, ": data.train: missing (",
             c.is_finetune() ? "a JSONL file of examples" : "a prepared directory or a shard glob", ")");
   LLM_CHECK(c.val_fraction >= 0 && c.val_fraction < 1, src, ": finetune.val_fraction: must be in [0, 1), got ", c.val_fraction);
@@ -260,10 +273,10 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
     throw Error(source + ": line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  LLM_CHECK(root.IsMap(), source, ": expected sections (model, data, optim, train, checkpoint, log)");
+  LLM_CHECK(root.IsMap(), source, ": expected sections (model, data, optim, train, checkpoint, log, dist)");
   for (const auto& section : root) {
     const std::string s = section.first.as<std::string>();
-    LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward)");
+    LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward, dist)");
     LLM_CHECK(section.second.IsMap() || section.second.IsNull(), source, ": ", s, ": expected a map of keys");
     for (const auto& kv : section.second) {
       const std::string k = kv.first.as<std::string>();

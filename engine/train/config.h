@@ -1,4 +1,4 @@
-// The training recipe: one YAML file with sections model, data, optim, train, checkpoint, log
+// The training recipe: one YAML file with sections model, data, optim, train, checkpoint, log, dist
 // (see configs/). Unknown keys and wrong types are errors that name the file and the key.
 #pragma once
 #include <cstdint>
@@ -79,6 +79,12 @@ struct TrainConfig {
 
   bool is_finetune() const { return method != "pretrain"; }
   bool is_rl() const { return method == "grpo" || method == "reinforce"; }
+  // dist: data parallelism across the processes of an mpirun / srun launch (world size 1 without one).
+  // train.batch_size is per rank: a step trains on world_size * batch_size * grad_accum sequences.
+  std::string dist_backend = "auto";  // auto | single | mpi | nccl
+  int64_t zero = 0;                   // 1: ZeRO-1, AdamW state sharded across ranks
+  float bucket_mb = 25;               // gradient all-reduce bucket size
+  float timeout_s = 300;              // a collective slower than this stops the run naming the missing rank
 
   std::string source;  // the file it came from, for messages
 };

@@ -58,8 +58,13 @@ data::LoaderState unflatten(const std::vector<int64_t>& v) {
 }
 }  // namespace
 
-Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(config)), log_(log) {
+Trainer::Trainer(TrainConfig config, std::ostream& log)
+    : config_(std::move(config)),
+      comm_(dist::make_communicator(config_.dist_backend, config_.timeout_s)),
+      log_(comm_->rank() == 0 ? log : null_log_) {
   cpu::set_num_threads(static_cast<int>(config_.threads));
+  LLM_CHECK(!config_.is_rl() || (comm_->world_size() == 1 && config_.zero == 0), config_.source, ": ", config_.method,
+            " runs in one process for now (data parallelism and dist.zero cover pretrain and sft)");
   const bool prepared_dir = !config_.is_finetune() && fs::is_directory(config_.train_data);
   tokenizer_spec_ = !config_.tokenizer.empty() ? config_.tokenizer : prepared_dir ? dataset_tokenizer(config_.train_data) : "";
   if (!tokenizer_spec_.empty()) tokenizer_ = data::load_tokenizer(tokenizer_spec_);
@@ -90,6 +95,7 @@ Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(conf
               " tokens but the model only ", mc.vocab_size);
   model_ = models::make_model(mc, config_.seed);
   if (!init_weights.empty()) model_->load_state(init_weights);
+  dist::broadcast_parameters(*comm_, model_->parameters());  // identical from the seed; now guaranteed
 
   std::string data_line;
   if (config_.is_finetune()) {
@@ -100,11 +106,16 @@ Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(conf
     lo.T = config_.seq_len;
     lo.mode = data::parse_loader_mode(config_.loader_mode);
     lo.seed = config_.seed;
+    lo.rank = comm_->rank();
+    lo.world_size = comm_->world_size();
     train_loader_ = std::make_unique<data::DataLoader>(config_.train_data, "train", lo);
     const std::string val = !config_.val_data.empty() ? config_.val_data : prepared_dir ? config_.train_data : "";
     if (!val.empty() && config_.eval_interval > 0) {
       data::LoaderOptions vo = lo;
       vo.mode = data::LoaderOptions::Mode::Sequential;  // the same batches at every evaluation
+      vo.rank = 0;                                      // only rank 0 evaluates, on global batches
+      vo.world_size = 1;
+      vo.B = lo.B * lo.world_size;
       try {
         val_loader_ = std::make_unique<data::DataLoader>(val, "val", vo);
       } catch (const Error& e) {
@@ -145,16 +156,21 @@ Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(conf
   oc.beta2 = config_.beta2;
   oc.eps = config_.eps;
   oc.weight_decay = config_.weight_decay;
-  // Only what trains gets optimizer state: every weight, or the LoRA adapters alone.
+  // Only what trains gets optimizer state and gradient averaging: every weight, or the LoRA adapters alone.
   const auto trainable = nn::trainable_parameters(*model_);
-  optimizer_ = std::make_unique<optim::AdamW>(trainable, oc);
+  if (config_.zero == 1) {
+    zero_ = std::make_unique<optim::ZeroAdamW>(trainable, oc, *comm_);
+  } else {
+    optimizer_ = std::make_unique<optim::AdamW>(trainable, oc);
+    if (comm_->world_size() > 1) dp_ = std::make_unique<dist::DataParallel>(*comm_, trainable, config_.bucket_mb);
+  }
   schedule_.kind = optim::Schedule::parse(config_.schedule);
   schedule_.lr = config_.lr;
   schedule_.min_lr = config_.min_lr;
   schedule_.warmup_steps = config_.warmup_steps;
   schedule_.total_steps = config_.max_steps;
 
-  peak_flops_ = measure_gemm_ceiling();
+  peak_flops_ = measure_gemm_ceiling() * comm_->world_size();  // the world's ceiling: MFU counts all ranks' tokens
   int64_t trained = 0;
   for (const auto& [name, t] : trainable) trained += t.numel();
   log_ << "model: " << mc.summary() << ", " << model_->num_parameters() << " parameters"
@@ -164,8 +180,14 @@ Trainer::Trainer(TrainConfig config, std::ostream& log) : config_(std::move(conf
          << " completions per step, " << config_.rl_iterations << " update(s) each, " << cpu::num_threads() << " threads\n";
   else
     log_ << "train: " << config_.batch_size << " x " << config_.seq_len << " tokens x " << config_.grad_accum
-         << " accumulation = " << config_.batch_size * config_.seq_len * config_.grad_accum << " tokens/step, "
-         << cpu::num_threads() << " threads, GEMM ceiling " << std::lround(peak_flops_ * 1e-9) << " GFLOP/s\n";
+         << " accumulation x " << comm_->world_size() << " rank(s) = " << tokens_per_step() << " tokens/step, "
+         << cpu::num_threads() << " threads, GEMM ceiling " << std::lround(peak_flops_ * 1e-9 / comm_->world_size())
+         << " GFLOP/s" << (comm_->world_size() > 1 ? " per rank" : "") << "\n";
+  if (comm_->world_size() > 1)
+    log_ << "dist: " << comm_->world_size() << " ranks over " << comm_->backend()
+         << (zero_ ? ", ZeRO-1: optimizer state " + std::to_string(zero_->shard_size()) + " elements per moment per rank"
+                   : ", " + std::to_string(dp_->num_buckets()) + " gradient bucket(s)")
+         << ", timeout " << config_.timeout_s << " s\n";
 }
 
 void Trainer::setup_finetune_data(const std::string& model_dir) {
@@ -195,11 +217,17 @@ void Trainer::setup_finetune_data(const std::string& model_dir) {
     so.T = config_.seq_len;
     so.packing = config_.packing;
     so.seed = config_.seed;
+    so.rank = comm_->rank();
+    so.world_size = comm_->world_size();
     sft_train_ = std::make_unique<SftDataset>(tokenize_records(records, format, *tokenizer_, chat), so, config_.train_data);
     log_ << "data: " << config_.train_data << " (" << template_name << ", " << (so.packing ? "packed" : "padded")
          << "): " << sft_train_->stats().summary() << "\n";
     if (!val.empty() && config_.eval_interval > 0) {
-      sft_val_ = std::make_unique<SftDataset>(tokenize_records(val, format, *tokenizer_, chat), so, "validation records");
+      SftOptions vo = so;  // only rank 0 evaluates, on global batches
+      vo.rank = 0;
+      vo.world_size = 1;
+      vo.B = so.B * so.world_size;
+      sft_val_ = std::make_unique<SftDataset>(tokenize_records(val, format, *tokenizer_, chat), vo, "validation records");
       log_ << "validation: " << sft_val_->stats().summary() << "\n";
     }
     return;
@@ -282,52 +310,131 @@ double measure_gemm_ceiling() {
   return best;
 }
 
-void Trainer::resume(const std::string& path_or_auto) {
-  std::string path = path_or_auto;
-  if (path == "auto") {
-    const std::vector<std::string> all = list_checkpoints(config_.checkpoint_dir);
-    if (all.empty()) {
-      log_ << "resume: no checkpoint in " << config_.checkpoint_dir << ", starting from scratch\n";
-      return;
+void Trainer::on_root(const std::function<void()>& fn) {
+  std::string failure;
+  if (is_root()) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      failure = e.what();
+      if (comm_->world_size() == 1) throw;
     }
-    path = all.back();
   }
-  Checkpoint ck = load_checkpoint(path);
-  LLM_CHECK(ck.model_config.summary() == model_->config().summary(), path, ": its model (", ck.model_config.summary(),
-            ") differs from the config's (", model_->config().summary(), ")");
-  model_->load_state(std::map<std::string, Tensor>(ck.weights.begin(), ck.weights.end()));
-  LLM_CHECK(ck.has_optimizer, path, ": has no optimizer state, so the run cannot resume from it (use model.init_from)");
-  optimizer_->set_state(ck.optimizer);
-  set_data_state(ck.loader_state);
-  if (lora_) {
+  comm_->broadcast_vector(failure, 0);
+  if (!failure.empty()) throw Error(is_root() ? failure : "rank 0 failed: " + failure);
+}
+
+void Trainer::resume(const std::string& path_or_auto) {
+  // Rank 0 reads the checkpoint (only it writes them, so only it is sure to see them) and sends
+  // the weights, optimizer moments and run position to the others.
+  std::string path = path_or_auto;
+  Checkpoint ck;
+  optim::AdamW::State moments;  // in the trained parameters' order on every rank, for the broadcast
+  for (const auto& [name, p] : nn::trainable_parameters(*model_)) {
+    moments.m.emplace_back(name, Tensor::empty(p.shape()));
+    moments.v.emplace_back(name, Tensor::empty(p.shape()));
+  }
+  on_root([&] {
+    if (path == "auto") {
+      const std::vector<std::string> all = list_checkpoints(config_.checkpoint_dir);
+      path = all.empty() ? "" : all.back();
+    }
+    if (path.empty()) return;
+    ck = load_checkpoint(path);
+    LLM_CHECK(ck.model_config.summary() == model_->config().summary(), path, ": its model (", ck.model_config.summary(),
+              ") differs from the config's (", model_->config().summary(), ")");
+    LLM_CHECK(ck.has_optimizer, path, ": has no optimizer state, so the run cannot resume from it (use model.init_from)");
+    model_->load_state(std::map<std::string, Tensor>(ck.weights.begin(), ck.weights.end()));
+    optimizer_ ? optimizer_->set_state(ck.optimizer) : zero_->set_state(ck.optimizer);  // checks names and shapes
+    const std::map<std::string, Tensor> m(ck.optimizer.m.begin(), ck.optimizer.m.end()),
+        v(ck.optimizer.v.begin(), ck.optimizer.v.end());
+    for (size_t i = 0; i < moments.m.size(); ++i) {
+      moments.m[i].second.copy_(m.at(moments.m[i].first));
+      moments.v[i].second.copy_(v.at(moments.v[i].first));
+    }
+    moments.step = ck.optimizer.step;
+    set_data_state(ck.loader_state);  // checks it fits this kind of run
+  });
+  comm_->broadcast_vector(path, 0);
+  if (path.empty()) {
+    log_ << "resume: no checkpoint in " << config_.checkpoint_dir << ", starting from scratch\n";
+    return;
+  }
+  if (comm_->world_size() > 1) {
+    dist::broadcast_parameters(*comm_, model_->parameters());
+    for (auto* list : {&moments.m, &moments.v})
+      for (auto& named : *list) comm_->broadcast(named.second, 0);
+    comm_->broadcast(&moments.step, 1, dist::Elem::I64, 0);
+    if (zero_) zero_->set_state(moments);  // keeps this rank's shard
+    else optimizer_->set_state(moments);
+    comm_->broadcast_vector(ck.loader_state, 0);
+    set_data_state(ck.loader_state);
+  }
+  int64_t counters[2] = {ck.step, ck.tokens};
+  comm_->broadcast(counters, 2, dist::Elem::I64, 0);
+  step_ = counters[0];
+  tokens_ = counters[1];
+  if (lora_) {  // the adapters' dropout counters, so a resumed run draws the same masks
+    comm_->broadcast_vector(ck.rng_state, 0);
     const auto layers = nn::lora_layers(*model_);
     LLM_CHECK(ck.rng_state.size() == layers.size(), path, ": holds ", ck.rng_state.size(), " adapter counters for ",
               layers.size(), " adapted modules");
     for (size_t i = 0; i < layers.size(); ++i) layers[i].second->lora.calls = ck.rng_state[i];
   }
-  step_ = ck.step;
-  tokens_ = ck.tokens;
   log_ << "resume: " << path << " at step " << step_ << "\n";
 }
 
-double training_step(models::CausalLM& model, optim::AdamW& optimizer, const std::vector<data::Batch>& micro_batches,
-                     float lr, float grad_clip, double* grad_norm) {
-  optimizer.zero_grad();
+namespace {
+// Forward and backward over the micro-batches, gradients accumulated, each loss scaled by
+// 1/micro_batches.size(); `before_last_backward` runs just before the backward that completes the
+// gradients. Returns the mean loss, averaged over all ranks when `comm` is given (every rank then
+// sees the same value, so all stop together on a non-finite one).
+double accumulate_gradients(models::CausalLM& model, const std::vector<data::Batch>& micro_batches,
+                            dist::Communicator* comm, const std::function<void()>& before_last_backward) {
   double loss_sum = 0;
   const float inv_accum = 1.f / static_cast<float>(micro_batches.size());
-  for (const data::Batch& batch : micro_batches) {
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    const data::Batch& batch = micro_batches[i];
     models::ForwardOptions options;
     options.doc = batch.doc;
     options.positions = batch.positions;
     const Tensor loss = ops::cross_entropy(model.forward(batch.inputs, options), batch.targets);
     loss_sum += loss.item();
+    if (i + 1 == micro_batches.size() && before_last_backward) before_last_backward();
     (micro_batches.size() == 1 ? loss : ops::scale(loss, inv_accum)).backward();
   }
-  const double loss = loss_sum / static_cast<double>(micro_batches.size());
+  double loss = loss_sum / static_cast<double>(micro_batches.size());
+  if (comm && comm->world_size() > 1) loss = comm->all_reduce_value(loss, dist::ReduceOp::Average);
   LLM_CHECK(std::isfinite(loss), "the loss is ", loss, "; stopping (the last checkpoint is kept as it was). Lower "
             "optim.lr or check the data");
-  const double norm = optim::grad_norm(model.parameters());
+  return loss;
+}
+
+void check_grad_norm(double norm) {
   LLM_CHECK(std::isfinite(norm), "the gradient norm is ", norm, "; stopping (the last checkpoint is kept as it was)");
+}
+}  // namespace
+
+double training_step(models::CausalLM& model, optim::AdamW& optimizer, const std::vector<data::Batch>& micro_batches,
+                     float lr, float grad_clip, double* grad_norm, dist::DataParallel* dp) {
+  optimizer.zero_grad();
+  const double loss = accumulate_gradients(model, micro_batches, dp ? &dp->communicator() : nullptr, [dp] {
+    if (dp) dp->sync_next_backward();
+  });
+  if (dp) dp->finish();  // every rank now holds the same averaged gradients
+  const double norm = optim::grad_norm(model.parameters());
+  check_grad_norm(norm);
+  optimizer.step(lr, optim::clip_scale(norm, grad_clip));
+  if (grad_norm) *grad_norm = norm;
+  return loss;
+}
+
+double training_step(models::CausalLM& model, optim::ZeroAdamW& optimizer, const std::vector<data::Batch>& micro_batches,
+                     float lr, float grad_clip, double* grad_norm) {
+  optimizer.zero_grad();
+  const double loss = accumulate_gradients(model, micro_batches, &optimizer.communicator(), nullptr);
+  const double norm = optimizer.sync_gradients();
+  check_grad_norm(norm);
   optimizer.step(lr, optim::clip_scale(norm, grad_clip));
   if (grad_norm) *grad_norm = norm;
   return loss;
@@ -366,7 +473,9 @@ double Trainer::train_step() {
     }
     std::vector<data::Batch> micro;
     for (int64_t i = 0; i < config_.grad_accum; ++i) micro.push_back(next_batch());
-    return training_step(*model_, *optimizer_, micro, schedule_.at(step_), config_.grad_clip, &last_grad_norm_);
+    const float lr = schedule_.at(step_);
+    if (zero_) return training_step(*model_, *zero_, micro, lr, config_.grad_clip, &last_grad_norm_);
+    return training_step(*model_, *optimizer_, micro, lr, config_.grad_clip, &last_grad_norm_, dp_.get());
   } catch (const Error& e) {
     throw Error("step " + std::to_string(step_ + 1) + ": " + e.what());
   }
@@ -431,7 +540,7 @@ void Trainer::save_checkpoint_now() {
   ck.model_config = model_->config();
   ck.weights = model_->named_parameters();
   ck.has_optimizer = true;
-  ck.optimizer = optimizer_->state();
+  ck.optimizer = zero_ ? zero_->state() : optimizer_->state();  // ZeRO: gathered from every rank
   ck.step = step_;
   ck.tokens = tokens_;
   ck.loader_state = data_state();
@@ -441,26 +550,29 @@ void Trainer::save_checkpoint_now() {
     for (const auto& [path, layer] : nn::lora_layers(*model_)) ck.rng_state.push_back(layer->lora.calls);
   ck.tokenizer = tokenizer_spec_;
   const std::string path = checkpoint_path(config_.checkpoint_dir, step_);
-  save_checkpoint(path, ck);
-  prune_checkpoints(config_.checkpoint_dir, config_.keep_last);
-  log_ << "checkpoint: " << path << "\n";
-  if (lora_) {
+  const std::string adapter_dir = (fs::path(config_.checkpoint_dir) / "adapter").string();
+  on_root([&] {
+    save_checkpoint(path, ck);
+    prune_checkpoints(config_.checkpoint_dir, config_.keep_last);
     // The adapters on their own, in PEFT's layout (llm-convert --merge-lora folds them into the base).
-    const std::string adapter_dir = (fs::path(config_.checkpoint_dir) / "adapter").string();
-    io::save_lora_adapter(adapter_dir, *model_, *lora_, config_.init_from);
-    log_ << "adapter: " << adapter_dir << "\n";
-  }
+    if (lora_) io::save_lora_adapter(adapter_dir, *model_, *lora_, config_.init_from);
+  });
+  log_ << "checkpoint: " << path << "\n";
+  if (lora_) log_ << "adapter: " << adapter_dir << "\n";
 }
 
 std::vector<StepRecord> Trainer::run() {
   stop_requested_ = false;
-  fs::create_directories(config_.checkpoint_dir);
-  const std::string metrics_path =
-      config_.metrics_path.empty() ? (fs::path(config_.checkpoint_dir) / "metrics.jsonl").string() : config_.metrics_path;
-  std::ofstream metrics(metrics_path, step_ == 0 ? std::ios::trunc : std::ios::app);
-  LLM_CHECK(metrics.good(), metrics_path, ": cannot write the metrics file");
+  std::ofstream metrics;  // rank 0 only
+  on_root([&] {
+    fs::create_directories(config_.checkpoint_dir);
+    const std::string metrics_path =
+        config_.metrics_path.empty() ? (fs::path(config_.checkpoint_dir) / "metrics.jsonl").string() : config_.metrics_path;
+    metrics.open(metrics_path, step_ == 0 ? std::ios::trunc : std::ios::app);
+    LLM_CHECK(metrics.good(), metrics_path, ": cannot write the metrics file");
+  });
 
-  const int64_t tokens_per_step = config_.batch_size * config_.seq_len * config_.grad_accum;
+  const int64_t tokens_per_step = this->tokens_per_step();
   int64_t last_step = config_.max_steps;
   if (config_.max_tokens > 0 && !config_.is_rl())
     last_step = std::min(last_step, (config_.max_tokens + tokens_per_step - 1) / tokens_per_step);
@@ -469,7 +581,8 @@ std::vector<StepRecord> Trainer::run() {
   const int64_t first_step = step_;
   double window_seconds = 0;
   int64_t window_tokens = 0;
-  auto log_validation = [&] {
+  auto log_validation = [&] {  // rank 0 only
+    if (!is_root()) return;
     const double val = evaluate();
     const char* what = config_.is_rl() ? "val reward" : "val loss";
     char text[96];
@@ -511,7 +624,7 @@ std::vector<StepRecord> Trainer::run() {
     } else {
       line["mfu"] = r.mfu;
     }
-    metrics << line.dump() << "\n";
+    if (is_root()) metrics << line.dump() << "\n";
 
     if (config_.log_interval > 0 && (step_ % config_.log_interval == 0 || step_ == last_step || step_ == first_step + 1)) {
       const double tps = window_tokens / window_seconds;
@@ -536,10 +649,11 @@ std::vector<StepRecord> Trainer::run() {
       window_tokens = 0;
     }
     if (has_validation() && (step_ % config_.eval_interval == 0 || step_ == last_step)) log_validation();
-    if (tokenizer_ && config_.sample_interval > 0 && (step_ % config_.sample_interval == 0 || step_ == last_step))
+    if (is_root() && tokenizer_ && config_.sample_interval > 0 && (step_ % config_.sample_interval == 0 || step_ == last_step))
       log_ << "sample at step " << step_ << ":\n" << sample(config_.sample_tokens) << "\n---" << std::endl;
-    metrics.flush();
-    const bool stopping = stop_requested_.load();
+    if (is_root()) metrics.flush();
+    // A signal may reach the ranks in different steps: stop together, at the first step any saw it.
+    const bool stopping = comm_->all_reduce_value<int32_t>(stop_requested_.load() ? 1 : 0, dist::ReduceOp::Sum) > 0;
     if (stopping || step_ == last_step || (config_.checkpoint_interval > 0 && step_ % config_.checkpoint_interval == 0))
       save_checkpoint_now();
     if (stopping) {

@@ -5,6 +5,7 @@
 // completions (grpo, reinforce).
 #pragma once
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -12,12 +13,15 @@
 
 #include "data/loader.h"
 #include "data/tokenizer.h"
+#include "engine/dist/communicator.h"
+#include "engine/dist/data_parallel.h"
 #include "engine/models/transformer.h"
 #include "engine/nn/lora.h"
 #include "engine/train/config.h"
 #include "engine/train/grpo.h"
 #include "engine/train/sft_data.h"
 #include "optim/adamw.h"
+#include "optim/zero.h"
 
 namespace llm::train {
 
@@ -31,7 +35,13 @@ struct StepRecord {
 // scaled by 1/micro_batches.size()), global-norm clipping folded into the fused AdamW update.
 // Returns the mean loss; *grad_norm gets the norm before clipping. Throws on a non-finite loss or
 // gradient norm before the weights change. The trainer and `llm-bench train` both run exactly this.
+// With `dp` (data parallelism) the micro-batches are this rank's slice: gradients are averaged
+// across ranks during the last backward, and the loss returned is the mean over all ranks.
 double training_step(models::CausalLM& model, optim::AdamW& optimizer, const std::vector<data::Batch>& micro_batches,
+                     float lr, float grad_clip, double* grad_norm, dist::DataParallel* dp = nullptr);
+// The same step with ZeRO-1: gradients reduce-scattered to their shard owners, the update on the
+// shard, parameters all-gathered (optim/zero.h). Same losses and parameters as the step above.
+double training_step(models::CausalLM& model, optim::ZeroAdamW& optimizer, const std::vector<data::Batch>& micro_batches,
                      float lr, float grad_clip, double* grad_norm);
 
 // Training FLOPs per token for MFU: 6 per weight (forward + backward matmuls; position tables are
@@ -41,14 +51,18 @@ double flops_per_token(const models::ModelConfig& config, int64_t seq_len);
 // measured against (a CPU has no datasheet number that fits every core count and clock).
 double measure_gemm_ceiling();
 
+// Data parallel when launched by mpirun / srun (config.dist): every rank builds the same model from
+// the seed, reads its own slice of each global batch, and averages gradients; rank 0 alone logs,
+// evaluates, samples and writes checkpoints, which hold the full state whatever the world size.
 class Trainer {
  public:
-  // Builds the model (or loads init_from), optimizer and data loaders. Messages go to `log`.
+  // Builds the communicator, the model (or loads init_from), optimizer and data loaders. Messages
+  // go to `log` on rank 0 (other ranks are silent).
   explicit Trainer(TrainConfig config, std::ostream& log);
   ~Trainer();
 
   // Continues from a checkpoint file, or "auto": the newest in checkpoint.dir (a fresh start when
-  // there is none).
+  // there is none). Rank 0 reads it and sends it to the others.
   void resume(const std::string& path_or_auto);
 
   // Trains until max_steps / max_tokens, or until stop() is called (then it saves a checkpoint and
@@ -67,6 +81,7 @@ class Trainer {
   models::CausalLM& model() { return *model_; }
   PolicyTrainer* policy_trainer() { return policy_trainer_.get(); }  // grpo / reinforce runs
   const std::vector<Record>& validation_prompts() const { return val_prompts_; }
+  dist::Communicator& communicator() { return *comm_; }
   const TrainConfig& config() const { return config_; }
   int64_t step() const { return step_; }
 
@@ -77,13 +92,21 @@ class Trainer {
   data::Batch next_batch();
   std::vector<int64_t> data_state() const;
   void set_data_state(const std::vector<int64_t>& state);
+  bool is_root() const { return comm_->rank() == 0; }
+  int64_t tokens_per_step() const { return comm_->world_size() * config_.batch_size * config_.seq_len * config_.grad_accum; }
+  // Runs fn on rank 0; an error there is re-thrown on every rank (so none waits for a collective).
+  void on_root(const std::function<void()>& fn);
 
   TrainConfig config_;
+  std::unique_ptr<dist::Communicator> comm_;
+  std::ostream null_log_{nullptr};  // discards what ranks other than 0 would print
   std::ostream& log_;
   std::unique_ptr<data::Tokenizer> tokenizer_;
   std::string tokenizer_spec_;
   std::unique_ptr<models::CausalLM> model_;
-  std::unique_ptr<optim::AdamW> optimizer_;
+  std::unique_ptr<optim::AdamW> optimizer_;    // dist.zero 0
+  std::unique_ptr<dist::DataParallel> dp_;     // with optimizer_, when the world is larger than 1
+  std::unique_ptr<optim::ZeroAdamW> zero_;     // dist.zero 1
   optim::Schedule schedule_;
   // The data, by method: token shards (pretrain), example rows (sft), or prompt records (grpo, reinforce).
   std::unique_ptr<data::DataLoader> train_loader_, val_loader_;

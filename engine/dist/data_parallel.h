@@ -1,0 +1,55 @@
+// DataParallel: averages gradients across ranks, in buckets started during backward.
+//
+// Each rank runs the same model on its own slice of the batch. Parameters are grouped, in reverse
+// registration order (roughly the order backward finishes them), into buckets of about bucket_mb.
+// After sync_next_backward(), the grad-ready hook of each parameter counts it in; a bucket whose
+// gradients are all final is copied into a flat buffer and its all-reduce (average) starts at once,
+// overlapping the rest of backward. finish() waits for every bucket and writes the averages back
+// into each .grad. Buckets start in index order on every rank, so the collectives always match.
+//
+// Use per optimizer step:
+//   optimizer.zero_grad();
+//   for each micro-batch: if last, dp.sync_next_backward(); loss.backward();
+//   dp.finish();              // every .grad is now the average over ranks
+//   optimizer.step(...);
+// With world size 1 every call returns at once. A parameter without a gradient on some rank
+// contributes zeros (and gets the averaged gradient). Parameters may live on the CPU or, with the
+// NCCL communicator, on the GPU.
+#pragma once
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/core/tensor.h"
+#include "engine/dist/communicator.h"
+
+namespace llm::dist {
+
+class DataParallel {
+ public:
+  DataParallel(Communicator& comm, const std::vector<std::pair<std::string, Tensor>>& named_params, double bucket_mb = 25);
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  // The next backward completes this step's gradients: average them as they become final.
+  void sync_next_backward();
+  // Waits for every bucket (starting those no hook started); each .grad then holds the average.
+  void finish();
+
+  Communicator& communicator() const { return comm_; }
+  int num_buckets() const;
+  // Seconds the last finish() waited for all-reduces: the communication backward did not hide.
+  double last_wait_seconds() const;
+
+ private:
+  struct State;
+  Communicator& comm_;
+  std::shared_ptr<State> state_;  // shared with the hooks, which outlive nothing: they hold it weakly
+};
+
+// Copies root's values of `params` to every rank (all ranks start from the same weights).
+void broadcast_parameters(Communicator& comm, const std::vector<Tensor>& params, int root = 0);
+
+}  // namespace llm::dist
