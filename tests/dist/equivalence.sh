@@ -1,10 +1,11 @@
 #!/bin/sh
 # Data-parallel runs of configs/tiny.yaml that must be the same run as one process with the same
 # global batch (issue 8): 2 ranks x 4 (several gradient buckets), 1 rank x 4 x 2 accumulation,
-# ZeRO-1, and checkpoints resumed across world sizes (2 -> 1, 1 -> 2, ZeRO 2 -> 1, 1 -> ZeRO 2).
-# usage: equivalence.sh LLM_DATA LLM_TRAIN DIST_COMPARE_RUNS SOURCE_DIR
+# ZeRO-1, and checkpoints resumed across world sizes (2 -> 1, 1 -> 2, ZeRO 2 -> 1, 1 -> ZeRO 2);
+# and SFT fine-tuning of stories260K, 2 ranks x 2 against 1 rank x 4.
+# usage: equivalence.sh LLM_DATA LLM_TRAIN DIST_COMPARE_RUNS SOURCE_DIR LLM_FINETUNE
 set -eu
-data_tool=$1 train=$2 compare=$3 src=$4
+data_tool=$1 train=$2 compare=$3 src=$4 finetune=$5
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 export OMP_NUM_THREADS=1
@@ -30,10 +31,27 @@ resume_from two_x4 two_to_one && run two_to_one -- --set train.batch_size=8 --re
 resume_from one_x8 one_to_two && run one_to_two $mpi -- --set train.batch_size=4 --resume auto
 resume_from two_x4_zero zero_to_one && run zero_to_one -- --set train.batch_size=8 --resume auto
 resume_from one_x8 one_to_zero && run one_to_zero $mpi -- --set train.batch_size=4 --set dist.zero=1 --resume auto
+# SFT: digit strings and their reversals, formatted with the chat template, packed rows.
+for i in $(seq 100 163); do echo "{\"prompt\": \"reverse $i\", \"completion\": \"$(echo $i | rev)\"}"; done > "$d/sft.jsonl"
+sft() {  # sft DIR [launcher...] -- [--set ...]
+  dir=$1; shift
+  launcher=""
+  while [ "$1" != "--" ]; do launcher="$launcher $1"; shift; done
+  shift
+  $launcher "$finetune" --config "$src/configs/sft-chat.yaml" --set model.init_from="$src/tests/fixtures/stories260K/stories260K.bin" \
+    --set data.tokenizer="$src/data/assets/stories260K/tok512.model" --set data.train="$d/sft.jsonl" \
+    --set finetune.val_fraction=0 --set finetune.chat_template=false --set train.seq_len=64 --set train.grad_accum=1 --set train.max_steps=6 \
+    --set train.eval_interval=0 --set optim.lr=1e-3 --set optim.warmup_steps=0 --set checkpoint.dir="$d/$dir" \
+    --set checkpoint.interval=3 "$@" > "$d/$dir.log" 2>&1 || { echo "run $dir failed:"; cat "$d/$dir.log"; exit 1; }
+}
+sft sft_one_x4 -- --set train.batch_size=4
+sft sft_two_x2 $mpi -- --set train.batch_size=2
 grep -q "dist: 2 ranks over mpi, [0-9]* gradient bucket" "$d/two_x4.log" || { cat "$d/two_x4.log"; exit 1; }
 grep -q "resume: .*ckpt_00000010.h5 at step 10" "$d/one_to_zero.log" || { cat "$d/one_to_zero.log"; exit 1; }
 status=0
 for other in two_x4 one_x4_accum2 two_x4_zero two_to_one one_to_two zero_to_one one_to_zero; do
   "$compare" "$d/one_x8" "$d/$other" --rtol 1e-5 || status=1
 done
+"$compare" "$d/two_x4" "$d/two_x4_zero" --rtol 1e-5 || status=1  # ZeRO-1 against plain data parallelism
+"$compare" "$d/sft_one_x4" "$d/sft_two_x2" --rtol 1e-5 || status=1
 exit $status
