@@ -1,7 +1,7 @@
 // llm-bench: times the engine's kernels on the shapes a model really runs, against a ceiling.
 //
 //   llm-bench kernels [--threads N] [--json]
-//   llm-bench train --config FILE.yaml [--batch B] [--seq T] [--steps N] [--threads N] [--json]
+//   llm-bench train --config FILE.yaml [--batch B] [--seq T] [--steps N] [--threads N] [--zero] [--json]
 //   llm-bench generate [--shape llama-110m|gpt2-124m] [--prompt P] [--gen G] [--threads N] [--json]
 //   llm-bench allreduce [--backend auto|mpi|nccl] [--json]     (under mpirun -np N for N > 1)
 //
@@ -48,6 +48,7 @@ struct Options {
   std::string config;
   int64_t batch = 0, seq = 0;  // 0: the config's
   int steps = 5;
+  bool zero = false;  // ZeRO-1 instead of AdamW + DataParallel
   // allreduce
   std::string backend = "auto";
   // generate
@@ -271,10 +272,17 @@ int run_train(const Options& o) {
     auto model = llm::models::make_model(mc, cfg.seed);
     llm::optim::AdamWConfig oc;
     oc.weight_decay = cfg.weight_decay;
-    llm::optim::AdamW opt(model->named_parameters(), oc);
     const auto comm = llm::dist::make_communicator(cfg.dist_backend, cfg.timeout_s);
     const int world = comm->world_size();
-    llm::dist::DataParallel dp(*comm, model->named_parameters(), cfg.bucket_mb);
+    std::unique_ptr<llm::optim::AdamW> opt;
+    std::unique_ptr<llm::dist::DataParallel> dp;
+    std::unique_ptr<llm::optim::ZeroAdamW> zero;
+    if (o.zero) {
+      zero = std::make_unique<llm::optim::ZeroAdamW>(model->named_parameters(), oc, *comm);
+    } else {
+      opt = std::make_unique<llm::optim::AdamW>(model->named_parameters(), oc);
+      dp = std::make_unique<llm::dist::DataParallel>(*comm, model->named_parameters(), cfg.bucket_mb);
+    }
     const int64_t B = cfg.batch_size, T = cfg.seq_len;
     llm::Generator gen(cfg.seed + static_cast<uint64_t>(comm->rank()));  // each rank its own tokens
     std::vector<int32_t> ids(B * (T + 1));
@@ -288,14 +296,15 @@ int run_train(const Options& o) {
     const std::vector<llm::data::Batch> batch{{llm::Tensor::from_vector(in, llm::Shape{B, T}),
                                                llm::Tensor::from_vector(out, llm::Shape{B, T})}};
     const double ceiling = llm::train::measure_gemm_ceiling();
-    std::vector<double> times, waits;
+    std::vector<double> times, waits;  // waits: all-reduce time backward did not hide (0 with ZeRO: not split out)
     for (int i = 0; i < o.steps + 2; ++i) {  // two warm-up steps fill the allocator cache
       comm->barrier();  // every rank starts the step together, so a step's time is the slowest rank's
       const auto t0 = std::chrono::steady_clock::now();
-      llm::train::training_step(*model, opt, batch, 1e-4f, cfg.grad_clip, nullptr, &dp);
+      if (zero) llm::train::training_step(*model, *zero, batch, 1e-4f, cfg.grad_clip, nullptr);
+      else llm::train::training_step(*model, *opt, batch, 1e-4f, cfg.grad_clip, nullptr, dp.get());
       if (i >= 2) {
         times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-        waits.push_back(dp.last_wait_seconds());
+        waits.push_back(dp ? dp->last_wait_seconds() : 0.0);
       }
     }
     // Rank 0's median step; the machine-wide ceiling is every rank's (they measured at once).
@@ -306,14 +315,15 @@ int run_train(const Options& o) {
     const int threads = llm::cpu::num_threads();
     if (comm->rank() != 0) return 0;
     if (o.json) {
-      std::printf("{\"op\":\"train\",\"model\":\"%s\",\"params\":%lld,\"world\":%d,\"batch\":%lld,\"seq\":%lld,"
+      std::printf("{\"op\":\"train\",\"model\":\"%s\",\"params\":%lld,\"world\":%d,\"zero\":%d,\"batch\":%lld,\"seq\":%lld,"
                   "\"threads\":%d,\"ms_per_step\":%.1f,\"ms_allreduce_wait\":%.1f,\"tokens_per_s\":%.1f,\"mfu\":%.4f,"
                   "\"ceiling_gflops\":%.1f,\"peak_rss_gb\":%.3f}\n",
-                  mc.arch_name(), (long long)model->num_parameters(), world, (long long)B, (long long)T, threads, s * 1e3,
+                  mc.arch_name(), (long long)model->num_parameters(), world, o.zero ? 1 : 0, (long long)B, (long long)T, threads, s * 1e3,
                   wait * 1e3, tps, mfu, world_ceiling * 1e-9, peak_gb);
     } else {
-      std::printf("train  %s  %lld parameters  world %d x threads %d  batch %lld x seq %lld per rank  (median of %d steps)\n",
-                  mc.summary().c_str(), (long long)model->num_parameters(), world, threads, (long long)B, (long long)T, o.steps);
+      std::printf("train  %s  %lld parameters  world %d x threads %d%s  batch %lld x seq %lld per rank  (median of %d steps)\n",
+                  mc.summary().c_str(), (long long)model->num_parameters(), world, threads, o.zero ? "  ZeRO-1" : "", (long long)B,
+                  (long long)T, o.steps);
       std::printf("  %.1f ms/step (%.1f ms waiting for gradient all-reduce)  %.0f tokens/s  MFU %.1f%% of the %.0f GFLOP/s "
                   "GEMM ceiling  peak RSS %.2f GiB (all ranks)\n",
                   s * 1e3, wait * 1e3, tps, 100 * mfu, world_ceiling * 1e-9, peak_gb);
@@ -464,7 +474,7 @@ int run_allreduce(const Options& o) {
 int usage_error(const std::string& message) {
   std::fprintf(stderr,
                "error: %s (usage: llm-bench kernels [--threads N] [--json] | llm-bench train --config FILE [--batch B] "
-               "[--seq T] [--steps N] [--threads N] [--json] | llm-bench generate [--shape llama-110m|gpt2-124m] "
+               "[--seq T] [--steps N] [--threads N] [--zero] [--json] | llm-bench generate [--shape llama-110m|gpt2-124m] "
                "[--prompt P] [--gen G] [--quantize q8] [--threads N] [--json] | llm-bench allreduce [--backend auto|mpi|nccl] "
                "[--json])\n",
                message.c_str());
@@ -517,6 +527,8 @@ int main(int argc, char** argv) {
     } else if (command == "train" && arg == "--seq") {
       if (!integer(i, "--seq", 1, 1 << 20, &n)) return usage_error("--seq: expected a positive integer");
       options.seq = n;
+    } else if (command == "train" && arg == "--zero") {
+      options.zero = true;
     } else if (command == "train" && arg == "--steps") {
       if (!integer(i, "--steps", 1, 100000, &n)) return usage_error("--steps: expected a positive integer");
       options.steps = int(n);
