@@ -2,7 +2,7 @@
 # Data-parallel runs of configs/tiny.yaml that must be the same run as one process with the same
 # global batch (issue 8): 2 ranks x 4 (several gradient buckets), 1 rank x 4 x 2 accumulation,
 # ZeRO-1, and checkpoints resumed across world sizes (2 -> 1, 1 -> 2, ZeRO 2 -> 1, 1 -> ZeRO 2);
-# and SFT fine-tuning of stories260K, 2 ranks x 2 against 1 rank x 4.
+# and SFT fine-tuning of stories260K (all weights, and LoRA adapters), 2 ranks x 2 against 1 rank x 4.
 # usage: equivalence.sh LLM_DATA LLM_TRAIN DIST_COMPARE_RUNS SOURCE_DIR LLM_FINETUNE
 set -eu
 data_tool=$1 train=$2 compare=$3 src=$4 finetune=$5
@@ -44,8 +44,11 @@ sft() {  # sft DIR [launcher...] -- [--set ...]
     --set train.eval_interval=0 --set optim.lr=1e-3 --set optim.warmup_steps=0 --set checkpoint.dir="$d/$dir" \
     --set checkpoint.interval=3 "$@" > "$d/$dir.log" 2>&1 || { echo "run $dir failed:"; cat "$d/$dir.log"; exit 1; }
 }
-sft sft_one_x4 -- --set train.batch_size=4
-sft sft_two_x2 $mpi -- --set train.batch_size=2
+sft sft_one_x4 -- --set train.batch_size=4 --set lora.rank=0
+sft sft_two_x2 $mpi -- --set train.batch_size=2 --set lora.rank=0
+# LoRA (the recipe's adapters) without adapter dropout, whose masks depend on the per-rank batch shape.
+sft lora_one_x4 -- --set train.batch_size=4 --set lora.dropout=0
+sft lora_two_x2 $mpi -- --set train.batch_size=2 --set lora.dropout=0
 grep -q "dist: 2 ranks over mpi, [0-9]* gradient bucket" "$d/two_x4.log" || { cat "$d/two_x4.log"; exit 1; }
 grep -q "resume: .*ckpt_00000010.h5 at step 10" "$d/one_to_zero.log" || { cat "$d/one_to_zero.log"; exit 1; }
 status=0
@@ -54,4 +57,6 @@ for other in two_x4 one_x4_accum2 two_x4_zero two_to_one one_to_two zero_to_one 
 done
 "$compare" "$d/two_x4" "$d/two_x4_zero" --rtol 1e-5 || status=1  # ZeRO-1 against plain data parallelism
 "$compare" "$d/sft_one_x4" "$d/sft_two_x2" --rtol 1e-5 || status=1
+"$compare" "$d/lora_one_x4" "$d/lora_two_x2" --rtol 1e-5 || status=1
+grep -q "adapter: .*lora_two_x2/adapter" "$d/lora_two_x2.log" || { cat "$d/lora_two_x2.log"; exit 1; }
 exit $status
