@@ -77,7 +77,8 @@ class NcclCommunicator final : public Communicator {
     check_nccl(ncclCommInitRank(&comm_, world_size_, id, rank_), "ncclCommInitRank");
   }
   ~NcclCommunicator() override {
-    if (comm_) broken_ ? ncclCommAbort(comm_) : ncclCommDestroy(comm_);
+    // After a failure (here or announced by another rank over MPI) work may be stuck: abort it.
+    if (comm_) (broken_ || boot_.broken()) ? ncclCommAbort(comm_) : ncclCommDestroy(comm_);
     if (inputs_ready_) cudaEventDestroy(inputs_ready_);
     if (stream_) cudaStreamDestroy(stream_);
   }
