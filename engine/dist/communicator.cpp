@@ -27,13 +27,21 @@ Elem elem_of(DType dtype) {
   }
 }
 
+namespace {
+void check_collective_tensor(const Communicator& c, const Tensor& t, const char* what) {
+  LLM_CHECK(t.is_contiguous(), what, ": the tensor must be contiguous");
+  LLM_CHECK(t.device().is_cpu() || c.backend() != "mpi", what, ": the mpi communicator takes CPU tensors, not ",
+            t.device().str());
+}
+}  // namespace
+
 void Communicator::all_reduce(Tensor& t, ReduceOp op) {
-  LLM_CHECK(t.is_contiguous(), "all_reduce: the tensor must be contiguous");
+  check_collective_tensor(*this, t, "all_reduce");
   all_reduce(t.raw_data(), t.numel(), elem_of(t.dtype()), op);
 }
 
 void Communicator::broadcast(Tensor& t, int root) {
-  LLM_CHECK(t.is_contiguous(), "broadcast: the tensor must be contiguous");
+  check_collective_tensor(*this, t, "broadcast");
   broadcast(t.raw_data(), t.numel(), elem_of(t.dtype()), root);
 }
 

@@ -64,7 +64,7 @@ DataParallel::DataParallel(Communicator& comm, const std::vector<std::pair<std::
   }
   if (comm.world_size() == 1 || s.params.empty()) return;
   const Device device = s.params.front().device();
-  LLM_CHECK(device.is_cpu() == (comm.backend() != "nccl"), "DataParallel: the ", comm.backend(),
+  LLM_CHECK(device.is_cpu() == (comm.backend() == "mpi"), "DataParallel: the ", comm.backend(),
             " communicator cannot average gradients of parameters on ", device.str());
 
   // Reverse registration order: the output end of the model finishes its gradients first.
