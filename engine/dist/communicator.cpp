@@ -1,5 +1,6 @@
 #include "engine/dist/communicator.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
-#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -70,14 +69,12 @@ std::string mpi_error_text(int code) {
   return std::string(text, static_cast<size_t>(len));
 }
 
+// An all-reduce in flight. One abandoned unfinished (an exception unwound past it) cannot be
+// cancelled portably; the communicator is broken by then, so it is left to process exit.
 class MpiRequest final : public Request {
  public:
   MpiRequest(MpiCommunicator& comm, MPI_Request req, int64_t seq, void* data, int64_t count, Elem elem, ReduceOp op)
       : comm_(comm), req_(req), seq_(seq), data_(data), count_(count), elem_(elem), op_(op) {}
-  ~MpiRequest() override {
-    // An abandoned request (an exception unwound past it) cannot be cancelled portably; the
-    // communicator is broken by then, so it is left to process exit.
-  }
   bool test() override {
     if (done_) return true;
     int flag = 0;
