@@ -46,7 +46,7 @@ class DataParallel {
  private:
   struct State;
   Communicator& comm_;
-  std::shared_ptr<State> state_;  // shared with the hooks, which outlive nothing: they hold it weakly
+  std::shared_ptr<State> state_;  // the hooks hold it weakly: they may outlive this object and then do nothing
 };
 
 // Copies root's values of `params` to every rank (all ranks start from the same weights).

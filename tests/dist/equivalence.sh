@@ -32,7 +32,8 @@ resume_from one_x8 one_to_two && run one_to_two $mpi -- --set train.batch_size=4
 resume_from two_x4_zero zero_to_one && run zero_to_one -- --set train.batch_size=8 --resume auto
 resume_from one_x8 one_to_zero && run one_to_zero $mpi -- --set train.batch_size=4 --set dist.zero=1 --resume auto
 # SFT: digit strings and their reversals, formatted with the chat template, packed rows.
-for i in $(seq 100 163); do echo "{\"prompt\": \"reverse $i\", \"completion\": \"$(echo $i | rev)\"}"; done > "$d/sft.jsonl"
+awk 'BEGIN { for (n = 100; n < 164; ++n) { s = n ""; r = ""; for (i = length(s); i > 0; --i) r = r substr(s, i, 1)
+                printf "{\"prompt\": \"reverse %s\", \"completion\": \"%s\"}\n", s, r } }' > "$d/sft.jsonl"
 sft() {  # sft DIR [launcher...] -- [--set ...]
   dir=$1; shift
   launcher=""

@@ -15,8 +15,9 @@ mpirun --allow-run-as-root --oversubscribe -np 2 "$train" $common --set train.ba
 launcher=$!
 for _ in $(seq 600); do ls "$d"/run/ckpt_*.h5 >/dev/null 2>&1 && break; sleep 0.1; done
 sleep 0.3
-for p in $(pgrep -P $launcher); do
-  tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1 && victim=$p
+for p in /proc/[0-9]*; do  # rank 1 of this run: its command line names this run's directory
+  tr '\0' '\n' < $p/cmdline 2>/dev/null | grep -qx "checkpoint.dir=$d/run" &&
+    tr '\0' '\n' < $p/environ 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1 && victim=${p#/proc/}
 done
 [ -n "$victim" ] || { echo "no rank 1 found"; cat "$d/log"; exit 1; }
 start=$(date +%s)
