@@ -273,7 +273,7 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
     throw Error(source + ": line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  LLM_CHECK(root.IsMap(), source, ": expected sections (model, data, optim, train, checkpoint, log, dist)");
+  LLM_CHECK(root.IsMap(), source, ": expected sections (model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward, dist)");
   for (const auto& section : root) {
     const std::string s = section.first.as<std::string>();
     LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward, dist)");
