@@ -127,7 +127,7 @@ std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer&
   const int64_t capacity = std::min(model.config().max_seq_len, longest + std::max<int64_t>(options.max_new_tokens, 0));
   models::KVCache cache(model.config(), B, capacity);
   std::vector<Sequence> seqs;
-  for (int64_t b = 0; b < B; ++b) seqs.emplace_back(tokenizer, options, prompts[b], static_cast<uint64_t>(b));
+  for (int64_t b = 0; b < B; ++b) seqs.emplace_back(tokenizer, options, prompts[b], options.first_stream + static_cast<uint64_t>(b));
 
   const auto start = clock_type::now();
   std::vector<int32_t> ids(static_cast<size_t>(B * longest), 0), n_new(static_cast<size_t>(B));

@@ -16,6 +16,9 @@ struct GenerateOptions {
   SamplingOptions sampling;
   std::vector<std::string> stop;  // stop strings (not included in the output)
   bool stop_at_eos = true;        // the tokenizer's eot/eos id ends a sequence
+  // generate(): prompt i samples from stream first_stream + i of sampling.seed, so a batch split
+  // across processes (each with its offset) samples exactly what the whole batch would.
+  uint64_t first_stream = 0;
 };
 
 struct Generation {

@@ -72,7 +72,7 @@ PolicyTrainer::PolicyTrainer(GrpoOptions options, models::CausalLM& policy, std:
 }
 
 PolicyTrainer::Sampled PolicyTrainer::sample(const std::vector<const Record*>& prompts, int64_t per_prompt, float temperature,
-                                             uint64_t seed) {
+                                             uint64_t seed, uint64_t first_stream) {
   Sampled s;
   for (const Record* r : prompts) {
     const std::vector<int32_t> ids = encode_(*r);
@@ -85,6 +85,7 @@ PolicyTrainer::Sampled PolicyTrainer::sample(const std::vector<const Record*>& p
   go.sampling.top_p = temperature > 0 ? opt_.top_p : 1.f;
   go.sampling.min_p = 0;
   go.sampling.seed = seed;
+  go.first_stream = first_stream;
   go.stop = stop_;
   const bool was_training = policy_.training();
   policy_.set_training(false);
@@ -111,9 +112,10 @@ double PolicyTrainer::evaluate(const std::vector<const Record*>& prompts, float 
   return sum / static_cast<double>(s.rewards.size());
 }
 
-RlStats PolicyTrainer::step(optim::AdamW& optimizer, const std::vector<const Record*>& prompts, float lr, uint64_t seed) {
+RlStats PolicyTrainer::step(optim::AdamW& optimizer, const std::vector<const Record*>& prompts, float lr, uint64_t seed,
+                            uint64_t first_stream) {
   const int64_t G = opt_.group_size;
-  const Sampled s = sample(prompts, G, opt_.temperature, seed);
+  const Sampled s = sample(prompts, G, opt_.temperature, seed, first_stream);
   const size_t n_seq = s.rewards.size();
   RlStats st;
 
@@ -128,9 +130,16 @@ RlStats PolicyTrainer::step(optim::AdamW& optimizer, const std::vector<const Rec
     for (int64_t g = 0; g < G; ++g)
       advantage[p * G + g] = opt_.reinforce ? s.rewards[p * G + g] - mean : (s.rewards[p * G + g] - mean) / (sd + 1e-4);
   }
-  for (double r : s.rewards) st.reward_mean += r / static_cast<double>(n_seq);
-  for (double r : s.rewards) st.reward_std += std::pow(r - st.reward_mean, 2) / static_cast<double>(n_seq);
-  st.reward_std = std::sqrt(st.reward_std);
+  double square = 0;
+  for (double r : s.rewards) {
+    st.reward_mean += r / static_cast<double>(n_seq);
+    square += r * r / static_cast<double>(n_seq);
+  }
+  if (dp_) {  // every rank scores as many completions
+    st.reward_mean = dp_->communicator().all_reduce_value(st.reward_mean, dist::ReduceOp::Average);
+    square = dp_->communicator().all_reduce_value(square, dist::ReduceOp::Average);
+  }
+  st.reward_std = std::sqrt(std::max(0.0, square - st.reward_mean * st.reward_mean));
 
   // Micro-batches of sequences (prompt + completion), targets only on completion tokens.
   struct Chunk {
@@ -142,6 +151,7 @@ RlStats PolicyTrainer::step(optim::AdamW& optimizer, const std::vector<const Rec
   int64_t total_tokens = 0;
   for (size_t i = 0; i < n_seq; ++i) total_tokens += static_cast<int64_t>(s.completion[i].size());
   st.completion_length = static_cast<double>(total_tokens) / static_cast<double>(n_seq);
+  if (dp_) st.completion_length = dp_->communicator().all_reduce_value(st.completion_length, dist::ReduceOp::Average);
   for (size_t first = 0; first < n_seq; first += static_cast<size_t>(opt_.micro_batch)) {
     const size_t last = std::min(n_seq, first + static_cast<size_t>(opt_.micro_batch));
     int64_t T = 1;
@@ -183,6 +193,7 @@ RlStats PolicyTrainer::step(optim::AdamW& optimizer, const std::vector<const Rec
     optimizer.zero_grad();
     double loss = 0, kl = 0, clipped = 0, entropy = 0;
     for (Chunk& c : chunks) {
+      if (dp_ && &c == &chunks.back()) dp_->sync_next_backward();  // average as the last backward finishes
       auto [lp, logits] = logprobs_of(policy_, c);
       const std::vector<float> lpv = lp.to_vector<float>();
       if (!c.have_old) {
@@ -220,6 +231,14 @@ RlStats PolicyTrainer::step(optim::AdamW& optimizer, const std::vector<const Rec
           entropy += w * (std::log(z) - ez / z);
         }
       }
+    }
+    if (dp_) {
+      dp_->finish();
+      dist::Communicator& comm = dp_->communicator();
+      loss = comm.all_reduce_value(loss, dist::ReduceOp::Average);
+      kl = comm.all_reduce_value(kl, dist::ReduceOp::Average);
+      clipped = comm.all_reduce_value(clipped, dist::ReduceOp::Average);
+      entropy = comm.all_reduce_value(entropy, dist::ReduceOp::Average);
     }
     LLM_CHECK(std::isfinite(loss), "the policy loss is ", loss, "; stopping (the last checkpoint is kept as it was)");
     const double norm = optim::grad_norm(params);

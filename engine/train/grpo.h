@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "data/tokenizer.h"
+#include "engine/dist/data_parallel.h"
 #include "engine/models/transformer.h"
 #include "engine/train/reward.h"
 #include "engine/train/sft_data.h"
@@ -59,8 +60,15 @@ class PolicyTrainer {
                 const data::Tokenizer& tokenizer, PromptEncoder encode, const Reward& reward,
                 std::vector<std::string> stop_strings);
 
-  // One sampled batch and `iterations` updates with learning rate lr. `seed` makes the sampling.
-  RlStats step(optim::AdamW& optimizer, const std::vector<const Record*>& prompts, float lr, uint64_t seed);
+  // Data parallelism: each rank samples and scores its own prompts (whole groups), gradients are
+  // averaged through `dp` before every update, and the statistics are averaged over the ranks.
+  void set_data_parallel(dist::DataParallel* dp) { dp_ = dp; }
+
+  // One sampled batch and `iterations` updates with learning rate lr. `seed` makes the sampling;
+  // completion i samples from stream first_stream + i of it (ranks offset theirs, so the world
+  // samples what one process with all the prompts would).
+  RlStats step(optim::AdamW& optimizer, const std::vector<const Record*>& prompts, float lr, uint64_t seed,
+               uint64_t first_stream = 0);
   // Mean reward of completions of the prompts (no update): greedy with temperature 0, else
   // `samples` sampled completions per prompt.
   double evaluate(const std::vector<const Record*>& prompts, float temperature = 0.f, int64_t samples = 1,
@@ -68,7 +76,8 @@ class PolicyTrainer {
 
  private:
   struct Sampled;
-  Sampled sample(const std::vector<const Record*>& prompts, int64_t per_prompt, float temperature, uint64_t seed);
+  Sampled sample(const std::vector<const Record*>& prompts, int64_t per_prompt, float temperature, uint64_t seed,
+                 uint64_t first_stream = 0);
   GrpoOptions opt_;
   models::CausalLM& policy_;
   std::unique_ptr<models::CausalLM> reference_;
@@ -76,6 +85,7 @@ class PolicyTrainer {
   PromptEncoder encode_;
   const Reward& reward_;
   std::vector<std::string> stop_;
+  dist::DataParallel* dp_ = nullptr;
 };
 
 }  // namespace llm::train

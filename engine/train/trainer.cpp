@@ -63,8 +63,8 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
       comm_(dist::make_communicator(config_.dist_backend, config_.timeout_s)),
       log_(comm_->rank() == 0 ? log : null_log_) {
   cpu::set_num_threads(static_cast<int>(config_.threads));
-  LLM_CHECK(!config_.is_rl() || (comm_->world_size() == 1 && config_.zero == 0), config_.source, ": ", config_.method,
-            " runs in one process for now (data parallelism and dist.zero cover pretrain and sft)");
+  LLM_CHECK(!config_.is_rl() || config_.zero == 0, config_.source, ": ", config_.method,
+            " does not shard its optimizer (dist.zero covers pretrain and sft); use plain data parallelism");
   const bool prepared_dir = !config_.is_finetune() && fs::is_directory(config_.train_data);
   tokenizer_spec_ = !config_.tokenizer.empty() ? config_.tokenizer : prepared_dir ? dataset_tokenizer(config_.train_data) : "";
   if (!tokenizer_spec_.empty()) tokenizer_ = data::load_tokenizer(tokenizer_spec_);
@@ -163,6 +163,7 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
   } else {
     optimizer_ = std::make_unique<optim::AdamW>(trainable, oc);
     if (comm_->world_size() > 1) dp_ = std::make_unique<dist::DataParallel>(*comm_, trainable, config_.bucket_mb);
+    if (policy_trainer_) policy_trainer_->set_data_parallel(dp_.get());
   }
   schedule_.kind = optim::Schedule::parse(config_.schedule);
   schedule_.lr = config_.lr;
@@ -463,11 +464,14 @@ double Trainer::train_step() {
   try {
     if (policy_trainer_) {
       std::vector<const Record*> prompts;
+      // Rank r takes prompts r*P .. r*P + P - 1 of the global batch of world*P prompts.
+      const int64_t first = (prompt_batches_ * comm_->world_size() + comm_->rank()) * config_.prompts_per_step;
       for (int64_t i = 0; i < config_.prompts_per_step; ++i)
-        prompts.push_back(&prompts_[static_cast<size_t>(prompt_order_->at(prompt_batches_ * config_.prompts_per_step + i))]);
+        prompts.push_back(&prompts_[static_cast<size_t>(prompt_order_->at(first + i))]);
       ++prompt_batches_;
       const uint64_t sample_seed = config_.seed ^ (0xd1b54a32d192ed03ULL * static_cast<uint64_t>(step_ + 1));
-      last_rl_ = policy_trainer_->step(*optimizer_, prompts, schedule_.at(step_), sample_seed);
+      last_rl_ = policy_trainer_->step(*optimizer_, prompts, schedule_.at(step_), sample_seed,
+                                       static_cast<uint64_t>(first * config_.group_size));
       last_grad_norm_ = last_rl_.grad_norm;
       return last_rl_.loss;
     }
