@@ -106,14 +106,20 @@ void gemm_q8(int64_t M, int64_t N, int64_t K, const float* x, const int8_t* wq, 
              const float* bias, float* C) {
   const int64_t nb = K / kQ8Block;
   if (M >= kQ8DequantRows) {
-    constexpr int64_t kPanel = 64;
+    // Panels as wide as fit 16 MB of floats: few GEMM calls (each packs X again), bounded scratch.
+    const int64_t kPanel = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(4) << 20) / K));
     std::vector<float> panel(static_cast<size_t>(kPanel * K));
     for (int64_t j0 = 0; j0 < N; j0 += kPanel) {
       const int64_t rows = std::min(kPanel, N - j0);
       parallel_ranges(rows, q8_threads(rows, K), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r)
-          for (int64_t k = 0; k < K; ++k)
-            panel[r * K + k] = w_scales[(j0 + r) * nb + k / kQ8Block] * static_cast<float>(wq[(j0 + r) * K + k]);
+          for (int64_t b = 0; b < nb; ++b) {
+            const float scale = w_scales[(j0 + r) * nb + b];
+            const int8_t* q = wq + (j0 + r) * K + b * kQ8Block;
+            float* out = panel.data() + r * K + b * kQ8Block;
+#pragma omp simd
+            for (int64_t i = 0; i < kQ8Block; ++i) out[i] = scale * static_cast<float>(q[i]);
+          }
       });
       sgemm(false, true, M, rows, K, 1.f, x, K, panel.data(), K, 0.f, C + j0, N, bias ? bias + j0 : nullptr);
     }

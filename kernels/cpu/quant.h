@@ -17,7 +17,7 @@ void quantize_q8_rows(int64_t N, int64_t K, const float* w, int8_t* q, float* sc
 // C[M×N] = X[M×K] · Wᵀ (+ bias) with W in Q8_0 (as quantize_q8_rows wrote it).
 // M < kQ8DequantRows: X is quantized to Q8_0 too, row by row, and each output is a sum over blocks
 // of an int8 dot product (AVX-512 VNNI where the CPU has it) times both blocks' scales.
-// M >= kQ8DequantRows: X stays fp32 and multiplies W dequantized (scale · q), 64 rows at a time.
+// M >= kQ8DequantRows: X stays fp32 and multiplies W dequantized (scale · q), in wide panels.
 // Either way every output is one fixed-order sum, so results do not depend on the thread count.
 void gemm_q8(int64_t M, int64_t N, int64_t K, const float* x, const int8_t* wq, const float* w_scales,
              const float* bias, float* C);
