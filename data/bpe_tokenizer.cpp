@@ -17,13 +17,6 @@
 #include "engine/core/error.h"
 
 namespace llm::data {
-namespace {
-
-using json = nlohmann::json;
-
-// OpenAI's GPT-2 pre-split pattern.
-const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 void append_utf8(std::string& out, uint32_t cp) {
   if (cp < 0x80) {
@@ -42,6 +35,15 @@ void append_utf8(std::string& out, uint32_t cp) {
     out += static_cast<char>(0x80 | (cp & 0x3F));
   }
 }
+
+namespace {
+
+using json = nlohmann::json;
+
+// OpenAI's GPT-2 pre-split pattern.
+const char* kGpt2Pattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
 
 // Decodes one code point of (valid) UTF-8 at s[i], advancing i; returns -1 on malformed input.
 int64_t next_codepoint(const std::string& s, size_t& i) {

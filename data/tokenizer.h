@@ -52,5 +52,7 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path);
 // 64-bit FNV-1a of a file's bytes as 16 hex digits, for identities.
 std::string file_fingerprint(const std::string& path);
 std::string read_file(const std::string& path);  // whole file; llm::Error naming the path on failure
+// Appends the UTF-8 encoding of a Unicode code point (up to U+10FFFF).
+void append_utf8(std::string& out, uint32_t code_point);
 
 }  // namespace llm::data

@@ -12,6 +12,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "data/tokenizer.h"
 #include "engine/core/error.h"
 
 namespace llm::jinja {
@@ -533,21 +534,7 @@ class Lexer {
             fail(e - 2, "bad \\" + std::string(1, x) + " escape");
           const auto cp = static_cast<uint32_t>(std::stoul(hex, nullptr, 16));
           e += n;
-          if (cp < 0x80) {
-            out += static_cast<char>(cp);
-          } else if (cp < 0x800) {
-            out += static_cast<char>(0xC0 | (cp >> 6));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-          } else if (cp < 0x10000) {
-            out += static_cast<char>(0xE0 | (cp >> 12));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-          } else {
-            out += static_cast<char>(0xF0 | (cp >> 18));
-            out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-          }
+          data::append_utf8(out, cp);
           break;
         }
         default:  // Python keeps unknown escapes as written
