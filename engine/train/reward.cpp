@@ -106,7 +106,8 @@ std::vector<double> Reward::score(const std::vector<Completion>& batch) const {
       nlohmann::json line = c.example->is_object() ? *c.example : nlohmann::json::object();
       line["prompt"] = c.prompt;
       line["completion"] = c.completion;
-      input += line.dump() + "\n";
+      // Sampled text may end inside a UTF-8 sequence: invalid bytes go out as U+FFFD, not an exception.
+      input += line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     }
     const std::string out = run_program(config_.program, input, config_.program_timeout_s);
     std::istringstream lines(out);

@@ -179,6 +179,36 @@ TEST(Finetune, LoraTrainsOnlyAdaptersAndSavesThemForMerging) {
   EXPECT_LE(testing::max_rel_error(reloaded->forward(ids).to_vector<float>(), want), 1e-5);
 }
 
+// A reward program that fails mid-run stops training with its stderr, before the weights change,
+// and leaves the checkpoints written so far intact (the run resumes from the last one).
+TEST(Finetune, FailingRewardProgramStopsTheRunAndKeepsCheckpoints) {
+  std::ostringstream log;
+  {
+    Trainer sft(sft_config("reward_base", 20), log);
+    sft.run();
+  }
+  const std::string d = task_dir(), run = d + "/reward_fail";
+  const std::string yaml =
+      "model: {init_from: " + d + "/reward_base/ckpt_00000020.h5}\n"
+      "data: {train: " + d + "/rl.jsonl, tokenizer: byte}\n"
+      "finetune: {method: reinforce, chat_template: false}\n"
+      "grpo: {prompts_per_step: 2, group_size: 2, max_new_tokens: 4, kl_beta: 0.0}\n"
+      // Scores the first two batches, then fails on the third.
+      "reward: {program: 'n=$(cat " + run + "/calls 2>/dev/null || echo 0); n=$((n+1)); echo $n > " + run +
+      "/calls; if [ $n -ge 3 ]; then echo \"judge crashed\" >&2; exit 1; fi; while read -r l; do echo 1; done'}\n"
+      "train: {batch_size: 4, seq_len: 32, max_steps: 10, eval_interval: 0, threads: 1}\n"
+      "checkpoint: {dir: " + run + ", interval: 1, keep_last: 5}\n"
+      "log: {interval: 0}\n";
+  Trainer rl(parse_train_config(yaml, "reinforce.yaml"), log);
+  const std::string error = testing::error_of([&] { rl.run(); });
+  EXPECT_NE(error.find("step 3: reward program"), std::string::npos) << error;
+  EXPECT_NE(error.find("exited with status 1; its stderr: judge crashed"), std::string::npos) << error;
+  EXPECT_EQ(list_checkpoints(run), (std::vector<std::string>{run + "/ckpt_00000001.h5", run + "/ckpt_00000002.h5"}));
+  const Checkpoint last = load_checkpoint(run + "/ckpt_00000002.h5");
+  EXPECT_EQ(last.step, 2);
+  EXPECT_EQ(rl.step(), 2);  // the failed step did not count
+}
+
 TEST(Finetune, PolicyObjectiveGradientMatchesFiniteDifferences) {
   // Positions with both signs of advantage, ratios inside and outside the clip range, and one
   // position that is not a completion token (weight 0).

@@ -60,6 +60,8 @@ TEST(Reward, ExternalProgramScoresJsonLines) {
   const nlohmann::json ex = {{"word", "hello"}};
   const std::vector<double> s = r.score({{&ex, "p", "hello", 1}, {&ex, "p", "bye", 1}});
   EXPECT_EQ(s, (std::vector<double>{3.0, 0.0}));
+  // Sampled text can stop inside a UTF-8 sequence; the program still gets valid JSON lines.
+  EXPECT_EQ(r.score({{&ex, "p", "caf\xc3", 1}}), (std::vector<double>{0.0}));
 }
 
 TEST(Reward, ExternalProgramFailuresAreReportedWithStderr) {
