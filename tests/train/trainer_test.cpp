@@ -79,6 +79,25 @@ TEST(TrainConfig, OverridesAndYamlRoundTrip) {
   EXPECT_EQ(c.model.n_kv_heads, 2);
   const TrainConfig back = parse_train_config(to_yaml(c), "roundtrip");
   EXPECT_EQ(to_yaml(back), to_yaml(c));
+  // The fine-tuning sections, with text that needs quoting and a list of LoRA targets.
+  const TrainConfig f = parse_train_config(
+      "data: {train: x.jsonl}\n"
+      "finetune: {method: grpo, system_prompt: \"Say \\\"hi\\\"\\nthen stop\", packing: false}\n"
+      "lora: {rank: 4, targets: [q_proj, v_proj]}\n"
+      "grpo: {group_size: 4, kl_beta: 0.0}\n"
+      "reward: {exact_number: 1.0, program: \"python3 -c 'print(1)'\", regex: \"^\\\\d+$\"}\n",
+      "ft.yaml");
+  EXPECT_EQ(f.system_prompt, "Say \"hi\"\nthen stop");
+  EXPECT_EQ(f.lora_targets, "q_proj,v_proj");
+  EXPECT_EQ(f.reward.regex, "^\\d+$");
+  EXPECT_FALSE(f.packing);
+  const TrainConfig f2 = parse_train_config(to_yaml(f), "roundtrip");
+  EXPECT_EQ(to_yaml(f2), to_yaml(f));
+  EXPECT_EQ(f2.system_prompt, f.system_prompt);
+  EXPECT_EQ(f2.reward.program, "python3 -c 'print(1)'");
+  EXPECT_NE(error_of([] { parse_train_config("data: {train: x}\nfinetune: {method: dpo}", "x.yaml"); })
+                .find("x.yaml: finetune.method: expected pretrain, sft, grpo or reinforce, got \"dpo\""),
+            std::string::npos);
 }
 
 // Training 20 steps straight and 10 + resume + 10 must give bit-identical losses (same thread count).
