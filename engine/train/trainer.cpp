@@ -99,7 +99,7 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
 
   std::string data_line;
   if (config_.is_finetune()) {
-    setup_finetune_data(fs::is_directory(config_.init_from) ? config_.init_from : "");
+    setup_finetune_data();
   } else {
     data::LoaderOptions lo;
     lo.B = config_.batch_size;
@@ -191,7 +191,7 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
          << ", timeout " << config_.timeout_s << " s\n";
 }
 
-void Trainer::setup_finetune_data(const std::string& model_dir) {
+void Trainer::setup_finetune_data() {
   LLM_CHECK(tokenizer_, config_.source, ": fine-tuning needs a tokenizer (data.tokenizer, or a model.init_from that has one)");
   std::vector<Record> records = read_records(config_.train_data), val;
   LLM_CHECK(!records.empty(), config_.train_data, ": no records");
@@ -204,7 +204,13 @@ void Trainer::setup_finetune_data(const std::string& model_dir) {
     val.assign(std::make_move_iterator(records.end() - static_cast<std::ptrdiff_t>(held)), std::make_move_iterator(records.end()));
     records.resize(records.size() - held);
   }
-  const generate::ChatTemplate chat = model_dir.empty() ? generate::ChatTemplate() : generate::ChatTemplate::from_model_dir(model_dir);
+  // The chat template travels with the tokenizer: an HF directory given as init_from, or the
+  // directory a checkpoint recorded as its tokenizer (so GRPO after SFT formats prompts the same way).
+  const std::string template_dir = fs::is_directory(config_.init_from) ? config_.init_from
+                                   : fs::is_directory(tokenizer_spec_) ? tokenizer_spec_
+                                                                       : "";
+  const generate::ChatTemplate chat =
+      template_dir.empty() ? generate::ChatTemplate() : generate::ChatTemplate::from_model_dir(template_dir);
   SftFormat format;
   format.prompt_key = config_.prompt_key;
   format.completion_key = config_.completion_key;

@@ -88,7 +88,7 @@ class Trainer {
  private:
   bool has_validation() const;
   double train_step();  // one optimizer step over grad_accum micro-batches; returns the mean loss
-  void setup_finetune_data(const std::string& model_dir);  // sft / grpo / reinforce sources
+  void setup_finetune_data();  // sft / grpo / reinforce sources
   data::Batch next_batch();
   std::vector<int64_t> data_state() const;
   void set_data_state(const std::vector<int64_t>& state);
