@@ -31,4 +31,10 @@ T positive(const std::string& flag, const char* text) {
   return v;
 }
 
+// --quantize's value: q8 is the one weight format there is.
+inline bool quantize_q8(const std::string& kind) {
+  if (kind != "q8") fail("--quantize: expected q8, got \"" + kind + "\"");
+  return true;
+}
+
 }  // namespace llm::cli

@@ -52,11 +52,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--seq-len") a.seq_len = positive<int64_t>(f, value());
     else if (f == "--stride") a.stride = positive<int64_t>(f, value());
     else if (f == "--threads" || f == "-t") a.threads = positive<int>(f, value());
-    else if (f == "--quantize") {
-      const std::string kind = value();
-      if (kind != "q8") fail("--quantize: expected q8, got \"" + kind + "\"");
-      a.q8 = true;
-    }
+    else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
     else if (f == "--tokens") a.tokens = value();
     else if (f == "--logits-out") a.logits_out = value();
     else if (f == "-h" || f == "--help") {

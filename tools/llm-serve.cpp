@@ -66,11 +66,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--timeout") a.server.request_timeout_s = positive<double>(f, value());
     else if (f == "--ctx") a.server.context = positive<int64_t>(f, value());
     else if (f == "--threads" || f == "-t") a.threads = number<int>(f, value());
-    else if (f == "--quantize") {
-      const std::string kind = value();
-      if (kind != "q8") fail("--quantize: expected q8, got \"" + kind + "\"");
-      a.q8 = true;
-    }
+    else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
     else if (f == "-h" || f == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
@@ -91,12 +87,7 @@ int main(int argc, char** argv) {
   using namespace llm;
   try {
     cpu::set_num_threads(a.threads);
-    const io::LoadedModel loaded = train::load_pretrained(a.model);
-    const std::string spec = !a.tokenizer.empty() ? a.tokenizer : loaded.tokenizer;
-    LLM_CHECK(!spec.empty(), a.model, ": no tokenizer came with the model; pass --tokenizer SPEC");
-    const auto tokenizer = data::load_tokenizer(spec);
-    auto model = train::make_loaded_model(loaded);
-    if (a.q8) model->quantize_q8();
+    const auto [model, tokenizer] = train::load_inference_model(a.model, a.tokenizer, a.q8, "pass --tokenizer SPEC");
     const generate::ChatTemplate chat = generate::ChatTemplate::of_model(a.model);
 
     // Ctrl-C and SIGTERM are taken by sigwait on this thread (blocked in every thread the server

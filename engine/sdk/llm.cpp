@@ -97,12 +97,10 @@ Model Model::from_pretrained(const std::string& path, const LoadOptions& options
   LLM_CHECK(options.threads >= 0, "LoadOptions: threads must not be negative, got ", options.threads);
   cpu::set_num_threads(options.threads);
   auto impl = std::make_unique<Impl>();
-  const io::LoadedModel loaded = train::load_pretrained(path);
-  const std::string spec = !options.tokenizer.empty() ? options.tokenizer : loaded.tokenizer;
-  LLM_CHECK(!spec.empty(), path, ": no tokenizer came with the model; set LoadOptions::tokenizer");
-  impl->tokenizer = data::load_tokenizer(spec);
-  impl->model = train::make_loaded_model(loaded);
-  if (options.quantize_q8) impl->model->quantize_q8();
+  train::InferenceModel loaded =
+      train::load_inference_model(path, options.tokenizer, options.quantize_q8, "set LoadOptions::tokenizer");
+  impl->model = std::move(loaded.model);
+  impl->tokenizer = std::move(loaded.tokenizer);
   impl->chat = generate::ChatTemplate::of_model(path);
   return Model(std::move(impl));
 }

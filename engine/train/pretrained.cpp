@@ -42,4 +42,16 @@ std::unique_ptr<models::CausalLM> make_loaded_model(const io::LoadedModel& loade
 
 std::unique_ptr<models::CausalLM> load_model(const std::string& path) { return make_loaded_model(load_pretrained(path)); }
 
+InferenceModel load_inference_model(const std::string& path, const std::string& tokenizer_spec, bool quantize_q8,
+                                    const std::string& missing_tokenizer_hint) {
+  const io::LoadedModel loaded = load_pretrained(path);
+  const std::string spec = !tokenizer_spec.empty() ? tokenizer_spec : loaded.tokenizer;
+  LLM_CHECK(!spec.empty(), path, ": no tokenizer came with the model; ", missing_tokenizer_hint);
+  InferenceModel m;
+  m.tokenizer = data::load_tokenizer(spec);
+  m.model = make_loaded_model(loaded);
+  if (quantize_q8) m.model->quantize_q8();
+  return m;
+}
+
 }  // namespace llm::train

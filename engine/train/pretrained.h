@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "data/tokenizer.h"
 #include "engine/io/hf_model.h"
 #include "engine/models/transformer.h"
 
@@ -18,5 +19,15 @@ io::LoadedModel load_pretrained(const std::string& path);
 // load_pretrained + make_model + load_state: a model ready for inference (evaluation mode).
 std::unique_ptr<models::CausalLM> load_model(const std::string& path);
 std::unique_ptr<models::CausalLM> make_loaded_model(const io::LoadedModel& loaded);
+
+// What generation needs, as the tools and the SDK load it: the model (Q8 when quantize_q8) and its
+// tokenizer — tokenizer_spec when given, else the one that came with the model. Without either the
+// error names `path` and ends with `missing_tokenizer_hint` (how this caller supplies one).
+struct InferenceModel {
+  std::unique_ptr<models::CausalLM> model;
+  std::unique_ptr<data::Tokenizer> tokenizer;
+};
+InferenceModel load_inference_model(const std::string& path, const std::string& tokenizer_spec, bool quantize_q8,
+                                    const std::string& missing_tokenizer_hint);
 
 }  // namespace llm::train
