@@ -16,7 +16,7 @@ if(NOT LLM_CUDA STREQUAL "OFF")
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-      set(CMAKE_CUDA_ARCHITECTURES 80 90)
+      set(CMAKE_CUDA_ARCHITECTURES 90)  # the H200 the CUDA backend is measured on; one target keeps CI builds short
     endif()
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)

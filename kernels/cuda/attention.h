@@ -1,0 +1,33 @@
+// Flash attention on the GPU: bf16 q/k/v, fp32 online softmax, log-sum-exp saved for backward.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/runtime.h"
+
+namespace llm::cuda {
+
+// The same meaning as cpu::AttentionShape (kernels/cpu/attention.h).
+struct AttentionShape {
+  int64_t B;    // batch
+  int64_t T;    // sequence length (queries and keys)
+  int64_t Hq;   // query heads
+  int64_t Hkv;  // key/value heads; Hq % Hkv == 0 and query head h reads kv head h / (Hq / Hkv)
+  int64_t D;    // head dimension: 64 and 128 take the tensor-core kernels; others (even, ≤ 256) a slower path
+  int64_t window = 0;  // sliding window (Mistral): query t also needs key s > t - window; 0: unlimited
+};
+
+// Layouts and semantics exactly as cpu::attention_forward / attention_backward: causal; q, out, dout,
+// dq: [B, T, Hq, D]; k, v, dk, dv: [B, T, Hkv, D]; lse: [B, Hq, T] (fp32, natural log); doc: optional
+// [B, T] int32 segment ids (each maximal run of equal ids is one document; null: plain causal).
+void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
+                       const int32_t* doc, float scale, bf16* out, float* lse, cudaStream_t stream);
+
+// Scratch the backward needs (fp32 accumulators, row statistics), in bytes.
+size_t attention_backward_workspace_bytes(const AttentionShape& shape);
+// dq, dk, dv are overwritten. workspace holds attention_backward_workspace_bytes(shape) bytes.
+void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
+                        const int32_t* doc, float scale, const bf16* out, const float* lse, const bf16* dout,
+                        bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream);
+
+}  // namespace llm::cuda

@@ -1,0 +1,56 @@
+// Matrix products on the GPU: bf16 inputs, fp32 accumulation on tensor cores, fused epilogues.
+// Two implementations behind one call: the hand-written kernel (kNative) and cuBLASLt (kCublas);
+// kAuto times both once per shape on first use and keeps the faster one for the rest of the run.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cuda/runtime.h"
+
+namespace llm::cuda {
+
+enum class GemmBackend { kNative, kCublas, kAuto };
+const char* to_string(GemmBackend backend);
+
+// Row-major, the same convention as cpu::sgemm:
+//   op(A) is M×K: A stored M×K (lda ≥ K), or K×M when trans_a (lda ≥ M).
+//   op(B) is K×N: B stored K×N (ldb ≥ N), or N×K when trans_b (ldb ≥ K).
+// Per element of C (M×N, ldc ≥ N):
+//   v = alpha · (op(A)·op(B)) + bias[n]          (bias optional, fp32)
+//   pre_gelu = v                                 (stored only when gelu and pre_gelu != null)
+//   v = gelu(v)                                  (when gelu; tanh approximation, as cpu::gelu_forward)
+//   v = v + beta · C_old                         (beta == 0: C is write-only and may hold NaN)
+//   v = v + residual                             (optional)
+//   C = v, rounded to C's type.
+// C, pre_gelu and residual share C's type (fp32 when c_fp32, else bf16), ldc and stride_c.
+// `batch` independent products; operand i starts at A + i·stride_a, B + i·stride_b, C + i·stride_c
+// (elements; a stride of 0 shares one operand across the batch). bias is shared by the batch.
+struct Gemm {
+  bool trans_a = false, trans_b = false;
+  int64_t M = 0, N = 0, K = 0;
+  const bf16* A = nullptr;
+  int64_t lda = 0;
+  const bf16* B = nullptr;
+  int64_t ldb = 0;
+  void* C = nullptr;
+  int64_t ldc = 0;
+  bool c_fp32 = false;
+  float alpha = 1.f, beta = 0.f;
+  const float* bias = nullptr;
+  bool gelu = false;
+  void* pre_gelu = nullptr;
+  const void* residual = nullptr;
+  int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+};
+
+// Any sizes (M, N, K ≥ 1), any leading dimensions and pointer alignments: the fast paths need
+// 16-byte aligned rows and fall back to a correct slower path otherwise. Throws on bad arguments.
+void gemm(const Gemm& g, GemmBackend backend, cudaStream_t stream);
+
+// The backend kAuto settled on for g's shape (timing it now if this shape is new).
+GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream);
+
+// db[n] (= db[n] when accumulate) + sum over the M rows of dy[m, n] (bf16 M×N, leading dim ldy): the
+// bias gradient of a linear layer, deterministic (fixed reduction order).
+void bias_grad(int64_t M, int64_t N, const bf16* dy, int64_t ldy, float* db, bool accumulate, cudaStream_t stream);
+
+}  // namespace llm::cuda
