@@ -4,6 +4,7 @@
 //   llm-bench train --config FILE.yaml [--batch B] [--seq T] [--steps N] [--threads N] [--zero] [--json]
 //   llm-bench generate [--shape llama-110m|gpt2-124m] [--prompt P] [--gen G] [--threads N] [--json]
 //   llm-bench allreduce [--backend auto|mpi|nccl] [--json]     (under mpirun -np N for N > 1)
+//   llm-bench cuda                                              (GPU kernels and training; CUDA builds)
 //
 // Under mpirun, `train` runs data parallel: --batch is per rank, the world size is a column, and
 // only rank 0 prints.
@@ -29,6 +30,9 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/parallel.h"
+#if defined(LLM_HAVE_CUDA)
+#include "tools/bench_cuda/bench_cuda.h"
+#endif
 
 #if defined(LLM_HAVE_OPENBLAS)
 #include <cblas.h>
@@ -476,18 +480,49 @@ int usage_error(const std::string& message) {
                "error: %s (usage: llm-bench kernels [--threads N] [--json] | llm-bench train --config FILE [--batch B] "
                "[--seq T] [--steps N] [--threads N] [--zero] [--json] | llm-bench generate [--shape llama-110m|gpt2-124m] "
                "[--prompt P] [--gen G] [--quantize q8] [--threads N] [--json] | llm-bench allreduce [--backend auto|mpi|nccl] "
-               "[--json])\n",
+               "[--json] | llm-bench cuda)\n",
                message.c_str());
   return 2;
 }
+
+#if defined(LLM_HAVE_CUDA)
+int run_cuda() {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "error: llm-bench cuda: no CUDA device on this machine\n");
+    return 1;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("%s, %d SMs, %.0f GiB\n", prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
+  for (const auto* section : llm::bench_cuda::sections()) {
+    std::printf("\n== %s\n", section->name);
+    try {
+      section->run();
+    } catch (const std::exception& e) {
+      std::printf("%s: failed: %s\n", section->name, e.what());
+    }
+  }
+  return 0;
+}
+#endif
 
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) return usage_error("missing command");
   const std::string command = argv[1];
-  if (command != "kernels" && command != "train" && command != "generate" && command != "allreduce")
+  if (command != "kernels" && command != "train" && command != "generate" && command != "allreduce" &&
+      command != "cuda")
     return usage_error("unknown command '" + command + "'");
+  if (command == "cuda") {
+#if defined(LLM_HAVE_CUDA)
+    if (argc > 2) return usage_error(std::string("unknown argument '") + argv[2] + "'");
+    return run_cuda();
+#else
+    return usage_error("this llm-bench was built without CUDA, so it has no 'cuda' command");
+#endif
+  }
   Options options;
   auto integer = [&](int& i, const char* flag, long lo, long hi, long* out) -> bool {
     if (i + 1 >= argc) return false;
