@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check, for the bare, offline GPU machine (CUDA toolkit, CMake, a compiler; no -dev packages).
 #   here, once:       scripts/gpu_check.sh --fetch      downloads the .deb files the check needs into gpu-debs/
-#   on the GPU box:   scripts/gpu_check.sh              unpacks them into a local prefix, builds for sm_90,
-#                                                       runs the CUDA tests and prints the benchmark table,
-#                                                       then the NCCL communicator under mpirun -np 1
-set -euo pipefail
+#   on the GPU box:   scripts/gpu_check.sh [LOG]        unpacks them into a local prefix, builds for sm_90,
+#                                                       runs every CUDA test, the GPU benchmarks and the
+#                                                       NCCL communicator under mpirun -np 1
+# The full log goes to LOG (or $GPU_CHECK_LOG, default gpu-check.log); the terminal gets one line per
+# stage and, last, the short table: test results and the benchmark rows.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 debs=gpu-debs
 
@@ -15,10 +17,14 @@ if [ "${1:-}" = "--fetch" ]; then
   exit 0
 fi
 
-echo "== machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: not available"
-nvcc --version | tail -1
-nproc
+log=$(realpath -m "${1:-${GPU_CHECK_LOG:-gpu-check.log}}")
+: >"$log"
+start=$SECONDS
+stage() { echo "== $* ($((SECONDS - start)) s)" | tee -a "$log"; }
+
+stage machine
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: not available"
+  nvcc --version | tail -1; echo "$(nproc) CPU cores"; } >>"$log" 2>&1
 
 prefix="$PWD/.gpu-prefix"
 cmake_args=(-DCMAKE_BUILD_TYPE=Release -DLLM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90)
@@ -29,24 +35,49 @@ if ! [ -f /usr/include/gtest/gtest.h ]; then
   cmake_args+=(-DGTest_ROOT="$prefix/usr" -DCMAKE_PREFIX_PATH="$prefix/usr")
 fi
 
-echo "== build (sm_90)"
-cmake -S . -B build-gpu "${cmake_args[@]}" >/dev/null
-cmake --build build-gpu -j "$(nproc)" 2>&1 | grep -E "error|warning" || true
-cmake --build build-gpu -j "$(nproc)" >/dev/null
+stage "build (sm_90)"
+cuda_tests=$(for f in tests/cuda/*_test.cpp; do basename "$f" .cpp; done)
+targets=(llm-bench $cuda_tests)
+cmake -S . -B build-gpu "${cmake_args[@]}" >>"$log" 2>&1 || { echo "error: cmake failed (see $log)"; tail -20 "$log"; exit 1; }
+cmake --build build-gpu --target help 2>/dev/null | grep -q " nccl_test$" && targets+=(nccl_test)
+if ! cmake --build build-gpu -j "$(nproc)" --target "${targets[@]}" >>"$log" 2>&1; then
+  echo "error: build failed (see $log):"; grep -E "error" "$log" | head -20; exit 1
+fi
 
-echo "== tests"
-(cd build-gpu && ctest --output-on-failure -j "$(nproc)" 2>&1 | tail -25)
+stage "CUDA tests"
+summary=()
+for t in $cuda_tests; do
+  echo "--- $t" >>"$log"
+  timeout 300 "build-gpu/tests/$t" --gtest_color=no >"$log.part" 2>&1
+  rc=$?
+  cat "$log.part" >>"$log"
+  passed=$(grep -oE "^\[  PASSED  \] [0-9]+" "$log.part" | grep -oE "[0-9]+$" || echo 0)
+  failed=$(grep -E "^\[  FAILED  \] [A-Za-z_0-9./]+" "$log.part" | grep -v "listed below" | sed 's/^\[  FAILED  \] //' | sort -u | tr '\n' ' ')
+  skipped=$(grep -cE "^\[  SKIPPED \] [A-Za-z]" "$log.part" || true)
+  line=$(printf "%-26s passed %3s  skipped %2s  rc %3s  %s" "$t" "${passed:-0}" "$skipped" "$rc" "${failed:+FAILED: $failed}")
+  summary+=("$line")
+done
+rm -f "$log.part"
 
-echo "== benchmark"
-build-gpu/tools/llm-bench kernels --threads "$(nproc)" || true
+stage "benchmarks (llm-bench cuda)"
+timeout 300 build-gpu/tools/llm-bench cuda >"$log.bench" 2>&1
+cat "$log.bench" >>"$log"
 
 # The NCCL communicator end to end with world size 1 (it bootstraps over MPI, so it is built only
 # where an MPI library is installed: Debian's libopenmpi-dev openmpi-bin).
-echo "== NCCL under mpirun -np 1"
-if command -v mpirun >/dev/null; then
+stage "NCCL under mpirun -np 1"
+nccl="not built (no MPI library on this machine)"
+if [ -x build-gpu/tests/nccl_test ] && command -v mpirun >/dev/null; then
   mpi=(mpirun --allow-run-as-root --oversubscribe -np 1)
-  "${mpi[@]}" build-gpu/tests/nccl_test 2>&1 | tail -4 || true
-  "${mpi[@]}" build-gpu/tools/llm-bench allreduce --backend nccl || true
-else
-  echo "skipped: no mpirun on this machine, so the NCCL communicator was not built"
+  "${mpi[@]}" build-gpu/tests/nccl_test >>"$log" 2>&1 && nccl="nccl_test passed" || nccl="nccl_test FAILED"
+  "${mpi[@]}" build-gpu/tools/llm-bench allreduce --backend nccl >>"$log" 2>&1 || nccl="$nccl; allreduce bench failed"
 fi
+
+stage "done; full log: $log"
+echo
+echo "CUDA tests:"
+printf '  %s\n' "${summary[@]}"
+echo "NCCL: $nccl"
+echo
+cat "$log.bench"
+rm -f "$log.bench"
