@@ -7,6 +7,7 @@
 
 #include "kernels/cpu/loop_util.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/dropout_mask.h"
 
 namespace llm::cpu {
 
@@ -110,24 +111,13 @@ double chunked_sum(int64_t n, const float* x) {
   return total;
 }
 
-// splitmix64's finalizer: a bijective 64-bit mix with full avalanche.
-inline uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// y[i] = x[i] * scale when u(seed, i) >= p, else 0. u has 24 random bits, uniform on [0, 1).
+// y[i] = x[i] * scale where the shared mask keeps element i, else 0.
 void dropout_apply(int64_t n, const float* x, float p, uint64_t seed, float* y) {
-  const float keep_scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;  // p = 1 keeps nothing: no 1/0
-  const uint64_t key = mix64(seed ^ 0x6A09E667F3BCC909ull);
+  const float keep_scale = dropout_mask::keep_scale(p);
+  const uint64_t key = dropout_mask::key(seed);
   parallel_chunks(n, [&](int64_t begin, int64_t end) {
 #pragma omp simd
-    for (int64_t i = begin; i < end; ++i) {
-      const uint64_t h = mix64(key + uint64_t(i) * 0x9E3779B97F4A7C15ull);
-      const float u = float(h >> 40) * 0x1.0p-24f;
-      y[i] = u >= p ? x[i] * keep_scale : 0.0f;
-    }
+    for (int64_t i = begin; i < end; ++i) y[i] = dropout_mask::keep(key, i, p) ? x[i] * keep_scale : 0.0f;
   });
 }
 }  // namespace
