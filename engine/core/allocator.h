@@ -52,7 +52,9 @@ class CachingAllocator {
 // The allocator for a device: the CPU one always exists; CUDA ones exist when built with CUDA.
 CachingAllocator& allocator_for(Device device);
 
-// Copies nbytes between any two devices (CPU↔CPU, CPU↔CUDA, CUDA↔CUDA).
+// Copies nbytes between any two devices (CPU↔CPU, CPU↔CUDA, CUDA↔CUDA). CUDA copies run on the
+// device's stream (engine/core/cuda_context.h): a copy to the host waits for the work queued before
+// it; a copy to a device returns once the source is staged.
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes);
 
 // CUDA devices visible to this process (0 when built without CUDA or without a GPU).

@@ -18,8 +18,12 @@ const char* kFreedMessage =
 // a + b for gradients (a fresh tensor: neither input may be written, other nodes may hold them).
 Tensor sum_gradients(const Tensor& a, const Tensor& b) {
   LLM_CHECK(a.shape() == b.shape(), "internal: gradient shapes differ: ", a.shape().str(), " vs ", b.shape().str());
-  LLM_CHECK(a.device().is_cpu() && b.device().is_cpu(), "gradient accumulation on ", a.device().str(),
-            " is not supported by this build");
+  check_same_device(a, b, "gradient accumulation");
+  if (a.device().is_cuda()) {  // f32 or bf16 (add_ checks), on the device's stream
+    Tensor out = a.clone();
+    out.add_(b);
+    return out;
+  }
   Tensor ac = a.contiguous(), bc = b.contiguous();
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
   cpu::add(out.numel(), ac.data<float>(), bc.data<float>(), out.data<float>());

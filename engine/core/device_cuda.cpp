@@ -8,6 +8,8 @@
 
 #ifdef LLM_HAVE_CUDA
 #include <cuda_runtime.h>
+
+#include "engine/core/cuda_context.h"
 #endif
 
 namespace llm {
@@ -56,14 +58,10 @@ CachingAllocator& cuda_allocator(int device) {
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
   if (nbytes == 0) return;
-  if (dst_device.is_cpu() && src_device.is_cpu()) {
-    std::memcpy(dst, src, nbytes);
-    return;
-  }
-  const cudaMemcpyKind kind = dst_device.is_cpu()   ? cudaMemcpyDeviceToHost
-                              : src_device.is_cpu() ? cudaMemcpyHostToDevice
-                                                    : cudaMemcpyDeviceToDevice;
-  check_cuda(cudaMemcpy(dst, src, nbytes, kind), "cudaMemcpy");
+  if (dst_device.is_cpu() && src_device.is_cpu()) std::memcpy(dst, src, nbytes);
+  else if (dst_device.is_cpu()) cuda_context::copy_to_host(dst, src, src_device.index, nbytes);
+  else if (src_device.is_cpu()) cuda_context::copy_to_device(dst, dst_device.index, src, nbytes);
+  else cuda_context::copy_device_to_device(dst, dst_device.index, src, src_device.index, nbytes);
 }
 
 #else

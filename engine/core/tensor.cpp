@@ -8,6 +8,11 @@
 #include "engine/ops/ops.h"
 #include "kernels/cpu/elementwise.h"
 
+#ifdef LLM_HAVE_CUDA
+#include "engine/core/cuda_context.h"
+#include "kernels/cuda/elementwise.h"
+#endif
+
 namespace llm {
 
 namespace {
@@ -88,13 +93,26 @@ void check_inplace_allowed(const Tensor& t, const char* op) {
 }  // namespace
 
 void copy_strided(const Tensor& src, const Tensor& dst) {
-  LLM_CHECK(src.shape() == dst.shape() && src.dtype() == dst.dtype() && src.device().is_cpu() && dst.device().is_cpu(),
+  LLM_CHECK(src.shape() == dst.shape() && src.dtype() == dst.dtype() && src.device() == dst.device(),
             "internal: copy_strided(", src.str(), " -> ", dst.str(), ")");
   const int64_t n = src.numel();
   if (n == 0) return;
   const int64_t esize = static_cast<int64_t>(dtype_size(src.dtype()));
   if (src.is_contiguous() && dst.is_contiguous()) {
-    std::memcpy(dst.raw_data(), src.raw_data(), n * esize);
+    copy_bytes(dst.raw_data(), dst.device(), src.raw_data(), src.device(), static_cast<size_t>(n * esize));
+    return;
+  }
+  if (src.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    cuda::StridedCopy layout;
+    layout.ndim = src.dim();
+    for (int d = 0; d < src.dim(); ++d) {
+      layout.shape[d] = src.shape()[d];
+      layout.src_strides[d] = src.strides()[d];
+      layout.dst_strides[d] = dst.strides()[d];
+    }
+    cuda::copy_strided(layout, static_cast<int>(esize), src.raw_data(), dst.raw_data(), cuda_context::stream(src.device()));
+#endif
     return;
   }
   const char* in = static_cast<const char*>(src.raw_data());
@@ -282,11 +300,22 @@ Tensor Tensor::detach() const {
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == this->dtype()) return *this;
-  LLM_CHECK(device().is_cpu(), "to(", dtype_name(dtype), "): dtype conversion on ", device().str(),
-            " is not supported by this build; move the tensor to the CPU first");
   LLM_CHECK(!(requires_grad() && grad_enabled()), "to(", dtype_name(dtype), "): conversion of a tensor that requires "
-            "grad is not differentiable; detach() it first");
+            "grad is not differentiable; detach() it first (or use ops::cast)");
   Tensor src = contiguous();
+  if (device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    const bool f32_bf16 = this->dtype() == DType::F32 && dtype == DType::BF16;
+    const bool bf16_f32 = this->dtype() == DType::BF16 && dtype == DType::F32;
+    if (!f32_bf16 && !bf16_f32) return src.to(Device::cpu()).to(dtype).to(device());  // rare: through the host
+    Tensor out = empty(shape(), dtype, device());
+    if (f32_bf16) cuda::f32_to_bf16(numel(), static_cast<const float*>(src.raw_data()),
+                                    static_cast<cuda::bf16*>(out.raw_data()), cuda_context::stream(device()));
+    else cuda::bf16_to_f32(numel(), static_cast<const cuda::bf16*>(src.raw_data()), static_cast<float*>(out.raw_data()),
+                           cuda_context::stream(device()));
+    return out;
+#endif
+  }
   Tensor out = empty(shape(), dtype);
   convert_elements(src.raw_data(), src.dtype(), out.raw_data(), dtype, numel());
   return out;
@@ -296,8 +325,7 @@ Tensor Tensor::to(Device device) const {
   if (device == this->device()) return *this;
   LLM_CHECK(!(requires_grad() && grad_enabled()), "to(", device.str(), "): device moves of tensors that require grad "
             "are not recorded by autograd; detach() first");
-  Tensor src = this->device().is_cpu() ? contiguous() : *this;
-  LLM_CHECK(src.is_contiguous(), "to(", device.str(), "): non-contiguous CUDA tensors cannot be copied yet");
+  Tensor src = contiguous();
   Tensor out = empty(shape(), dtype(), device);
   copy_bytes(out.raw_data(), device, src.raw_data(), src.device(), nbytes());
   return out;
@@ -309,6 +337,15 @@ Tensor& Tensor::fill_(double value) {
   if (dtype() == DType::F32 && is_contiguous() && device().is_cpu()) {
     cpu::fill(numel(), static_cast<float>(value), data<float>());
     storage()->bump_version();
+#ifdef LLM_HAVE_CUDA
+  } else if (device().is_cuda() && is_contiguous() &&
+             (dtype() == DType::F32 || dtype() == DType::BF16 || dtype() == DType::I32)) {
+    cudaStream_t stream = cuda_context::stream(device());
+    if (dtype() == DType::F32) cuda::fill(numel(), static_cast<float>(value), static_cast<float*>(raw_data()), stream);
+    else if (dtype() == DType::BF16) cuda::fill(numel(), static_cast<float>(value), static_cast<cuda::bf16*>(raw_data()), stream);
+    else cuda::fill(numel(), static_cast<int32_t>(value), static_cast<int32_t*>(raw_data()), stream);
+    storage()->bump_version();
+#endif
   } else if (is_floating(dtype())) {  // other layouts, dtypes and devices go through copy_
     copy_(Tensor::from_vector(std::vector<float>(numel(), static_cast<float>(value)), shape()));
   } else {  // integers through int64, so large ids stay exact
@@ -321,37 +358,64 @@ Tensor& Tensor::copy_(const Tensor& src) {
   check_inplace_allowed(*this, "copy_");
   check_shape(src, shape(), "copy_", "src");
   Tensor s = src.detach();
-  if (!s.device().is_cpu()) s = s.to(Device::cpu());
-  if (s.dtype() != dtype()) s = s.to(dtype());
-  if (device().is_cpu()) {
-    copy_strided(s, *this);
-  } else {
-    LLM_CHECK(is_contiguous(), "copy_: non-contiguous CUDA destination ", str());
-    s = s.contiguous();
-    copy_bytes(raw_data(), device(), s.raw_data(), Device::cpu(), nbytes());
+  if (device().is_cpu()) {  // convert on the CPU
+    if (!s.device().is_cpu()) s = s.to(Device::cpu());
+    if (s.dtype() != dtype()) s = s.to(dtype());
+  } else {  // move, then convert on the device
+    if (s.device() != device()) s = s.to(device());
+    if (s.dtype() != dtype()) s = s.to(dtype());
   }
+  copy_strided(s, *this);
   storage()->bump_version();
   return *this;
 }
 
 Tensor& Tensor::add_(const Tensor& other, float alpha) {
   check_inplace_allowed(*this, "add_");
-  check_dtype(*this, DType::F32, "add_", "self");
-  check_dtype(other, DType::F32, "add_", "other");
-  check_shape(other, shape(), "add_", "other");
   check_same_device(*this, other, "add_");
-  LLM_CHECK(device().is_cpu() && is_contiguous(), "add_: needs a contiguous CPU tensor, got ", str());
-  Tensor o = other.contiguous();
-  cpu::axpy(numel(), alpha, o.data<float>(), data<float>());
+  check_shape(other, shape(), "add_", "other");
+  if (device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    LLM_CHECK((dtype() == DType::F32 || dtype() == DType::BF16) && is_contiguous(),
+              "add_: needs a contiguous f32 or bf16 tensor on ", device().str(), ", got ", str());
+    check_dtype(other, dtype(), "add_", "other");
+    Tensor o = other.contiguous();
+    cudaStream_t stream = cuda_context::stream(device());
+    if (dtype() == DType::F32) {
+      float* y = static_cast<float*>(raw_data());
+      cuda::add(numel(), static_cast<const float*>(y), 1.f, numel(), static_cast<const float*>(o.raw_data()), alpha, y, stream);
+    } else {
+      auto* y = static_cast<cuda::bf16*>(raw_data());
+      cuda::add(numel(), static_cast<const cuda::bf16*>(y), 1.f, numel(), static_cast<const cuda::bf16*>(o.raw_data()),
+                alpha, y, stream);
+    }
+#endif
+  } else {
+    check_dtype(*this, DType::F32, "add_", "self");
+    check_dtype(other, DType::F32, "add_", "other");
+    LLM_CHECK(is_contiguous(), "add_: needs a contiguous tensor, got ", str());
+    Tensor o = other.contiguous();
+    cpu::axpy(numel(), alpha, o.data<float>(), data<float>());
+  }
   storage()->bump_version();
   return *this;
 }
 
 Tensor& Tensor::mul_(float factor) {
   check_inplace_allowed(*this, "mul_");
-  check_dtype(*this, DType::F32, "mul_", "self");
-  LLM_CHECK(device().is_cpu() && is_contiguous(), "mul_: needs a contiguous CPU tensor, got ", str());
-  cpu::scale(numel(), data<float>(), factor, data<float>());
+  if (device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    LLM_CHECK((dtype() == DType::F32 || dtype() == DType::BF16) && is_contiguous(),
+              "mul_: needs a contiguous f32 or bf16 tensor on ", device().str(), ", got ", str());
+    cudaStream_t stream = cuda_context::stream(device());
+    if (dtype() == DType::F32) cuda::scale(numel(), static_cast<const float*>(raw_data()), factor, static_cast<float*>(raw_data()), stream);
+    else cuda::scale(numel(), static_cast<const cuda::bf16*>(raw_data()), factor, static_cast<cuda::bf16*>(raw_data()), stream);
+#endif
+  } else {
+    check_dtype(*this, DType::F32, "mul_", "self");
+    LLM_CHECK(is_contiguous(), "mul_: needs a contiguous tensor, got ", str());
+    cpu::scale(numel(), data<float>(), factor, data<float>());
+  }
   storage()->bump_version();
   return *this;
 }

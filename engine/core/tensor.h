@@ -162,7 +162,7 @@ class NoGradGuard {
   bool previous_;
 };
 
-// Copies src into dst element by element: same shape and dtype, both on the CPU, any strides.
+// Copies src into dst element by element: same shape, dtype and device, any strides.
 void copy_strided(const Tensor& src, const Tensor& dst);
 
 // Checks shared by ops; each throws llm::Error naming `op` and the offending tensor.

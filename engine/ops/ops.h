@@ -1,7 +1,20 @@
 // Differentiable ops. Each op is a forward function and, next to it in the same file, the autograd
 // node with its backward (the MLX shape: adding an op touches one place per backend). Ops take
-// tensors of any layout (they make inputs contiguous as needed) and return new contiguous tensors;
-// floating-point math is f32 on the CPU. Misuse (shape, dtype, device) throws llm::Error naming the op.
+// tensors of any layout (they make inputs contiguous as needed) and return new contiguous tensors
+// on their inputs' device; inputs on different devices are an error naming the op and both devices.
+// Misuse (shape, dtype, device) throws llm::Error naming the op.
+//
+// Precision. On the CPU floating-point math is f32. On CUDA ops take f32 or bf16 tensors and compute
+// in fp32 registers whatever the storage; the mixed-precision rule:
+//   - when an op's floating inputs mix bf16 and f32 (bf16 activations meeting f32 master weights),
+//     the f32 ones are cast to bf16 through ops::cast, whose backward returns an f32 gradient, so
+//     f32 parameters always receive f32 gradients (accumulated on the device);
+//   - matmul and linear run on bf16 tensor cores: f32 operands are cast the same way, and the result
+//     is bf16 when any operand was bf16, f32 otherwise (so an all-f32 graph stays f32 end to end,
+//     with products of bf16-rounded operands);
+//   - reductions to statistics (sum, mean, cross_entropy, token_logprobs) return f32;
+//   - the rest return their (promoted) input dtype, and gradients have the dtype of what they are
+//     the gradient of.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -21,6 +34,8 @@ Tensor select(const Tensor& x, int dim, int64_t index);
 Tensor unsqueeze(const Tensor& x, int dim);
 Tensor squeeze(const Tensor& x, int dim);
 Tensor clone(const Tensor& x);  // contiguous copy
+// x converted to another floating dtype, differentiably: the gradient comes back in x's dtype.
+Tensor cast(const Tensor& x, DType dtype);
 // Concatenation along dim (all other sizes equal).
 Tensor cat(const std::vector<Tensor>& xs, int dim);
 // Splits x along dim into contiguous pieces of the given sizes (summing to x's size there); one node

@@ -26,6 +26,34 @@ Tensor cpu_f32(const Tensor& t, const char* op, const char* arg) {
   return t.contiguous();
 }
 
+Tensor float_input(const Tensor& t, const char* op, const char* arg) {
+  check_defined(t, op, arg);
+  if (t.device().is_cpu()) return cpu_f32(t, op, arg);
+  LLM_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": argument '", arg,
+            "' must be f32 or bf16 on ", t.device().str(), ", got ", t.str());
+  return t.contiguous();
+}
+
+Tensor index_input(const Tensor& t, const char* op, const char* arg) {
+  check_dtype(t, DType::I32, op, arg);
+  return t.contiguous();
+}
+
+std::vector<Tensor> promote(const std::vector<Tensor>& inputs, const char* op) {
+  bool any_bf16 = false, any_cuda = false;
+  for (const Tensor& t : inputs) {
+    if (!t.defined()) continue;
+    any_bf16 |= t.dtype() == DType::BF16;
+    any_cuda |= t.device().is_cuda();
+  }
+  for (const Tensor& t : inputs)
+    if (t.defined()) check_same_device(t, inputs[0].defined() ? inputs[0] : t, op);
+  if (!any_cuda || !any_bf16) return inputs;
+  std::vector<Tensor> out;
+  for (const Tensor& t : inputs) out.push_back(t.defined() && t.dtype() == DType::F32 ? cast(t, DType::BF16) : t);
+  return out;
+}
+
 Tensor cpu_i32(const Tensor& t, const char* op, const char* arg) {
   check_dtype(t, DType::I32, op, arg);
   LLM_CHECK(t.device().is_cpu(), op, ": argument '", arg, "' is on ", t.device().str(),
@@ -186,13 +214,26 @@ struct CloneBackward : Node {
 Tensor clone(const Tensor& x) {
   check_defined(x, "clone", "x");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (x.device().is_cpu()) {
-    copy_strided(x, out);
-  } else {
-    LLM_CHECK(x.is_contiguous(), "clone: non-contiguous ", x.device().str(), " tensors cannot be copied in this build");
-    copy_bytes(out.raw_data(), out.device(), x.raw_data(), x.device(), x.nbytes());
-  }
+  copy_strided(x, out);
   record_op<CloneBackward>({&x}, {&out}, [](CloneBackward&) {});
+  return out;
+}
+
+namespace {
+struct CastBackward : Node {
+  DType input_dtype = DType::F32;
+  std::vector<Tensor> apply(std::vector<Tensor> g) override { return {g[0].to(input_dtype)}; }
+  std::string name() const override { return "CastBackward"; }
+};
+}  // namespace
+
+Tensor cast(const Tensor& x, DType dtype) {
+  check_defined(x, "cast", "x");
+  LLM_CHECK(is_floating(x.dtype()) && is_floating(dtype), "cast: only between floating-point dtypes, got ", x.str(),
+            " to ", dtype_name(dtype));
+  if (x.dtype() == dtype) return x;
+  Tensor out = x.detach().to(dtype);
+  record_op<CastBackward>({&x}, {&out}, [&](CastBackward& n) { n.input_dtype = x.dtype(); });
   return out;
 }
 
@@ -251,10 +292,12 @@ namespace {
 struct SplitBackward : Node {
   int dim = 0;
   std::vector<Shape> shapes;
+  DType dtype = DType::F32;
+  Device device;
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
     std::vector<Tensor> parts;
     for (size_t i = 0; i < shapes.size(); ++i)
-      parts.push_back(g[i].defined() ? g[i] : Tensor::zeros(shapes[i]));  // an unused piece has zero gradient
+      parts.push_back(g[i].defined() ? g[i] : Tensor::zeros(shapes[i], dtype, device));  // an unused piece: zero
     return {cat(parts, dim)};
   }
   std::string name() const override { return "SplitBackward"; }
@@ -281,6 +324,8 @@ std::vector<Tensor> split(const Tensor& x, int dim, const std::vector<int64_t>& 
   for (Tensor& t : out) outputs.push_back(&t);
   record_op<SplitBackward>({&x}, outputs, [&](SplitBackward& n) {
     n.dim = d;
+    n.dtype = x.dtype();
+    n.device = x.device();
     for (const Tensor& t : out) n.shapes.push_back(t.shape());
   });
   return out;
