@@ -313,7 +313,8 @@ void layernorm_backward(int64_t N, int64_t C, const T* dy, const T* x, const T* 
     if (fused_variant() == FusedVariant::kSimple)
       layernorm_backward_dx_simple<T><<<simple_blocks(N), kSimpleThreads, 0, stream>>>(N, C, dy, x, w, mean, rstd, dx);
     else if (packable<T>(C, {dy, x, w, dx}))
-      layernorm_backward_dx_fast<T, W><<<unsigned(N), row_block_threads(C / W), 0, stream>>>(C, dy, x, w, mean, rstd, dx);
+      layernorm_backward_dx_fast<T, W><<<unsigned(N), row_block_threads(C / W), 0, stream>>>(C, dy, x, w, mean, rstd,
+                                                                                           dx);
     else
       layernorm_backward_dx_fast<T, 1><<<unsigned(N), row_block_threads(C), 0, stream>>>(C, dy, x, w, mean, rstd, dx);
     check_launch(kName);
