@@ -18,9 +18,9 @@ constexpr double kHbmGBs = 4800.0;  // H200 HBM3e
 // Device memory of n elements, filled with a small non-zero byte pattern (finite, no NaN or inf).
 template <class T>
 struct Buffer {
-  explicit Buffer(size_t n) {
-    cudaMalloc(&ptr, (n ? n : 1) * sizeof(T));
-    cudaMemset(ptr, 0x3c, n * sizeof(T));
+  explicit Buffer(int64_t n) {
+    cudaMalloc(&ptr, size_t(n > 0 ? n : 1) * sizeof(T));
+    cudaMemset(ptr, 0x3c, size_t(n) * sizeof(T));
   }
   ~Buffer() { cudaFree(ptr); }
   Buffer(const Buffer&) = delete;
@@ -42,8 +42,8 @@ void bench_fused() {
   const int64_t N = 8192, C = 768, V = 50304, H = 3072;
   const double act = double(N * C) * sizeof(bf16);
   {
-    Buffer<bf16> x(size_t(N * C)), w(size_t(C)), b(size_t(C)), y(size_t(N * C)), dy(size_t(N * C)), dx(size_t(N * C));
-    Buffer<float> mean(size_t(N)), rstd(size_t(N)), dw(size_t(C)), db(size_t(C));
+    Buffer<bf16> x(N * C), w(C), b(C), y(N * C), dy(N * C), dx(N * C);
+    Buffer<float> mean(N), rstd(N), dw(C), db(C);
     const std::string shape = std::to_string(N) + "x" + std::to_string(C) + " bf16";
     row("layernorm fwd", shape, 2 * act,
         [&] { cuda::layernorm_forward<bf16>(N, C, x.ptr, w.ptr, b.ptr, 1e-5f, y.ptr, mean.ptr, rstd.ptr, stream); },
@@ -58,7 +58,7 @@ void bench_fused() {
   }
   {
     const int64_t n = N * H;
-    Buffer<bf16> x(size_t(n)), up(size_t(n)), dy(size_t(n)), y(size_t(n)), dup(size_t(n));
+    Buffer<bf16> x(n), up(n), dy(n), y(n), dup(n);
     const double bytes = double(n) * sizeof(bf16);
     const std::string shape = std::to_string(N) + "x" + std::to_string(H) + " bf16";
     row("gelu fwd", shape, 2 * bytes, [&] { cuda::gelu_forward<bf16>(n, x.ptr, y.ptr, stream); }, stream);
@@ -68,18 +68,18 @@ void bench_fused() {
   }
   {
     const int64_t heads = 12, D = 64;
-    Buffer<bf16> q(size_t(N * heads * D));
-    Buffer<int32_t> pos(size_t(N));
+    Buffer<bf16> q(N * heads * D);
+    Buffer<int32_t> pos(N);
     row("rope", std::to_string(N) + "x" + std::to_string(heads) + "x" + std::to_string(D) + " bf16",
         2.0 * double(N * heads * D) * sizeof(bf16), [&] {
           cuda::rope<bf16>(N, heads, D, q.ptr, pos.ptr, 10000.f, cuda::RopeLayout::kHalf, false, q.ptr, stream);
         }, stream);
   }
   {
-    Buffer<bf16> logits(size_t(N * V));
-    Buffer<int32_t> targets(size_t(N));  // 0x3c3c3c3c would be out of range: zero them
+    Buffer<bf16> logits(N * V);
+    Buffer<int32_t> targets(N);  // 0x3c3c3c3c would be out of range: zero them
     cudaMemset(targets.ptr, 0, size_t(N) * sizeof(int32_t));
-    Buffer<float> losses(size_t(N)), lse(size_t(N)), dloss(size_t(N));
+    Buffer<float> losses(N), lse(N), dloss(N);
     const double bytes = double(N * V) * sizeof(bf16);
     const std::string shape = std::to_string(N) + "x" + std::to_string(V) + " bf16";
     row("xent fwd", shape, bytes, [&] {
@@ -91,12 +91,12 @@ void bench_fused() {
     }, stream);
   }
   {
-    Buffer<int32_t> ids(size_t(N));
+    Buffer<int32_t> ids(N);
     std::vector<int32_t> host(static_cast<size_t>(N));
     for (int64_t i = 0; i < N; ++i) host[size_t(i)] = int32_t((i * 7919) % V);
     cudaMemcpy(ids.ptr, host.data(), host.size() * sizeof(int32_t), cudaMemcpyHostToDevice);
-    Buffer<bf16> dout(size_t(N * C));
-    Buffer<float> dtable(size_t(V * C));
+    Buffer<bf16> dout(N * C);
+    Buffer<float> dtable(V * C);
     row("embed bwd", std::to_string(N) + " ids, " + std::to_string(V) + "x" + std::to_string(C),
         act + double(V * C) * sizeof(float),
         [&] { cuda::embedding_backward<bf16>(N, C, V, ids.ptr, dout.ptr, dtable.ptr, stream); }, stream);
@@ -110,8 +110,8 @@ void bench_fused() {
     sizes.push_back(C);
     int64_t total = 0;
     for (int64_t n : sizes) total += n;
-    Buffer<float> param(size_t(total)), grad(size_t(total)), m(size_t(total)), v(size_t(total)), scale(1), sumsq(1);
-    Buffer<bf16> copy(size_t(total));
+    Buffer<float> param(total), grad(total), m(total), v(total), scale(1), sumsq(1);
+    Buffer<bf16> copy(total);
     std::vector<cuda::AdamWTensor> tensors;
     std::vector<const float*> grads;
     int64_t offset = 0;
