@@ -21,12 +21,14 @@ struct MaxSum {
 __device__ __forceinline__ MaxSum shfl_xor(MaxSum v, int offset) {
   return {__shfl_xor_sync(0xffffffffu, v.m, offset), __shfl_xor_sync(0xffffffffu, v.s, offset)};
 }
-// Symmetric in a and b, so the butterfly reduction leaves the same bits in every lane.
+// Symmetric in a and b, so the butterfly reduction leaves the same bits in every lane: the products
+// are rounded on their own (__fmul_rn is never contracted into an fma, which would round one side
+// but not the other).
 struct MergeMaxSum {
   __device__ __forceinline__ MaxSum operator()(MaxSum a, MaxSum b) const {
     const float m = fmaxf(a.m, b.m);
     if (m == -INFINITY) return {m, 0.f};  // both empty: -inf - -inf would be NaN
-    return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+    return {m, __fmul_rn(a.s, expf(a.m - m)) + __fmul_rn(b.s, expf(b.m - m))};
   }
 };
 
