@@ -58,13 +58,14 @@ __device__ __forceinline__ float total_grad_scale(const AdamWScalars& s, const f
   return grad_scale_device ? s.grad_scale * *grad_scale_device : s.grad_scale;
 }
 
-// Tensor t owns blocks [first_block[t], first_block[t + 1]) of a launch.
+// Tensor t owns blocks [first_block[t], first_block[t + 1]) of a launch; unused slots own none.
 template <class Tensor>
 struct TensorTable {
   Tensor tensors[kTensorsPerLaunch];
   int64_t first_block[kTensorsPerLaunch + 1];
-  int count;
 };
+static_assert(sizeof(TensorTable<AdamWTensor>) + 64 <= 4096, "adamw_fast's parameters must fit in 4 KiB");
+
 struct SquaresTensor {
   const float* grad;
   int64_t n;
@@ -136,7 +137,6 @@ __global__ void clip_scale_kernel(const float* sumsq, float max_norm, float* sca
 // Fills a table with tensors [first, first + count) of the caller's list; returns the blocks it needs.
 template <class Tensor, class Get>
 int64_t fill_table(TensorTable<Tensor>* table, int first, int count, int64_t elems_per_block, Get get) {
-  table->count = count;
   table->first_block[0] = 0;
   for (int k = 0; k < count; ++k) {
     table->tensors[k] = get(first + k);

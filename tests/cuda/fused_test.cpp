@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <stdexcept>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -490,6 +492,29 @@ TEST_P(CudaFused, AdamW) {
           expect_identical("adamw bf16 copy", to_float(copies[k]->download()), round_bf16(param));
       }
     }
+}
+
+// Argument checks happen on the host before any launch, so this one runs without a GPU too.
+TEST(CudaFusedArguments, BadShapesThrowNamingTheKernel) {
+  auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no exception)");
+  };
+  EXPECT_EQ(message([] { cuda::rope<float>(2, 1, 3, nullptr, nullptr, 1e4f, cpu::RopeLayout::kHalf, false, nullptr,
+                                          nullptr); }),
+            "cuda::rope: needs H >= 1 heads of an even head dimension D >= 2");
+  EXPECT_EQ(message([] { cuda::layernorm_forward<bf16>(-1, 8, nullptr, nullptr, nullptr, 1e-5f, nullptr, nullptr,
+                                                        nullptr, nullptr); }),
+            "cuda::layernorm_forward: the row count N must be in [0, 2^31)");
+  EXPECT_EQ(message([] { cuda::cross_entropy_forward<float>(4, 0, nullptr, nullptr, -100, nullptr, nullptr, nullptr); }),
+            "cuda::cross_entropy_forward: the row length must be at least 1");
+  const int64_t negative = -5;
+  EXPECT_EQ(message([&] { cuda::sum_of_squares(nullptr, &negative, 1, nullptr, nullptr); }),
+            "cuda::sum_of_squares: needs count >= 0 tensors");
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, CudaFused, ::testing::Values(FusedVariant::kFast, FusedVariant::kSimple),
