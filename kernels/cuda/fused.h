@@ -15,9 +15,9 @@ using cpu::AdamWHyper;
 using cpu::RopeLayout;
 
 // Every function below has two implementations, both tested against the CPU kernels: kFast
-// (16-byte vector loads, block-per-row reductions, multi-block partial sums) and kSimple (scalar,
-// one thread per row, column or element: obviously correct, slow), kept as the fallback should a
-// fast kernel prove wrong on some GPU. The choice is process-wide; it starts as kFast, or kSimple
+// (16-byte vector loads, block-per-row reductions, multi-block partial sums) and kSimple (scalar
+// loops, one thread per row, column or element, one launch per tensor: obviously correct, slow),
+// kept as the fallback should a fast kernel prove wrong on some GPU. The choice is process-wide; it starts as kFast, or kSimple
 // when the environment variable LLM_CUDA_FUSED=simple is set.
 enum class FusedVariant { kFast, kSimple };
 void set_fused_variant(FusedVariant variant);
