@@ -98,7 +98,7 @@ __device__ __forceinline__ void load_tile(bf16* tile, const bf16* X, int64_t ld,
 }
 
 template <bool kAKMajor, bool kBKMajor>
-__global__ void __launch_bounds__(kThreads) gemm_mma_kernel(Args args) {
+__global__ void __launch_bounds__(kThreads, 2) gemm_mma_kernel(Args args) {
   using TA = Tile<kAKMajor>;
   using TB = Tile<kBKMajor>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
