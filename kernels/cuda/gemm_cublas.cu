@@ -26,14 +26,19 @@ void check_lt(cublasStatus_t status, const char* what) {
     throw std::runtime_error(std::string("cuBLASLt error in gemm (") + what + "): " + cublasLtGetStatusString(status));
 }
 
-// One handle and one workspace per process (on the device current at first use), never freed:
-// destroying them at exit could run after the CUDA context is gone.
+// One handle per process and one workspace per stream (calls on different streams may overlap),
+// on the device current at first use, never freed: at exit the CUDA context may already be gone.
 struct Lt {
   cublasLtHandle_t handle = nullptr;
-  void* workspace = nullptr;
-  Lt() {
-    check_lt(cublasLtCreate(&handle), "create handle");
-    check(cudaMalloc(&workspace, kWorkspaceBytes), "gemm cuBLASLt workspace");
+  std::mutex mutex;
+  std::map<cudaStream_t, void*> workspaces;
+  Lt() { check_lt(cublasLtCreate(&handle), "create handle"); }
+  void* workspace(cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = workspaces.find(stream); it != workspaces.end()) return it->second;
+    void* w = nullptr;
+    check(cudaMalloc(&w, kWorkspaceBytes), "gemm cuBLASLt workspace");
+    return workspaces[stream] = w;
   }
 };
 Lt& lt() {
@@ -160,7 +165,7 @@ bool matmul(const Gemm& g, const Call& call, cudaStream_t stream) {
   if (!algo.found) return false;
   const cublasStatus_t status =
       cublasLtMatmul(lt().handle, d.op, &call.alpha, g.B, d.a, g.A, d.b, &call.beta, call.c_in, d.c, call.d, d.c,
-                     &algo.algo, lt().workspace, kWorkspaceBytes, stream);
+                     &algo.algo, lt().workspace(stream), kWorkspaceBytes, stream);
   if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE) return false;
   check_lt(status, "matmul");
   return true;
