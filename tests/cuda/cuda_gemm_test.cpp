@@ -29,11 +29,22 @@ struct Case {
   bool c_fp32 = false, bias = false, gelu = false, pre_gelu = false, residual = false;
   bool residual_is_c = false;  // residual points at C itself (x = x + f(x) in place)
   float alpha = 1.f, beta = 0.f;
-  int64_t pad_a = 0, pad_b = 0, pad_c = 0;  // leading dimensions beyond the minimum
-  int64_t gap = 0;                           // elements between batch items beyond the minimum
+  bool ld8 = true;                           // lda, ldb rounded up to multiples of 8, as the fast kernel needs
+  int64_t pad_a = 0, pad_b = 0, pad_c = 0;  // leading dimensions beyond that
+  int64_t gap = 0;                           // between batch items beyond the minimum (multiples of 8 keep
+                                             // the batch strides right for the fast kernel)
   bool share_b = false;                      // stride_b = 0: one B for the whole batch
   int64_t offset = 0;                        // A, B, C start this many elements into their allocation
 };
+
+int64_t lda_of(const Case& c) {
+  const int64_t min = c.ta ? c.M : c.K;
+  return (c.ld8 ? (min + 7) / 8 * 8 : min) + c.pad_a;
+}
+int64_t ldb_of(const Case& c) {
+  const int64_t min = c.tb ? c.K : c.N;
+  return (c.ld8 ? (min + 7) / 8 * 8 : min) + c.pad_b;
+}
 
 std::string describe(const Case& c, GemmBackend backend) {
   std::ostringstream s;
@@ -41,8 +52,8 @@ std::string describe(const Case& c, GemmBackend backend) {
     << " N " << c.N << " K " << c.K << ", batch " << c.batch << (c.share_b ? " (shared B)" : "") << ", out "
     << (c.c_fp32 ? "fp32" : "bf16") << ", alpha " << c.alpha << " beta " << c.beta << (c.bias ? ", bias" : "")
     << (c.gelu ? ", gelu" : "") << (c.pre_gelu ? "+pre_gelu" : "") << (c.residual ? ", residual" : "")
-    << (c.residual_is_c ? " (= C)" : "") << ", ld pads " << c.pad_a << "/" << c.pad_b << "/" << c.pad_c
-    << ", offset " << c.offset;
+    << (c.residual_is_c ? " (= C)" : "") << ", lda " << lda_of(c) << " ldb " << ldb_of(c) << " ldc "
+    << c.N + c.pad_c << ", offset " << c.offset;
   return s.str();
 }
 
@@ -108,7 +119,7 @@ void expect_matches(const Case& c, GemmBackend backend, const char* what, const 
 }
 
 void check_case(const Case& c, GemmBackend backend, uint64_t seed = 1) {
-  const int64_t lda = (c.ta ? c.M : c.K) + c.pad_a, ldb = (c.tb ? c.K : c.N) + c.pad_b, ldc = c.N + c.pad_c;
+  const int64_t lda = lda_of(c), ldb = ldb_of(c), ldc = c.N + c.pad_c;
   const int64_t stride_a = (c.ta ? c.K : c.M) * lda + c.gap, stride_c = c.M * ldc + c.gap;
   const int64_t stride_b = c.share_b ? 0 : (c.tb ? c.N : c.K) * ldb + c.gap;
   const int64_t size_a = c.offset + (c.batch - 1) * stride_a + (c.ta ? c.K : c.M) * lda;
@@ -175,11 +186,12 @@ TEST(CudaGemm, AllTransposesAtAwkwardSizes) {
   for (bool ta : {false, true})
     for (bool tb : {false, true})
       for (const auto& s : sizes)
-        for (bool fp32 : {false, true}) {
-          Case c;
-          c.ta = ta, c.tb = tb, c.M = s[0], c.N = s[1], c.K = s[2], c.c_fp32 = fp32;
-          check_all_backends(c);
-        }
+        for (bool fp32 : {false, true})
+          for (bool ld8 : {true, false}) {  // the tensor-core kernel, then (mostly) its fallback
+            Case c;
+            c.ta = ta, c.tb = tb, c.M = s[0], c.N = s[1], c.K = s[2], c.c_fp32 = fp32, c.ld8 = ld8;
+            check_all_backends(c);
+          }
 }
 
 // The GPT-2 layer products at a reduced token count with dimensions off the tile grid: forward
@@ -193,7 +205,7 @@ TEST(CudaGemm, TrainingShapes) {
   dx.M = 1000, dx.N = 3000, dx.K = 768;
   check_all_backends(dx);
   Case dw;
-  dw.ta = true, dw.M = 770, dw.N = 3000, dw.K = 1000, dw.c_fp32 = true, dw.beta = 1.f;
+  dw.ta = true, dw.M = 776, dw.N = 3000, dw.K = 1000, dw.c_fp32 = true, dw.beta = 1.f;
   check_all_backends(dw);
   Case fc;  // fc with gelu, keeping its input for the backward pass
   fc.tb = true, fc.M = 999, fc.N = 3072, fc.K = 768, fc.bias = true, fc.gelu = true, fc.pre_gelu = true;
@@ -233,7 +245,7 @@ TEST(CudaGemm, EveryEpilogue) {
     for (Case c : cases) {
       c.tb = true, c.M = 129, c.N = 264, c.K = 100, c.c_fp32 = fp32;
       check_all_backends(c);
-      c.tb = false, c.ta = true, c.M = 64, c.N = 31, c.K = 19;
+      c.tb = false, c.ta = true, c.M = 64, c.N = 31, c.K = 19;  // ldc 31: no vector stores, no GELU_AUX
       check_all_backends(c);
     }
   }
@@ -243,9 +255,9 @@ TEST(CudaGemm, EveryEpilogue) {
 TEST(CudaGemm, UnalignedOperandsFallBack) {
   LLM_SKIP_WITHOUT_GPU();
   Case odd_ld;
-  odd_ld.M = 70, odd_ld.N = 90, odd_ld.K = 45, odd_ld.pad_a = 1, odd_ld.pad_b = 3, odd_ld.pad_c = 1;
-  Case misaligned = odd_ld;
-  misaligned.pad_a = misaligned.pad_b = misaligned.pad_c = 0, misaligned.K = 48, misaligned.N = 96, misaligned.offset = 1;
+  odd_ld.M = 70, odd_ld.N = 90, odd_ld.K = 45, odd_ld.ld8 = false, odd_ld.pad_a = 1, odd_ld.pad_b = 3, odd_ld.pad_c = 1;
+  Case misaligned;
+  misaligned.M = 70, misaligned.N = 96, misaligned.K = 48, misaligned.offset = 1;
   for (Case c : {odd_ld, misaligned})
     for (bool tb : {false, true}) {
       c.tb = tb, c.bias = true, c.residual = true;
