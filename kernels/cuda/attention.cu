@@ -285,7 +285,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* 
 }
 // c += a · b (16×16 · 16×8, fp32 accumulate).
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
+  asm(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -577,50 +577,83 @@ __global__ void __launch_bounds__(kThreads) flash_backward_kernel(Params p) {
     const float* delta = delta_s + stage * kTile;
     const int* first = first_s + stage * kTile;
 
-    float st[kTile / 8][4] = {}, dpt[kTile / 8][4] = {};  // Sᵀ, dPᵀ: this warp's 16 keys × 64 queries
+    // P first, kept only as bf16 A fragments (pa[j]: queries 16j ..), so that Sᵀ and dPᵀ (each 32
+    // floats) are never live together next to the dK, dV accumulators.
+    // Unmasked when every query is real, after every key, and has its first key at or before k0.
+    const bool masked = !(t0 + kTile <= p.T && k0 + kTile - 1 <= t0 && first[kTile - 1] <= k0);
+    uint32_t pa[kTile / 16][4];
+    {
+      float st[kTile / 8][4] = {};  // Sᵀ: this warp's 16 keys × 64 queries
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t ka[4];
+        ldmatrix_x4(ka, rows_first<D>(k_s, warp * 16, ks * 2));
+#pragma unroll
+        for (int np = 0; np < kTile / 16; ++np) {
+          uint32_t qb[4];
+          ldmatrix_x4(qb, chunks_first<D>(qt, np * 16, ks * 2));
+          mma(st[2 * np], ka, qb[0], qb[1]);
+          mma(st[2 * np + 1], ka, qb[2], qb[3]);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kTile / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = nt * 8 + 2 * c + (e & 1), t = t0 + qi, key = e >> 1 ? key_hi : key_lo;
+          const float prob = exp2f(st[nt][e] * scale_log2 - lse[qi] * kLog2e);
+          st[nt][e] = masked && !(t < p.T && first[qi] <= key && key <= t) ? 0.f : prob;
+        }
+#pragma unroll
+      for (int j = 0; j < kTile / 16; ++j) {
+        pa[j][0] = pack_bf16(st[2 * j][0], st[2 * j][1]);
+        pa[j][1] = pack_bf16(st[2 * j][2], st[2 * j][3]);
+        pa[j][2] = pack_bf16(st[2 * j + 1][0], st[2 * j + 1][1]);
+        pa[j][3] = pack_bf16(st[2 * j + 1][2], st[2 * j + 1][3]);
+      }
+    }
+    // dV += Pᵀ·dO over the 64 queries.
+#pragma unroll
+    for (int j = 0; j < kTile / 16; ++j)
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t ob[4];
+        ldmatrix_x4_trans(ob, rows_first<D>(dot, j * 16, dp * 2));
+        mma(dv[2 * dp], pa[j], ob[0], ob[1]);
+        mma(dv[2 * dp + 1], pa[j], ob[2], ob[3]);
+      }
+    float dst[kTile / 8][4] = {};  // dPᵀ = V·dOᵀ, then dSᵀ = Pᵀ ⊙ (dPᵀ − Δ)
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
-      uint32_t ka[4], va[4];
-      ldmatrix_x4(ka, rows_first<D>(k_s, warp * 16, ks * 2));
+      uint32_t va[4];
       ldmatrix_x4(va, rows_first<D>(v_s, warp * 16, ks * 2));
 #pragma unroll
       for (int np = 0; np < kTile / 16; ++np) {
-        uint32_t qb[4], ob[4];
-        ldmatrix_x4(qb, chunks_first<D>(qt, np * 16, ks * 2));
+        uint32_t ob[4];
         ldmatrix_x4(ob, chunks_first<D>(dot, np * 16, ks * 2));
-        mma(st[2 * np], ka, qb[0], qb[1]);
-        mma(st[2 * np + 1], ka, qb[2], qb[3]);
-        mma(dpt[2 * np], va, ob[0], ob[1]);
-        mma(dpt[2 * np + 1], va, ob[2], ob[3]);
+        mma(dst[2 * np], va, ob[0], ob[1]);
+        mma(dst[2 * np + 1], va, ob[2], ob[3]);
       }
     }
-    // Unmasked when every query is real, after every key, and has its first key at or before k0.
-    const bool masked = !(t0 + kTile <= p.T && k0 + kTile - 1 <= t0 && first[kTile - 1] <= k0);
+    // P from its bf16 pairs: element e of C tile nt sits in pa[nt / 2][(nt % 2) * 2 + e / 2], half e % 2.
 #pragma unroll
     for (int nt = 0; nt < kTile / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int qi = nt * 8 + 2 * c + (e & 1), t = t0 + qi, key = e >> 1 ? key_hi : key_lo;
-        float prob = exp2f(st[nt][e] * scale_log2 - lse[qi] * kLog2e);
-        if (masked && !(t < p.T && first[qi] <= key && key <= t)) prob = 0.f;
-        st[nt][e] = prob;
-        dpt[nt][e] = prob * (dpt[nt][e] - delta[qi]);  // now dSᵀ
+        const uint32_t pair = pa[nt / 2][(nt % 2) * 2 + (e >> 1)];
+        const float prob = __uint_as_float((e & 1 ? pair >> 16 : pair & 0xffffu) << 16);  // bf16 → fp32
+        dst[nt][e] = prob * (dst[nt][e] - delta[nt * 8 + 2 * c + (e & 1)]);
       }
-    // dV += Pᵀ·dO and dK += dSᵀ·Q over the 64 queries (scale applied at the end).
+    // dK += dSᵀ·Q over the 64 queries (scale applied at the end).
 #pragma unroll
     for (int j = 0; j < kTile / 16; ++j) {
-      const uint32_t pa[4] = {pack_bf16(st[2 * j][0], st[2 * j][1]), pack_bf16(st[2 * j][2], st[2 * j][3]),
-                              pack_bf16(st[2 * j + 1][0], st[2 * j + 1][1]), pack_bf16(st[2 * j + 1][2], st[2 * j + 1][3])};
-      const uint32_t da[4] = {pack_bf16(dpt[2 * j][0], dpt[2 * j][1]), pack_bf16(dpt[2 * j][2], dpt[2 * j][3]),
-                              pack_bf16(dpt[2 * j + 1][0], dpt[2 * j + 1][1]),
-                              pack_bf16(dpt[2 * j + 1][2], dpt[2 * j + 1][3])};
+      const uint32_t da[4] = {pack_bf16(dst[2 * j][0], dst[2 * j][1]), pack_bf16(dst[2 * j][2], dst[2 * j][3]),
+                              pack_bf16(dst[2 * j + 1][0], dst[2 * j + 1][1]),
+                              pack_bf16(dst[2 * j + 1][2], dst[2 * j + 1][3])};
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t ob[4], qb[4];
-        ldmatrix_x4_trans(ob, rows_first<D>(dot, j * 16, dp * 2));
+        uint32_t qb[4];
         ldmatrix_x4_trans(qb, rows_first<D>(qt, j * 16, dp * 2));
-        mma(dv[2 * dp], pa, ob[0], ob[1]);
-        mma(dv[2 * dp + 1], pa, ob[2], ob[3]);
         mma(dk[2 * dp], da, qb[0], qb[1]);
         mma(dk[2 * dp + 1], da, qb[2], qb[3]);
       }
@@ -628,8 +661,8 @@ __global__ void __launch_bounds__(kThreads) flash_backward_kernel(Params p) {
 #pragma unroll
     for (int nt = 0; nt < kTile / 8; ++nt) {
       const int row = warp * 16 + g;
-      *reinterpret_cast<uint32_t*>(ds_s + swizzled<kTile>(row, nt) + 2 * c) = pack_bf16(dpt[nt][0], dpt[nt][1]);
-      *reinterpret_cast<uint32_t*>(ds_s + swizzled<kTile>(row + 8, nt) + 2 * c) = pack_bf16(dpt[nt][2], dpt[nt][3]);
+      *reinterpret_cast<uint32_t*>(ds_s + swizzled<kTile>(row, nt) + 2 * c) = pack_bf16(dst[nt][0], dst[nt][1]);
+      *reinterpret_cast<uint32_t*>(ds_s + swizzled<kTile>(row + 8, nt) + 2 * c) = pack_bf16(dst[nt][2], dst[nt][3]);
     }
     __syncthreads();
     // dQ rows t0 + 16·warp + (g, g + 8) of head h, 64 columns at a time: A = dS read from the
@@ -688,7 +721,7 @@ bool validate(const AttentionShape& s, const char* fn) {
   if (s.B == 0 || s.T == 0 || s.Hq == 0 || s.D == 0) return false;
   if (s.Hkv == 0 || s.Hq % s.Hkv != 0)
     fail("Hq (" + std::to_string(s.Hq) + ") must be a multiple of Hkv (" + std::to_string(s.Hkv) + ")");
-  if (s.D % 2 != 0 || s.D > kSimpleMaxD) fail("head dimension " + std::to_string(s.D) + " is not even and at most 256");
+  if (s.D % 2 != 0 || s.D > kSimpleMaxD) fail("head dimension " + std::to_string(s.D) + ": must be even and at most 256");
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
   if (s.T > kMaxInt / 2 || s.B > 65535 || s.Hq > kMaxInt || s.window > kMaxInt)
     fail("shape too large (T ≤ 2^30, B ≤ 65535)");
@@ -800,6 +833,7 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
   p.dk = dk;
   p.dv = dv;
 
+  const bool tensor_cores = use_tensor_cores(kernel, shape, {q, k, v, dout, dq, dk, dv}, kFn);
   constexpr int kWarpsPerBlock = 4;
   const dim3 first_grid(blocks_for((shape.T + 31) / 32, kWarpsPerBlock, kFn), static_cast<unsigned int>(shape.B));
   first_keys_kernel<<<first_grid, kWarpsPerBlock * 32, 0, stream>>>(doc, p.T, p.window, ws.first_key);
@@ -808,7 +842,7 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
   delta_kernel<<<blocks_for(q_rows, kWarpsPerBlock, kFn), kWarpsPerBlock * 32, 0, stream>>>(p);
   check_launch("attention_backward (delta)");
 
-  if (use_tensor_cores(kernel, shape, {q, k, v, dout, dq, dk, dv}, kFn)) {
+  if (tensor_cores) {
     check(cudaMemsetAsync(ws.dq_acc, 0, sizeof(float) * q_rows * shape.D, stream), "attention_backward (clear dq)");
     const unsigned int blocks = blocks_for((shape.T + kTile - 1) / kTile * shape.B * shape.Hkv, 1, kFn);
     if (shape.D == 64) {

@@ -19,8 +19,9 @@ struct AttentionShape {
 
 // Which implementation runs. kSimple: one warp per query (or key) row with scalar fp32 arithmetic, any
 // even D ≤ 256 and any alignment; the reference the fast kernels are tested against. kTensorCore:
-// FlashAttention-2 style mma.sync kernels, D = 64 or 128 with 16-byte aligned q, k, v, out (and dout,
-// dq, dk, dv for the backward; throws otherwise). kAuto: kTensorCore where it applies, else kSimple.
+// FlashAttention-2 style mma.sync kernels, D = 64 or 128 with 16-byte aligned q, k, v and out (forward)
+// or q, k, v, dout, dq, dk, dv (backward); throws otherwise. kAuto: kTensorCore where it applies, else
+// kSimple.
 enum class AttentionKernel { kAuto, kSimple, kTensorCore };
 const char* to_string(AttentionKernel kernel);
 
