@@ -521,7 +521,6 @@ __global__ void __launch_bounds__(kThreads) flash_backward_kernel(Params p) {
   float* lse_s = reinterpret_cast<float*>(ds_s + kTile * kTile);  // [2 stages][64]
   float* delta_s = lse_s + 2 * kTile;
   int* first_s = reinterpret_cast<int*>(delta_s + 2 * kTile);
-  __shared__ int num_q_tiles;
 
   // Earlier key tiles are seen by more queries: they come first in the grid.
   const int64_t job = blockIdx.x;
@@ -531,14 +530,16 @@ __global__ void __launch_bounds__(kThreads) flash_backward_kernel(Params p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int32_t* first_key = p.first_key + static_cast<int64_t>(b) * p.T;
 
-  // Query tiles t0 = k0, k0 + 64, ... see these keys while first(t0) ≤ k_last (first() grows with t).
-  if (threadIdx.x == 0) {
-    int n = 0;
-    for (int t = k0; t < p.T && first_key[t] <= k_last; t += kTile) ++n;
-    num_q_tiles = n;
+  // Query tiles t0 = k0, k0 + 64, ... see these keys while first(t0) ≤ k_last (first() grows with t),
+  // so they are a prefix: count it, one candidate tile per thread.
+  int n_q = 0;  // ≥ 1: query k0 sees key k0
+  for (int base = k0;; base += kTile * kThreads) {
+    const int t = base + threadIdx.x * kTile;
+    const int seen = __syncthreads_count(t < p.T && first_key[t] <= k_last);
+    n_q += seen;
+    if (seen < kThreads) break;
   }
-  __syncthreads();
-  const int n_q = num_q_tiles, n_iter = n_q * p.group;  // n_q ≥ 1: query k0 sees key k0
+  const int n_iter = n_q * p.group;
 
   const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
   // Iteration `it` handles query head hk·group + it / n_q and queries k0 + (it % n_q)·64 ...
