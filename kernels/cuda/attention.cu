@@ -8,9 +8,10 @@
 //  - tensor-core (D = 64, 128), FlashAttention-2 style with mma.sync m16n8k16 (bf16 in, fp32 out):
 //    forward: one block per (batch, head, 64 queries), 4 warps of 16 query rows; K/V tiles of 64 keys
 //    double-buffered with cp.async; S, the online softmax and the P·V accumulator stay in registers.
-//    backward: one block per (batch, kv head, 64 keys), 4 warps of 16 keys that own dK, dV in
-//    registers; it walks the query tiles of every query head of its group that see its keys, and adds
-//    its share of dQ into an fp32 workspace with float atomics.
+//    backward: dK, dV by one block per (batch, kv head, 64 keys), 4 warps of 16 keys that own their
+//    rows in registers and walk the query tiles of every query head of the group that see the keys;
+//    then dQ by one block per (batch, head, 64 queries) walking the key tiles as the forward does.
+//    Every output has one owner: no atomics, deterministic results.
 //
 // Masks. Query t sees keys [first(t), t], first(t) = max(start of t's document run, t - window + 1).
 // first() never decreases along t, so the keys a query tile sees and the queries a key tile is seen by
@@ -88,11 +89,10 @@ struct Params {
   float scale;
   const bf16 *q, *k, *v, *out, *dout;
   const int32_t* doc;  // forward: document ids (or null)
-  const int32_t* first_key;  // backward: first(t) per [B, T] (the workspace)
+  const int32_t* first_key;  // backward: first(t) per [B, T] (in the workspace)
   const float* lse;
   float* lse_out;
-  float* delta;   // [B, Hq, T]
-  float* dq_acc;  // [B, T, Hq, D]
+  float* delta;  // [B, Hq, T]
   bf16 *o, *dq, *dk, *dv;
 
   __device__ int64_t q_row(int b, int t, int h) const { return ((static_cast<int64_t>(b) * T + t) * Hq + h) * D; }
@@ -115,11 +115,6 @@ __global__ void delta_kernel(Params p) {
   for (int d = threadIdx.x & 31; d < p.D; d += 32) dot += __bfloat162float(p.dout[base + d]) * __bfloat162float(p.out[base + d]);
   dot = warp_sum(dot);
   if ((threadIdx.x & 31) == 0) p.delta[p.stat(b, h, t)] = dot;
-}
-
-__global__ void convert_dq_kernel(const float* acc, bf16* dq, int64_t n) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dq[i] = __float2bfloat16_rn(acc[i]);
 }
 
 // ---- simple kernels: one warp per row ------------------------------------------------------------
@@ -327,12 +322,48 @@ __device__ __forceinline__ void load_tile(bf16* tile, const bf16* rows, int64_t 
   }
 }
 
+// ---- masks of one warp's 16 query rows -------------------------------------------------------------
+
+// Warp w of a query-tile block owns rows r0 .. r0 + 15 of the tile; this thread's C fragment rows are
+// r0 + g and r0 + g + 8. Built from `first` = first(r0 + lane) (T past the end), warp-collectively.
+struct WarpRows {
+  int r0, row_lo, first_lo, first_hi, first_min, first_max;
+
+  __device__ WarpRows(int r0_, int first) : r0(r0_) {
+    const int g = (threadIdx.x & 31) >> 2;
+    row_lo = r0 + g;
+    first_lo = __shfl_sync(kFullMask, first, g);
+    first_hi = __shfl_sync(kFullMask, first, g + 8);
+    first_min = __shfl_sync(kFullMask, first, 0);  // first() never decreases along the rows
+    first_max = __shfl_sync(kFullMask, first, 15);
+  }
+  // Some row sees some key of [k0, k0 + 64): not all keys after the last row or before the first key.
+  __device__ bool sees_tile(int k0) const { return k0 <= r0 + 15 && k0 + kTile - 1 >= first_min; }
+  // Every row sees every key of the tile (rows past T see nothing, so this is false for them).
+  __device__ bool sees_whole_tile(int k0) const { return k0 + kTile - 1 <= r0 && k0 >= first_max; }
+  // Row r0 + g + 8·half sees `key`.
+  __device__ bool sees(int half, int key) const { return key >= (half ? first_hi : first_lo) && key <= row_lo + 8 * half; }
+};
+
 // ---- tensor-core forward -----------------------------------------------------------------------
 
 template <int D>
 constexpr size_t forward_smem_bytes() {
   return sizeof(bf16) * kTile * D * 5;  // Q, then K and V of two stages
 }
+
+// The (query tile, head, batch row) of a query-tile block. Later query tiles see more keys: they come
+// first in the grid so the tail of the launch is short.
+struct QueryTileJob {
+  int t0, h, b;
+  __device__ explicit QueryTileJob(const Params& p) {
+    const int num_q_tiles = (p.T + kTile - 1) / kTile;
+    const int64_t job = blockIdx.x;
+    t0 = (num_q_tiles - 1 - static_cast<int>(job / (static_cast<int64_t>(p.B) * p.Hq))) * kTile;
+    h = static_cast<int>(job % p.Hq);
+    b = static_cast<int>(job / p.Hq % p.B);
+  }
+};
 
 // One block per (batch row, query head, 64 queries); warp w owns queries t0 + 16w .. t0 + 16w + 15.
 // Scores are kept in log2 units (scale·log2(e) folded in) so the softmax uses exp2.
@@ -344,34 +375,21 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(Params p) {
   bf16* v_s = k_s + 2 * kTile * D;  // [2 stages][64][D]
   __shared__ int block_first_key;
 
-  // Later query tiles see more keys: they come first in the grid so the tail of the launch is short.
-  const int num_q_tiles = (p.T + kTile - 1) / kTile;
-  const int64_t job = blockIdx.x;
-  const int q_tile = num_q_tiles - 1 - static_cast<int>(job / (static_cast<int64_t>(p.B) * p.Hq));
-  const int h = static_cast<int>(job % p.Hq), b = static_cast<int>(job / p.Hq % p.B), hk = h / p.group;
-  const int t0 = q_tile * kTile;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const QueryTileJob job(p);
+  const int t0 = job.t0, h = job.h, b = job.b, hk = h / p.group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, c = lane & 3;
   const int r0 = t0 + warp * 16;
   const bool warp_active = r0 < p.T;  // warp-uniform
-
-  // first() of this thread's two rows (r0 + g, r0 + g + 8), of the warp's first and last rows.
-  int first_lo = p.T, first_hi = p.T, warp_first = p.T, warp_last_first = p.T;
-  if (warp_active) {
-    const int first = warp_first_keys(p.doc ? p.doc + static_cast<int64_t>(b) * p.T : nullptr, p.T, p.window, r0);
-    first_lo = __shfl_sync(kFullMask, first, g);
-    first_hi = __shfl_sync(kFullMask, first, g + 8);
-    warp_first = __shfl_sync(kFullMask, first, 0);
-    warp_last_first = __shfl_sync(kFullMask, first, 15);
-    if (warp == 0 && lane == 0) block_first_key = first;
-  }
+  const int first = warp_active ? warp_first_keys(p.doc ? p.doc + static_cast<int64_t>(b) * p.T : nullptr, p.T, p.window, r0) : p.T;
+  const WarpRows rows(r0, first);
+  if (threadIdx.x == 0) block_first_key = first;
   __syncthreads();
   const int tile_begin = block_first_key / kTile, tile_end = (min(t0 + kTile, p.T) - 1) / kTile + 1;
 
   const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
-  const bf16* q_rows = p.q + p.q_row(b, 0, h);
   const bf16* k_rows = p.k + p.kv_row(b, 0, hk);
   const bf16* v_rows = p.v + p.kv_row(b, 0, hk);
-  load_tile<D>(q_s, q_rows, q_stride, t0, p.T);
+  load_tile<D>(q_s, p.q + p.q_row(b, 0, h), q_stride, t0, p.T);
   load_tile<D>(k_s, k_rows, kv_stride, tile_begin * kTile, p.T);
   load_tile<D>(v_s, v_rows, kv_stride, tile_begin * kTile, p.T);
   cp_async_commit();
@@ -396,8 +414,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(Params p) {
       for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(q_frag[ks], rows_first<D>(q_s, warp * 16, ks * 2));
 
     const int k0 = tile * kTile;
-    // Skip what the warp sees nothing of: keys all after its last query or all before its first key.
-    if (warp_active && k0 <= r0 + 15 && k0 + kTile - 1 >= warp_first) {
+    if (warp_active && rows.sees_tile(k0)) {
       const bf16* kt = k_s + stage * kTile * D;
       const bf16* vt = v_s + stage * kTile * D;
       float s[kTile / 8][4] = {};
@@ -410,22 +427,19 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(Params p) {
           mma(s[2 * np], q_frag[ks], kb[0], kb[1]);
           mma(s[2 * np + 1], q_frag[ks], kb[2], kb[3]);
         }
-      const bool masked = !(k0 + kTile - 1 <= r0 && k0 >= warp_last_first);
+      const bool masked = !rows.sees_whole_tile(k0);
       float mx_lo = m_lo, mx_hi = m_hi;
 #pragma unroll
       for (int nt = 0; nt < kTile / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float x = s[nt][e] * scale_log2;
-          if (masked) {
-            const int key = k0 + nt * 8 + 2 * c + (e & 1), row = r0 + g + (e >> 1) * 8;
-            if (key < (e >> 1 ? first_hi : first_lo) || key > row) x = -INFINITY;
-          }
+          if (masked && !rows.sees(e >> 1, k0 + nt * 8 + 2 * c + (e & 1))) x = -INFINITY;
           s[nt][e] = x;
           if (e < 2) mx_lo = fmaxf(mx_lo, x);
           else mx_hi = fmaxf(mx_hi, x);
         }
-      // A row's four values per tile column pair live in the 4 lanes of a quad.
+      // A row's values are spread over the 4 lanes of a quad.
       mx_lo = fmaxf(mx_lo, __shfl_xor_sync(kFullMask, mx_lo, 1));
       mx_lo = fmaxf(mx_lo, __shfl_xor_sync(kFullMask, mx_lo, 2));
       mx_hi = fmaxf(mx_hi, __shfl_xor_sync(kFullMask, mx_hi, 1));
@@ -474,10 +488,9 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(Params p) {
   l_lo += __shfl_xor_sync(kFullMask, l_lo, 2);
   l_hi += __shfl_xor_sync(kFullMask, l_hi, 1);
   l_hi += __shfl_xor_sync(kFullMask, l_hi, 2);
-  if (!warp_active) return;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const int row = r0 + g + half * 8;
+    const int row = rows.row_lo + half * 8;
     if (row >= p.T) continue;
     const float l = half ? l_hi : l_lo, m = half ? m_hi : m_lo, inv = l > 0.f ? 1.f / l : 0.f;
     bf16* dst = p.o + p.q_row(b, row, h) + 2 * c;
@@ -489,36 +502,27 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(Params p) {
 }
 
 // ---- tensor-core backward ----------------------------------------------------------------------
+// Two kernels, each owning its outputs, so nothing is accumulated with atomics and the results are
+// deterministic: dK, dV by key tile, then dQ by query tile (recomputing P and dS: two more products).
 
 template <int D>
-constexpr size_t backward_smem_bytes() {
-  // K, V; Q and dO of two stages; dSᵀ [64 keys][64 queries]; lse, Δ, first() of two stages.
-  return sizeof(bf16) * (kTile * D * 6 + kTile * kTile) + 2 * kTile * (2 * sizeof(float) + sizeof(int));
-}
-
-__device__ __forceinline__ void atomic_add_pair(float* dst, float x, float y) {
-#if __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float2*>(dst), make_float2(x, y));
-#else
-  atomicAdd(dst, x);
-  atomicAdd(dst + 1, y);
-#endif
+constexpr size_t dkv_smem_bytes() {
+  // K, V; Q and dO of two stages; lse, Δ, first() of two stages.
+  return sizeof(bf16) * kTile * D * 6 + 2 * kTile * (2 * sizeof(float) + sizeof(int));
 }
 
 // One block per (batch row, kv head, 64 keys); warp w owns keys k0 + 16w .. k0 + 16w + 15 and their
 // dK, dV rows in registers. For each query head of the group and each 64-query tile that sees these
 // keys: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (keys × queries), P = exp(scale·S − lse), dS = P ⊙ (dP − Δ);
-// dV += Pᵀ·dO, dK += dSᵀ·Q; then dSᵀ goes through shared memory so that warp w computes dQ rows
-// t0 + 16w .. of this tile, scale·dS·K, and adds them to the fp32 dQ accumulator with atomics.
+// dV += Pᵀ·dO, dK += dSᵀ·Q.
 template <int D>
-__global__ void __launch_bounds__(kThreads) flash_backward_kernel(Params p) {
+__global__ void __launch_bounds__(kThreads) flash_dkv_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* k_s = reinterpret_cast<bf16*>(smem);
   bf16* v_s = k_s + kTile * D;
   bf16* q_s = v_s + kTile * D;        // [2 stages][64][D]
   bf16* do_s = q_s + 2 * kTile * D;   // [2 stages][64][D]
-  bf16* ds_s = do_s + 2 * kTile * D;  // [64 keys][64 queries]
-  float* lse_s = reinterpret_cast<float*>(ds_s + kTile * kTile);  // [2 stages][64]
+  float* lse_s = reinterpret_cast<float*>(do_s + 2 * kTile * D);  // [2 stages][64]
   float* delta_s = lse_s + 2 * kTile;
   int* first_s = reinterpret_cast<int*>(delta_s + 2 * kTile);
 
@@ -571,17 +575,17 @@ __global__ void __launch_bounds__(kThreads) flash_backward_kernel(Params p) {
     cp_async_commit();
     cp_async_wait_all_but_newest();
     __syncthreads();
-    const int h = hk * p.group + it / n_q, t0 = k0 + (it % n_q) * kTile;
+    const int t0 = k0 + (it % n_q) * kTile;
     const bf16* qt = q_s + stage * kTile * D;
     const bf16* dot = do_s + stage * kTile * D;
     const float* lse = lse_s + stage * kTile;
     const float* delta = delta_s + stage * kTile;
     const int* first = first_s + stage * kTile;
 
-    // P first, kept only as bf16 A fragments (pa[j]: queries 16j ..), so that Sᵀ and dPᵀ (each 32
-    // floats) are never live together next to the dK, dV accumulators.
     // Unmasked when every query is real, after every key, and has its first key at or before k0.
     const bool masked = !(t0 + kTile <= p.T && k0 + kTile - 1 <= t0 && first[kTile - 1] <= k0);
+    // P first, kept only as bf16 A fragments (pa[j]: queries 16j ..), so that Sᵀ and dPᵀ (each 32
+    // floats) are never live together next to the dK, dV accumulators.
     uint32_t pa[kTile / 16][4];
     {
       float st[kTile / 8][4] = {};  // Sᵀ: this warp's 16 keys × 64 queries
@@ -659,41 +663,7 @@ __global__ void __launch_bounds__(kThreads) flash_backward_kernel(Params p) {
         mma(dk[2 * dp + 1], da, qb[2], qb[3]);
       }
     }
-#pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt) {
-      const int row = warp * 16 + g;
-      *reinterpret_cast<uint32_t*>(ds_s + swizzled<kTile>(row, nt) + 2 * c) = pack_bf16(dst[nt][0], dst[nt][1]);
-      *reinterpret_cast<uint32_t*>(ds_s + swizzled<kTile>(row + 8, nt) + 2 * c) = pack_bf16(dst[nt][2], dst[nt][3]);
-    }
-    __syncthreads();
-    // dQ rows t0 + 16·warp + (g, g + 8) of head h, 64 columns at a time: A = dS read from the
-    // [key][query] tile with .trans, B = K [key][d] with .trans.
-    const int t_lo = t0 + warp * 16 + g;
-    float* dq_lo = p.dq_acc + p.q_row(b, min(t_lo, p.T - 1), h) + 2 * c;
-    float* dq_hi = p.dq_acc + p.q_row(b, min(t_lo + 8, p.T - 1), h) + 2 * c;
-#pragma unroll
-    for (int dh = 0; dh < D / 64; ++dh) {
-      float acc[8][4] = {};
-#pragma unroll
-      for (int j = 0; j < kTile / 16; ++j) {
-        uint32_t a[4];
-        ldmatrix_x4_trans(a, chunks_first<kTile>(ds_s, j * 16, warp * 2));
-#pragma unroll
-        for (int dp = 0; dp < 4; ++dp) {
-          uint32_t kb[4];
-          ldmatrix_x4_trans(kb, rows_first<D>(k_s, j * 16, dh * 8 + dp * 2));
-          mma(acc[2 * dp], a, kb[0], kb[1]);
-          mma(acc[2 * dp + 1], a, kb[2], kb[3]);
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const int col = dh * 64 + n * 8;
-        if (t_lo < p.T) atomic_add_pair(dq_lo + col, p.scale * acc[n][0], p.scale * acc[n][1]);
-        if (t_lo + 8 < p.T) atomic_add_pair(dq_hi + col, p.scale * acc[n][2], p.scale * acc[n][3]);
-      }
-    }
-    __syncthreads();  // dSᵀ and this stage are free again
+    __syncthreads();  // this stage is free again
   }
 
 #pragma unroll
@@ -708,6 +678,121 @@ __global__ void __launch_bounds__(kThreads) flash_backward_kernel(Params p) {
           __floats2bfloat162_rn(p.scale * dk[n][2 * half], p.scale * dk[n][2 * half + 1]);
       *reinterpret_cast<__nv_bfloat162*>(dv_row + n * 8) = __floats2bfloat162_rn(dv[n][2 * half], dv[n][2 * half + 1]);
     }
+  }
+}
+
+template <int D>
+constexpr size_t dq_smem_bytes() {
+  return sizeof(bf16) * kTile * D * 6;  // Q, dO, then K and V of two stages
+}
+
+// One block per (batch row, query head, 64 queries), the forward's walk over key tiles: warp w owns
+// dQ rows t0 + 16w .. in registers; per key tile S = Q·Kᵀ, dP = dO·Vᵀ, P = exp(scale·S − lse),
+// dS = P ⊙ (dP − Δ), dQ += dS·K (scale applied at the end).
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_dq_kernel(Params p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* q_s = reinterpret_cast<bf16*>(smem);
+  bf16* do_s = q_s + kTile * D;
+  bf16* k_s = do_s + kTile * D;     // [2 stages][64][D]
+  bf16* v_s = k_s + 2 * kTile * D;  // [2 stages][64][D]
+
+  const QueryTileJob job(p);
+  const int t0 = job.t0, h = job.h, b = job.b, hk = h / p.group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, c = lane & 3;
+  const int r0 = t0 + warp * 16;
+  const bool warp_active = r0 < p.T;  // warp-uniform
+  const int32_t* first_key = p.first_key + static_cast<int64_t>(b) * p.T;
+  const WarpRows rows(r0, r0 + lane < p.T ? first_key[r0 + lane] : p.T);
+  const int tile_begin = first_key[t0] / kTile, tile_end = (min(t0 + kTile, p.T) - 1) / kTile + 1;
+  // lse (in log2 units) and Δ of this thread's rows; rows past T are never used.
+  const int row_hi = min(rows.row_lo + 8, p.T - 1), row_lo = min(rows.row_lo, p.T - 1);
+  const float lse_lo = p.lse[p.stat(b, h, row_lo)] * kLog2e, lse_hi = p.lse[p.stat(b, h, row_hi)] * kLog2e;
+  const float delta_lo = p.delta[p.stat(b, h, row_lo)], delta_hi = p.delta[p.stat(b, h, row_hi)];
+
+  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
+  const bf16* k_rows = p.k + p.kv_row(b, 0, hk);
+  const bf16* v_rows = p.v + p.kv_row(b, 0, hk);
+  load_tile<D>(q_s, p.q + p.q_row(b, 0, h), q_stride, t0, p.T);
+  load_tile<D>(do_s, p.dout + p.q_row(b, 0, h), q_stride, t0, p.T);
+  load_tile<D>(k_s, k_rows, kv_stride, tile_begin * kTile, p.T);
+  load_tile<D>(v_s, v_rows, kv_stride, tile_begin * kTile, p.T);
+  cp_async_commit();
+
+  const float scale_log2 = p.scale * kLog2e;
+  uint32_t q_frag[D / 16][4];
+  float dq[D / 8][4] = {};
+
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int stage = (tile - tile_begin) & 1;
+    if (tile + 1 < tile_end) {  // the next stage was last read before the previous iteration's barrier
+      load_tile<D>(k_s + (stage ^ 1) * kTile * D, k_rows, kv_stride, (tile + 1) * kTile, p.T);
+      load_tile<D>(v_s + (stage ^ 1) * kTile * D, v_rows, kv_stride, (tile + 1) * kTile, p.T);
+    }
+    cp_async_commit();  // possibly empty, so that "all but the newest" is always this tile's group
+    cp_async_wait_all_but_newest();
+    __syncthreads();
+    if (tile == tile_begin)
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) ldmatrix_x4(q_frag[ks], rows_first<D>(q_s, warp * 16, ks * 2));
+
+    const int k0 = tile * kTile;
+    if (warp_active && rows.sees_tile(k0)) {
+      const bf16* kt = k_s + stage * kTile * D;
+      const bf16* vt = v_s + stage * kTile * D;
+      float s[kTile / 8][4] = {}, dp[kTile / 8][4] = {};  // S = Q·Kᵀ, dP = dO·Vᵀ
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t doa[4];
+        ldmatrix_x4(doa, rows_first<D>(do_s, warp * 16, ks * 2));
+#pragma unroll
+        for (int np = 0; np < kTile / 16; ++np) {
+          uint32_t kb[4], vb[4];
+          ldmatrix_x4(kb, chunks_first<D>(kt, np * 16, ks * 2));
+          ldmatrix_x4(vb, chunks_first<D>(vt, np * 16, ks * 2));
+          mma(s[2 * np], q_frag[ks], kb[0], kb[1]);
+          mma(s[2 * np + 1], q_frag[ks], kb[2], kb[3]);
+          mma(dp[2 * np], doa, vb[0], vb[1]);
+          mma(dp[2 * np + 1], doa, vb[2], vb[3]);
+        }
+      }
+      const bool masked = !rows.sees_whole_tile(k0);
+#pragma unroll
+      for (int nt = 0; nt < kTile / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int half = e >> 1;
+          const float prob = exp2f(s[nt][e] * scale_log2 - (half ? lse_hi : lse_lo));
+          const bool visible = !masked || rows.sees(half, k0 + nt * 8 + 2 * c + (e & 1));
+          dp[nt][e] = visible ? prob * (dp[nt][e] - (half ? delta_hi : delta_lo)) : 0.f;  // now dS
+        }
+      // dQ += dS·K: dS's C fragments are the A fragments over the tile's keys; K is [key][d].
+#pragma unroll
+      for (int j = 0; j < kTile / 16; ++j) {
+        const uint32_t da[4] = {pack_bf16(dp[2 * j][0], dp[2 * j][1]), pack_bf16(dp[2 * j][2], dp[2 * j][3]),
+                                pack_bf16(dp[2 * j + 1][0], dp[2 * j + 1][1]),
+                                pack_bf16(dp[2 * j + 1][2], dp[2 * j + 1][3])};
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          uint32_t kb[4];
+          ldmatrix_x4_trans(kb, rows_first<D>(kt, j * 16, dn * 2));
+          mma(dq[2 * dn], da, kb[0], kb[1]);
+          mma(dq[2 * dn + 1], da, kb[2], kb[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before it is refilled
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = rows.row_lo + half * 8;
+    if (!warp_active || row >= p.T) continue;
+    bf16* dst = p.dq + p.q_row(b, row, h) + 2 * c;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<__nv_bfloat162*>(dst + n * 8) =
+          __floats2bfloat162_rn(p.scale * dq[n][2 * half], p.scale * dq[n][2 * half + 1]);
   }
 }
 
@@ -766,21 +851,8 @@ void allow_shared_memory(Kernel kernel, size_t bytes, const char* fn) {
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), fn);
 }
 
-// The backward workspace: fp32 dQ accumulator [B, T, Hq, D], Δ [B, Hq, T], first() [B, T].
-struct BackwardWorkspace {
-  float* dq_acc;
-  float* delta;
-  int32_t* first_key;
-};
-size_t round_up_256(size_t bytes) { return (bytes + 255) / 256 * 256; }
-size_t dq_acc_bytes(const AttentionShape& s) { return round_up_256(sizeof(float) * s.B * s.T * s.Hq * s.D); }
-size_t delta_bytes(const AttentionShape& s) { return round_up_256(sizeof(float) * s.B * s.Hq * s.T); }
-size_t first_key_bytes(const AttentionShape& s) { return round_up_256(sizeof(int32_t) * s.B * s.T); }
-BackwardWorkspace carve(const AttentionShape& s, void* workspace) {
-  auto* base = static_cast<unsigned char*>(workspace);
-  return {reinterpret_cast<float*>(base), reinterpret_cast<float*>(base + dq_acc_bytes(s)),
-          reinterpret_cast<int32_t*>(base + dq_acc_bytes(s) + delta_bytes(s))};
-}
+// The backward workspace: Δ [B, Hq, T], then first() [B, T].
+size_t delta_bytes(const AttentionShape& s) { return (sizeof(float) * s.B * s.Hq * s.T + 255) / 256 * 256; }
 
 }  // namespace
 
@@ -811,7 +883,7 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
 
 size_t attention_backward_workspace_bytes(const AttentionShape& shape) {
   if (shape.B <= 0 || shape.T <= 0 || shape.Hq <= 0 || shape.D <= 0) return 0;
-  return dq_acc_bytes(shape) + delta_bytes(shape) + first_key_bytes(shape);
+  return delta_bytes(shape) + sizeof(int32_t) * shape.B * shape.T;
 }
 
 void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
@@ -821,15 +893,15 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
   if (!validate(shape, kFn)) return;
   if (!q || !k || !v || !out || !lse || !dout || !dq || !dk || !dv || !workspace)
     throw std::runtime_error("attention_backward: null tensor or workspace");
-  if (reinterpret_cast<uintptr_t>(workspace) % 256 != 0) throw std::runtime_error("attention_backward: workspace is not 256-byte aligned");
-  const BackwardWorkspace ws = carve(shape, workspace);
+  if (reinterpret_cast<uintptr_t>(workspace) % alignof(float) != 0)
+    throw std::runtime_error("attention_backward: workspace is not 4-byte aligned");
   Params p = make_params(shape, q, k, v, scale);
   p.out = out;
   p.dout = dout;
   p.lse = lse;
-  p.delta = ws.delta;
-  p.dq_acc = ws.dq_acc;
-  p.first_key = ws.first_key;
+  p.delta = static_cast<float*>(workspace);
+  int32_t* first_key = reinterpret_cast<int32_t*>(static_cast<unsigned char*>(workspace) + delta_bytes(shape));
+  p.first_key = first_key;
   p.dq = dq;
   p.dk = dk;
   p.dv = dv;
@@ -837,26 +909,29 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
   const bool tensor_cores = use_tensor_cores(kernel, shape, {q, k, v, dout, dq, dk, dv}, kFn);
   constexpr int kWarpsPerBlock = 4;
   const dim3 first_grid(blocks_for((shape.T + 31) / 32, kWarpsPerBlock, kFn), static_cast<unsigned int>(shape.B));
-  first_keys_kernel<<<first_grid, kWarpsPerBlock * 32, 0, stream>>>(doc, p.T, p.window, ws.first_key);
+  first_keys_kernel<<<first_grid, kWarpsPerBlock * 32, 0, stream>>>(doc, p.T, p.window, first_key);
   check_launch("attention_backward (first keys)");
   const int64_t q_rows = shape.B * shape.T * shape.Hq;
   delta_kernel<<<blocks_for(q_rows, kWarpsPerBlock, kFn), kWarpsPerBlock * 32, 0, stream>>>(p);
   check_launch("attention_backward (delta)");
 
   if (tensor_cores) {
-    check(cudaMemsetAsync(ws.dq_acc, 0, sizeof(float) * q_rows * shape.D, stream), "attention_backward (clear dq)");
-    const unsigned int blocks = blocks_for((shape.T + kTile - 1) / kTile * shape.B * shape.Hkv, 1, kFn);
+    const unsigned int kv_blocks = blocks_for((shape.T + kTile - 1) / kTile * shape.B * shape.Hkv, 1, kFn);
+    const unsigned int q_blocks = blocks_for((shape.T + kTile - 1) / kTile * shape.B * shape.Hq, 1, kFn);
     if (shape.D == 64) {
-      allow_shared_memory(flash_backward_kernel<64>, backward_smem_bytes<64>(), kFn);
-      flash_backward_kernel<64><<<blocks, kThreads, backward_smem_bytes<64>(), stream>>>(p);
+      allow_shared_memory(flash_dkv_kernel<64>, dkv_smem_bytes<64>(), kFn);
+      flash_dkv_kernel<64><<<kv_blocks, kThreads, dkv_smem_bytes<64>(), stream>>>(p);
+      check_launch("attention_backward (tensor-core dk, dv)");
+      allow_shared_memory(flash_dq_kernel<64>, dq_smem_bytes<64>(), kFn);
+      flash_dq_kernel<64><<<q_blocks, kThreads, dq_smem_bytes<64>(), stream>>>(p);
     } else {
-      allow_shared_memory(flash_backward_kernel<128>, backward_smem_bytes<128>(), kFn);
-      flash_backward_kernel<128><<<blocks, kThreads, backward_smem_bytes<128>(), stream>>>(p);
+      allow_shared_memory(flash_dkv_kernel<128>, dkv_smem_bytes<128>(), kFn);
+      flash_dkv_kernel<128><<<kv_blocks, kThreads, dkv_smem_bytes<128>(), stream>>>(p);
+      check_launch("attention_backward (tensor-core dk, dv)");
+      allow_shared_memory(flash_dq_kernel<128>, dq_smem_bytes<128>(), kFn);
+      flash_dq_kernel<128><<<q_blocks, kThreads, dq_smem_bytes<128>(), stream>>>(p);
     }
-    check_launch("attention_backward (tensor-core kernel)");
-    const int64_t n = q_rows * shape.D;
-    convert_dq_kernel<<<static_cast<unsigned int>(std::min<int64_t>((n + 255) / 256, 8192)), 256, 0, stream>>>(ws.dq_acc, dq, n);
-    check_launch("attention_backward (dq to bf16)");
+    check_launch("attention_backward (tensor-core dq)");
   } else {
     simple_dq_kernel<<<blocks_for(q_rows, kSimpleWarps, kFn), kSimpleWarps * 32, 0, stream>>>(p);
     check_launch("attention_backward (simple dq)");

@@ -32,12 +32,11 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
                        const int32_t* doc, float scale, bf16* out, float* lse, cudaStream_t stream,
                        AttentionKernel kernel = AttentionKernel::kAuto);
 
-// Scratch the backward needs (fp32 dq accumulator, Δ = rowsum(dO ⊙ O), per-query first visible key),
-// in bytes; the same for every kernel choice.
+// Scratch the backward needs (Δ = rowsum(dO ⊙ O) and each query's first visible key, 8 bytes per query
+// row and head), in bytes; the same for every kernel choice.
 size_t attention_backward_workspace_bytes(const AttentionShape& shape);
-// dq, dk, dv are overwritten. workspace holds attention_backward_workspace_bytes(shape) bytes (256-byte
-// aligned, as cudaMalloc returns). dk and dv are deterministic; the tensor-core dq sums its key tiles
-// with float atomics, so its last bits may vary from run to run (kSimple's dq is deterministic).
+// dq, dk, dv are overwritten, deterministically (no float atomics). workspace holds
+// attention_backward_workspace_bytes(shape) bytes, 4-byte aligned.
 void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                         const int32_t* doc, float scale, const bf16* out, const float* lse, const bf16* dout,
                         bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream,
