@@ -32,8 +32,8 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
                        const int32_t* doc, float scale, bf16* out, float* lse, cudaStream_t stream,
                        AttentionKernel kernel = AttentionKernel::kAuto);
 
-// Scratch the backward needs (Δ = rowsum(dO ⊙ O) and each query's first visible key, 8 bytes per query
-// row and head), in bytes; the same for every kernel choice.
+// Scratch the backward needs, in bytes: Δ = rowsum(dO ⊙ O) (fp32 [B, Hq, T]) and each query's first
+// visible key (int32 [B, T]); the same for every kernel choice.
 size_t attention_backward_workspace_bytes(const AttentionShape& shape);
 // dq, dk, dv are overwritten, deterministically (no float atomics). workspace holds
 // attention_backward_workspace_bytes(shape) bytes, 4-byte aligned.

@@ -4,6 +4,7 @@
 // grouped-query heads (Hkv = 4, 2, 1), packed documents, sliding windows and both together, at
 // sequence lengths around the 64-wide tiles.
 #include <cmath>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -182,6 +183,35 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                   std::to_string(std::get<1>(case_info.param));
                          });
 
+TEST(CudaAttention, TensorCoreBackwardIsDeterministic) {
+  LLM_SKIP_WITHOUT_GPU();
+  // Every gradient element has one owner (no float atomics), so two runs agree to the bit.
+  const cuda::AttentionShape s{2, 257, 4, 1, 64, 0};
+  const size_t nq = 2 * 257 * 4 * 64, nkv = 2 * 257 * 64;
+  DeviceBuffer<bf16> q(testing::to_bf16(testing::random_floats(nq, 11, -2.f, 2.f)));
+  DeviceBuffer<bf16> k(testing::to_bf16(testing::random_floats(nkv, 12))), v(testing::to_bf16(testing::random_floats(nkv, 13)));
+  DeviceBuffer<bf16> dout(testing::to_bf16(testing::random_floats(nq, 14))), out(nq), dq(nq), dk(nkv), dv(nkv);
+  DeviceBuffer<int32_t> doc(make_docs(2, 257));
+  DeviceBuffer<float> lse(2 * 4 * 257);
+  DeviceBuffer<unsigned char> workspace(cuda::attention_backward_workspace_bytes(s));
+  const float scale = 0.125f;
+  cuda::attention_forward(s, q.get(), k.get(), v.get(), doc.get(), scale, out.get(), lse.get(), nullptr,
+                          AttentionKernel::kTensorCore);
+  std::vector<std::vector<bf16>> runs[2];
+  for (auto& run : runs) {
+    dq.poison();
+    dk.poison();
+    dv.poison();
+    cuda::attention_backward(s, q.get(), k.get(), v.get(), doc.get(), scale, out.get(), lse.get(), dout.get(), dq.get(),
+                             dk.get(), dv.get(), workspace.get(), nullptr, AttentionKernel::kTensorCore);
+    run = {dq.download(), dk.download(), dv.download()};
+  }
+  const char* names[] = {"dq", "dk", "dv"};
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(0, std::memcmp(runs[0][i].data(), runs[1][i].data(), runs[0][i].size() * sizeof(bf16)))
+        << names[i] << " differs between two identical tensor-core backward runs";
+}
+
 TEST(CudaAttention, AutoPicksTensorCoresOnlyWhereTheyApply) {
   LLM_SKIP_WITHOUT_GPU();
   // D = 40 has no tensor-core kernel: asking for it is an error, kAuto falls back to the simple one.
@@ -196,6 +226,22 @@ TEST(CudaAttention, AutoPicksTensorCoresOnlyWhereTheyApply) {
   out.poison();
   cuda::attention_forward(s, q.get(), kv.get(), kv.get(), nullptr, 0.5f, out.get(), lse.get(), nullptr);
   for (float x : testing::to_float(out.download())) ASSERT_TRUE(std::isfinite(x)) << "kAuto left an output unwritten";
+  // D = 64 with a q that is not 16-byte aligned: kAuto takes the simple kernel (the same bits).
+  const cuda::AttentionShape s64{1, 8, 2, 1, 64, 0};
+  DeviceBuffer<bf16> q64(8 * 2 * 64 + 1), kv64(8 * 64), out_auto(8 * 2 * 64), out_simple(8 * 2 * 64);
+  DeviceBuffer<float> lse64(2 * 8);
+  q64.upload(testing::to_bf16(testing::random_floats(q64.size(), 3)));
+  kv64.upload(testing::to_bf16(testing::random_floats(kv64.size(), 4)));
+  const bf16* unaligned_q = q64.get() + 1;
+  EXPECT_THROW(cuda::attention_forward(s64, unaligned_q, kv64.get(), kv64.get(), nullptr, 0.5f, out_auto.get(),
+                                       lse64.get(), nullptr, AttentionKernel::kTensorCore),
+               std::runtime_error);
+  out_auto.poison();
+  cuda::attention_forward(s64, unaligned_q, kv64.get(), kv64.get(), nullptr, 0.5f, out_auto.get(), lse64.get(), nullptr);
+  cuda::attention_forward(s64, unaligned_q, kv64.get(), kv64.get(), nullptr, 0.5f, out_simple.get(), lse64.get(), nullptr,
+                          AttentionKernel::kSimple);
+  const auto got = out_auto.download(), want = out_simple.download();
+  EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(bf16))) << "kAuto with an unaligned q";
   // Heads that do not divide into groups are rejected by name.
   const cuda::AttentionShape bad{1, 8, 3, 2, 40, 0};
   try {
