@@ -232,13 +232,13 @@ __global__ void simple_dkv_kernel(Params p) {
 //   B (16×8):             b[0] = (k 2c..2c+1, col g),  b[1] = (k 2c + 8.., col g)
 //   C (16×8, fp32):       c[0..1] = (row g, cols 2c, 2c + 1), c[2..3] = (row g + 8, same cols)
 // so the C fragments of two adjacent 8-column tiles, rounded to bf16 pairs, are the A fragment of
-// the next product over those 16 columns (P·V, Pᵀ·dO, dSᵀ·Q).
+// the next product over those 16 columns (P·V, Pᵀ·dO, dSᵀ·Q, dS·K).
 //
 // Tiles in shared memory are [rows][kCols] bf16 (kCols ≥ 64) with 16-byte chunks XOR-swizzled by the
 // row (chunk c of row r lives at chunk c ^ (r % 8)): the 8 rows that one ldmatrix phase reads hit 8
 // different bank groups, and a 16-byte cp.async writes one whole chunk.
 
-constexpr int kTile = 64;  // queries per forward block, keys per backward block, and the other side's tile
+constexpr int kTile = 64;  // the rows a block owns (queries or keys), and the tile it walks the other side in
 constexpr int kWarps = 4;  // each owns 16 rows of the block's tile
 constexpr int kThreads = kWarps * 32;
 
