@@ -25,6 +25,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda/device_util.cuh"
+
 namespace llm::cuda {
 
 const char* to_string(AttentionKernel kernel) {
@@ -100,10 +102,8 @@ struct Params {
   __device__ int64_t stat(int b, int h, int t) const { return (static_cast<int64_t>(b) * Hq + h) * T + t; }
 };
 
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(kFullMask, x, offset);
-  return x;
-}
+// Sum over the warp, the same bits in every lane.
+__device__ __forceinline__ float warp_sum(float x) { return detail::warp_reduce(x, detail::Add{}); }
 
 // Δ[b, h, t] = Σ_d dO·O (fp32): one warp per (b, t, h) row.
 __global__ void delta_kernel(Params p) {
@@ -798,8 +798,6 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(Params p) {
 
 // ---- host side ---------------------------------------------------------------------------------
 
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
 // Throws on shapes the kernels cannot take; false when there is nothing to compute.
 bool validate(const AttentionShape& s, const char* fn) {
   const auto fail = [&](const std::string& why) { throw std::runtime_error(std::string(fn) + ": " + why); };
@@ -817,7 +815,7 @@ bool validate(const AttentionShape& s, const char* fn) {
 bool use_tensor_cores(AttentionKernel kernel, const AttentionShape& s, std::initializer_list<const void*> pointers,
                       const char* fn) {
   bool ok = s.D == 64 || s.D == 128;
-  for (const void* ptr : pointers) ok = ok && aligned16(ptr);
+  for (const void* ptr : pointers) ok = ok && detail::aligned16(ptr);
   if (kernel == AttentionKernel::kTensorCore && !ok)
     throw std::runtime_error(std::string(fn) + ": the tensor-core kernel needs D = 64 or 128 (got " +
                              std::to_string(s.D) + ") and 16-byte aligned tensors");
@@ -840,9 +838,10 @@ Params make_params(const AttentionShape& s, const bf16* q, const bf16* k, const 
   return p;
 }
 
+// Blocks of per_block items each for n items, within a grid's x dimension.
 unsigned int blocks_for(int64_t n, int64_t per_block, const char* fn) {
-  const int64_t blocks = (n + per_block - 1) / per_block;
-  if (blocks > std::numeric_limits<int>::max()) throw std::runtime_error(std::string(fn) + ": shape too large for one launch");
+  const int64_t blocks = detail::ceil_div(n, per_block);
+  detail::require(blocks <= std::numeric_limits<int>::max(), fn, "shape too large for one launch");
   return static_cast<unsigned int>(blocks);
 }
 
@@ -866,7 +865,7 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   p.o = out;
   p.lse_out = lse;
   if (use_tensor_cores(kernel, shape, {q, k, v, out}, kFn)) {
-    const unsigned int blocks = blocks_for((shape.T + kTile - 1) / kTile * shape.B * shape.Hq, 1, kFn);
+    const unsigned int blocks = blocks_for(detail::ceil_div(shape.T, kTile) * shape.B * shape.Hq, 1, kFn);
     if (shape.D == 64) {
       allow_shared_memory(flash_forward_kernel<64>, forward_smem_bytes<64>(), kFn);
       flash_forward_kernel<64><<<blocks, kThreads, forward_smem_bytes<64>(), stream>>>(p);
@@ -908,7 +907,7 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
 
   const bool tensor_cores = use_tensor_cores(kernel, shape, {q, k, v, dout, dq, dk, dv}, kFn);
   constexpr int kWarpsPerBlock = 4;
-  const dim3 first_grid(blocks_for((shape.T + 31) / 32, kWarpsPerBlock, kFn), static_cast<unsigned int>(shape.B));
+  const dim3 first_grid(blocks_for(detail::ceil_div(shape.T, 32), kWarpsPerBlock, kFn), static_cast<unsigned int>(shape.B));
   first_keys_kernel<<<first_grid, kWarpsPerBlock * 32, 0, stream>>>(doc, p.T, p.window, first_key);
   check_launch("attention_backward (first keys)");
   const int64_t q_rows = shape.B * shape.T * shape.Hq;
@@ -916,8 +915,8 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
   check_launch("attention_backward (delta)");
 
   if (tensor_cores) {
-    const unsigned int kv_blocks = blocks_for((shape.T + kTile - 1) / kTile * shape.B * shape.Hkv, 1, kFn);
-    const unsigned int q_blocks = blocks_for((shape.T + kTile - 1) / kTile * shape.B * shape.Hq, 1, kFn);
+    const unsigned int kv_blocks = blocks_for(detail::ceil_div(shape.T, kTile) * shape.B * shape.Hkv, 1, kFn);
+    const unsigned int q_blocks = blocks_for(detail::ceil_div(shape.T, kTile) * shape.B * shape.Hq, 1, kFn);
     if (shape.D == 64) {
       allow_shared_memory(flash_dkv_kernel<64>, dkv_smem_bytes<64>(), kFn);
       flash_dkv_kernel<64><<<kv_blocks, kThreads, dkv_smem_bytes<64>(), stream>>>(p);
