@@ -857,9 +857,9 @@ size_t delta_bytes(const AttentionShape& s) { return (sizeof(float) * s.B * s.Hq
 
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
                        float scale, bf16* out, float* lse, cudaStream_t stream, AttentionKernel kernel) {
-  constexpr const char* kFn = "attention_forward";
+  constexpr const char* kFn = "cuda::attention_forward";
   if (!validate(shape, kFn)) return;
-  if (!q || !k || !v || !out || !lse) throw std::runtime_error("attention_forward: null tensor");
+  if (!q || !k || !v || !out || !lse) throw std::runtime_error("cuda::attention_forward: null tensor");
   Params p = make_params(shape, q, k, v, scale);
   p.doc = doc;
   p.o = out;
@@ -873,10 +873,10 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
       allow_shared_memory(flash_forward_kernel<128>, forward_smem_bytes<128>(), kFn);
       flash_forward_kernel<128><<<blocks, kThreads, forward_smem_bytes<128>(), stream>>>(p);
     }
-    check_launch("attention_forward (tensor-core kernel)");
+    check_launch("cuda::attention_forward (tensor-core kernel)");
   } else {
     simple_forward_kernel<<<blocks_for(shape.B * shape.T * shape.Hq, kSimpleWarps, kFn), kSimpleWarps * 32, 0, stream>>>(p);
-    check_launch("attention_forward (simple kernel)");
+    check_launch("cuda::attention_forward (simple kernel)");
   }
 }
 
@@ -888,12 +888,12 @@ size_t attention_backward_workspace_bytes(const AttentionShape& shape) {
 void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
                         float scale, const bf16* out, const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                         void* workspace, cudaStream_t stream, AttentionKernel kernel) {
-  constexpr const char* kFn = "attention_backward";
+  constexpr const char* kFn = "cuda::attention_backward";
   if (!validate(shape, kFn)) return;
   if (!q || !k || !v || !out || !lse || !dout || !dq || !dk || !dv || !workspace)
-    throw std::runtime_error("attention_backward: null tensor or workspace");
+    throw std::runtime_error("cuda::attention_backward: null tensor or workspace");
   if (reinterpret_cast<uintptr_t>(workspace) % alignof(float) != 0)
-    throw std::runtime_error("attention_backward: workspace is not 4-byte aligned");
+    throw std::runtime_error("cuda::attention_backward: workspace is not 4-byte aligned");
   Params p = make_params(shape, q, k, v, scale);
   p.out = out;
   p.dout = dout;
@@ -909,10 +909,10 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
   constexpr int kWarpsPerBlock = 4;
   const dim3 first_grid(blocks_for(detail::ceil_div(shape.T, 32), kWarpsPerBlock, kFn), static_cast<unsigned int>(shape.B));
   first_keys_kernel<<<first_grid, kWarpsPerBlock * 32, 0, stream>>>(doc, p.T, p.window, first_key);
-  check_launch("attention_backward (first keys)");
+  check_launch("cuda::attention_backward (first keys)");
   const int64_t q_rows = shape.B * shape.T * shape.Hq;
   delta_kernel<<<blocks_for(q_rows, kWarpsPerBlock, kFn), kWarpsPerBlock * 32, 0, stream>>>(p);
-  check_launch("attention_backward (delta)");
+  check_launch("cuda::attention_backward (delta)");
 
   if (tensor_cores) {
     const unsigned int kv_blocks = blocks_for(detail::ceil_div(shape.T, kTile) * shape.B * shape.Hkv, 1, kFn);
@@ -920,22 +920,22 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
     if (shape.D == 64) {
       allow_shared_memory(flash_dkv_kernel<64>, dkv_smem_bytes<64>(), kFn);
       flash_dkv_kernel<64><<<kv_blocks, kThreads, dkv_smem_bytes<64>(), stream>>>(p);
-      check_launch("attention_backward (tensor-core dk, dv)");
+      check_launch("cuda::attention_backward (tensor-core dk, dv)");
       allow_shared_memory(flash_dq_kernel<64>, dq_smem_bytes<64>(), kFn);
       flash_dq_kernel<64><<<q_blocks, kThreads, dq_smem_bytes<64>(), stream>>>(p);
     } else {
       allow_shared_memory(flash_dkv_kernel<128>, dkv_smem_bytes<128>(), kFn);
       flash_dkv_kernel<128><<<kv_blocks, kThreads, dkv_smem_bytes<128>(), stream>>>(p);
-      check_launch("attention_backward (tensor-core dk, dv)");
+      check_launch("cuda::attention_backward (tensor-core dk, dv)");
       allow_shared_memory(flash_dq_kernel<128>, dq_smem_bytes<128>(), kFn);
       flash_dq_kernel<128><<<q_blocks, kThreads, dq_smem_bytes<128>(), stream>>>(p);
     }
-    check_launch("attention_backward (tensor-core dq)");
+    check_launch("cuda::attention_backward (tensor-core dq)");
   } else {
     simple_dq_kernel<<<blocks_for(q_rows, kSimpleWarps, kFn), kSimpleWarps * 32, 0, stream>>>(p);
-    check_launch("attention_backward (simple dq)");
+    check_launch("cuda::attention_backward (simple dq)");
     simple_dkv_kernel<<<blocks_for(shape.B * shape.T * shape.Hkv, kSimpleWarps, kFn), kSimpleWarps * 32, 0, stream>>>(p);
-    check_launch("attention_backward (simple dk, dv)");
+    check_launch("cuda::attention_backward (simple dk, dv)");
   }
 }
 

@@ -5,6 +5,7 @@
 // sequence lengths around the 64-wide tiles.
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -217,7 +218,7 @@ TEST(CudaAttention, TensorCoreBackwardIsDeterministic) {
         << names[i] << " differs between two identical tensor-core backward runs";
 }
 
-TEST(CudaAttention, AutoPicksTensorCoresOnlyWhereTheyApply) {
+TEST(CudaAttention, AutoFallsBackToTheSimpleKernel) {
   LLM_SKIP_WITHOUT_GPU();
   // D = 40 has no tensor-core kernel: asking for it is an error, kAuto falls back to the simple one.
   const cuda::AttentionShape s{1, 8, 2, 1, 40, 0};
@@ -247,14 +248,35 @@ TEST(CudaAttention, AutoPicksTensorCoresOnlyWhereTheyApply) {
                           AttentionKernel::kSimple);
   const auto got = out_auto.download(), want = out_simple.download();
   EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(bf16))) << "kAuto with an unaligned q";
-  // Heads that do not divide into groups are rejected by name.
-  const cuda::AttentionShape bad{1, 8, 3, 2, 40, 0};
-  try {
-    cuda::attention_forward(bad, q.get(), kv.get(), kv.get(), nullptr, 0.5f, out.get(), lse.get(), nullptr);
-    ADD_FAILURE() << "Hq = 3, Hkv = 2 was accepted";
-  } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("attention_forward"), std::string::npos) << e.what();
-  }
+}
+
+// Argument checks happen on the host before any launch, so this one runs without a GPU too.
+TEST(CudaAttentionArguments, BadShapesThrowNamingTheFunction) {
+  const auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no exception)");
+  };
+  alignas(16) static bf16 host[16];  // never read: every call below stops before a launch
+  alignas(16) static float stats[4];
+  const auto forward = [&](cuda::AttentionShape s, AttentionKernel kernel = AttentionKernel::kAuto) {
+    return [=] { cuda::attention_forward(s, host, host, host, nullptr, 1.f, host, stats, nullptr, kernel); };
+  };
+  EXPECT_EQ(message(forward({1, 8, 3, 2, 64, 0})), "cuda::attention_forward: Hq (3) must be a multiple of Hkv (2)");
+  EXPECT_EQ(message(forward({1, 8, 2, 1, 41, 0})), "cuda::attention_forward: head dimension 41: must be even and at most 256");
+  EXPECT_EQ(message(forward({1, 8, 2, 1, 40, 0}, AttentionKernel::kTensorCore)),
+            "cuda::attention_forward: the tensor-core kernel needs D = 64 or 128 (got 40) and 16-byte aligned tensors");
+  EXPECT_EQ(message(forward({1, -1, 2, 1, 64, 0})), "cuda::attention_forward: negative size in the shape");
+  EXPECT_EQ(message(forward({0, 8, 2, 1, 64, 0})), "(no exception)");  // nothing to compute
+  const cuda::AttentionShape s{1, 8, 2, 1, 64, 0};
+  EXPECT_EQ(message([&] {
+              cuda::attention_backward(s, host, host, host, nullptr, 1.f, host, stats, host, host, host, host,
+                                       reinterpret_cast<char*>(stats) + 2, nullptr);
+            }),
+            "cuda::attention_backward: workspace is not 4-byte aligned");
 }
 
 }  // namespace
