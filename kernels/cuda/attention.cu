@@ -26,6 +26,7 @@
 #include <string>
 
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/ptx.cuh"
 
 namespace llm::cuda {
 
@@ -248,48 +249,21 @@ __device__ __forceinline__ int swizzled(int row, int chunk) {
   return row * kCols + ((chunk ^ (row & 7)) << 3);
 }
 
-__device__ __forceinline__ uint32_t smem_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16 bytes global → shared; zero-filled (nothing read) when !valid.
+using ptx::pack_bf16;
+using ptx::smem_address;
+// 16 (or 4) bytes global → shared; zero-filled (nothing read) when !valid.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
+  ptx::cp_async_16(smem_address(dst), src, valid ? 16 : 0);
 }
 __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_address(dst)), "l"(src),
-               "r"(valid ? 4 : 0)
-               : "memory");
+  ptx::cp_async_4(smem_address(dst), src, valid ? 4 : 0);
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+using ptx::cp_async_commit;
 // Waits until at most one committed group (the newest) is still in flight.
-__device__ __forceinline__ void cp_async_wait_all_but_newest() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p))
-               : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_address(p))
-               : "memory");
-}
-// c += a · b (16×16 · 16×8, fp32 accumulate).
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (the low half) = lo
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
+__device__ __forceinline__ void cp_async_wait_all_but_newest() { ptx::cp_async_wait<1>(); }
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) { ptx::ldmatrix_x4<false>(r, smem_address(p)); }
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) { ptx::ldmatrix_x4<true>(r, smem_address(p)); }
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { ptx::mma_bf16(c, a, b0, b1); }
 
 // This lane's ldmatrix.x4 source address for the 16×16 block whose top-left is (row0, 16-byte chunk0),
 // in either of the two orders of its four 8×8 matrices:

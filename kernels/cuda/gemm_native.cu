@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/gemm_impl.cuh"
+#include "kernels/cuda/ptx.cuh"
 
 namespace llm::cuda::gemm_impl {
 namespace {
@@ -41,42 +42,12 @@ struct Args {
   Epilogue ep;
 };
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Copies src_bytes (0..16) and zero-fills the rest of the 16 destination bytes. The "memory"
-// clobbers keep the compiler from moving shared-memory traffic across these and the barriers.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-template <bool kTrans>
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  if (kTrans)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-  else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr)
-                 : "memory");
-}
-
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using ptx::cp_async_16;
+using ptx::cp_async_commit;
+using ptx::cp_async_wait;
+using ptx::ldmatrix_x4;
+using ptx::mma_bf16;
+using ptx::smem_address;
 
 // One operand's tile of block (outer0 .. +128) × (k0 .. +32) into shared memory. `outer` is M for A
 // and N for B; X is stored outer×K (K-major) or K×outer, with leading dimension ld.
@@ -96,7 +67,7 @@ __device__ __forceinline__ void load_tile(bf16* tile, const bf16* X, int64_t ld,
     if (!kKMajor && k < K) valid = outer_size - outer;
     valid = valid < 0 ? 0 : (valid > 8 ? 8 : valid);
     const bf16* src = valid > 0 ? X + (kKMajor ? outer * ld + k : k * ld + outer) : X;
-    cp_async_16(smem_addr(tile + row * T::kStride + col), src, static_cast<int>(valid) * 2);
+    cp_async_16(smem_address(tile + row * T::kStride + col), src, static_cast<int>(valid) * 2);
   }
 }
 
@@ -172,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_mma_kernel(Args args) {
         const int mrow = wm * 64 + i * 16;
         const bf16* p = kAKMajor ? tA + (mrow + lane % 16) * TA::kStride + kk + (lane / 16) * 8
                                  : tA + (kk + (q / 2) * 8 + r8) * TA::kStride + mrow + (q % 2) * 8;
-        ldmatrix_x4<!kAKMajor>(a[i], smem_addr(p));
+        ldmatrix_x4<!kAKMajor>(a[i], smem_address(p));
       }
 #pragma unroll
       for (int jp = 0; jp < 2; ++jp) {
@@ -180,7 +151,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_mma_kernel(Args args) {
         const bf16* p = kBKMajor ? tB + (ncol + (q / 2) * 8 + r8) * TB::kStride + kk + (q % 2) * 8
                                  : tB + (kk + (q % 2) * 8 + r8) * TB::kStride + ncol + (q / 2) * 8;
         uint32_t r[4];
-        ldmatrix_x4<!kBKMajor>(r, smem_addr(p));
+        ldmatrix_x4<!kBKMajor>(r, smem_address(p));
         b[2 * jp][0] = r[0], b[2 * jp][1] = r[1], b[2 * jp + 1][0] = r[2], b[2 * jp + 1][1] = r[3];
       }
 #pragma unroll
