@@ -44,6 +44,9 @@ if ! cmake --build build-gpu -j "$(nproc)" --target "${targets[@]}" >>"$log" 2>&
   echo "error: build failed (see $log):"; grep -E "error" "$log" | head -20; exit 1
 fi
 
+# The tensor-core kernels must really issue tensor-core instructions (HMMA in the SASS).
+hmma=$(cuobjdump -sass build-gpu/kernels/libllm_kernels_cuda.a 2>>"$log" | grep -c HMMA || true)
+
 stage "CUDA tests"
 summary=()
 for t in $cuda_tests; do
@@ -78,6 +81,7 @@ echo
 echo "CUDA tests:"
 printf '  %s\n' "${summary[@]}"
 echo "NCCL: $nccl"
+echo "HMMA instructions in libllm_kernels_cuda.a: ${hmma:-cuobjdump failed}"
 echo
 cat "$log.bench"
 rm -f "$log.bench"

@@ -17,17 +17,29 @@ struct AttentionShape {
   int64_t window = 0;  // sliding window (Mistral): query t also needs key s > t - window; 0: unlimited
 };
 
+// Which implementation runs. kSimple: one warp per query (or key) row with scalar fp32 arithmetic, any
+// even D ≤ 256 and any alignment; the reference the fast kernels are tested against. kTensorCore:
+// FlashAttention-2 style mma.sync kernels, D = 64 or 128 with 16-byte aligned q, k, v and out (forward)
+// or q, k, v, dout, dq, dk, dv (backward); throws otherwise. kAuto: kTensorCore where it applies, else
+// kSimple.
+enum class AttentionKernel { kAuto, kSimple, kTensorCore };
+const char* to_string(AttentionKernel kernel);
+
 // Layouts and semantics exactly as cpu::attention_forward / attention_backward: causal; q, out, dout,
 // dq: [B, T, Hq, D]; k, v, dk, dv: [B, T, Hkv, D]; lse: [B, Hq, T] (fp32, natural log); doc: optional
 // [B, T] int32 segment ids (each maximal run of equal ids is one document; null: plain causal).
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
-                       const int32_t* doc, float scale, bf16* out, float* lse, cudaStream_t stream);
+                       const int32_t* doc, float scale, bf16* out, float* lse, cudaStream_t stream,
+                       AttentionKernel kernel = AttentionKernel::kAuto);
 
-// Scratch the backward needs (fp32 accumulators, row statistics), in bytes.
+// Scratch the backward needs, in bytes: Δ = rowsum(dO ⊙ O) (fp32 [B, Hq, T]) and each query's first
+// visible key (int32 [B, T]); the same for every kernel choice.
 size_t attention_backward_workspace_bytes(const AttentionShape& shape);
-// dq, dk, dv are overwritten. workspace holds attention_backward_workspace_bytes(shape) bytes.
+// dq, dk, dv are overwritten, deterministically (no float atomics). workspace holds
+// attention_backward_workspace_bytes(shape) bytes, 4-byte aligned.
 void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                         const int32_t* doc, float scale, const bf16* out, const float* lse, const bf16* dout,
-                        bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream);
+                        bf16* dq, bf16* dk, bf16* dv, void* workspace, cudaStream_t stream,
+                        AttentionKernel kernel = AttentionKernel::kAuto);
 
 }  // namespace llm::cuda

@@ -14,6 +14,16 @@ namespace llm::cuda {
 using cpu::AdamWHyper;
 using cpu::RopeLayout;
 
+// Every function below has two implementations, both tested against the CPU kernels: kFast
+// (16-byte vector loads, block-per-row reductions, multi-block partial sums) and kSimple (scalar
+// loops, one thread per row, column or element, one launch per tensor: obviously correct, slow),
+// kept as the fallback should a fast kernel prove wrong on some GPU. The choice is process-wide; it starts as kFast, or kSimple
+// when the environment variable LLM_CUDA_FUSED=simple is set.
+enum class FusedVariant { kFast, kSimple };
+void set_fused_variant(FusedVariant variant);
+FusedVariant fused_variant();
+const char* to_string(FusedVariant variant);
+
 // ---- norms over the last dimension C of N rows ---------------------------------------------
 template <class T>
 void layernorm_forward(int64_t N, int64_t C, const T* x, const T* w, const T* b, float eps, T* y, float* mean,

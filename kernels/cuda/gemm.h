@@ -1,6 +1,8 @@
 // Matrix products on the GPU: bf16 inputs, fp32 accumulation on tensor cores, fused epilogues.
 // Two implementations behind one call: the hand-written kernel (kNative) and cuBLASLt (kCublas);
 // kAuto times both once per shape on first use and keeps the faster one for the rest of the run.
+// kSimple is the obviously-correct reference kernel (one thread per output) that kNative also uses
+// for operands the tensor-core kernel cannot load; tests name it to check both native kernels.
 #pragma once
 #include <cstdint>
 
@@ -8,7 +10,7 @@
 
 namespace llm::cuda {
 
-enum class GemmBackend { kNative, kCublas, kAuto };
+enum class GemmBackend { kNative, kCublas, kAuto, kSimple };
 const char* to_string(GemmBackend backend);
 
 // Row-major, the same convention as cpu::sgemm:

@@ -20,7 +20,7 @@ void reference_quantize(const float* w, int64_t n, std::vector<int>* q, std::vec
 }
 
 TEST(Q8, QuantizeMatchesTheFormat) {
-  const int64_t N = 3, K = 96;
+  const int64_t N = 7, K = 96;  // a full row group and one of three rows
   auto w = testing::random_floats(N * K, 1);
   w[5] = 0.f;
   std::vector<int8_t> q(N * K);
@@ -29,14 +29,19 @@ TEST(Q8, QuantizeMatchesTheFormat) {
   std::vector<int> rq;
   std::vector<double> rs;
   reference_quantize(w.data(), N * K, &rq, &rs);
-  for (int64_t i = 0; i < N * K; ++i) EXPECT_EQ(q[i], rq[i]) << i;
-  for (size_t b = 0; b < rs.size(); ++b) EXPECT_FLOAT_EQ(s[b], float(rs[b]));
-  // Every weight is within half a quantization step.
-  for (int64_t i = 0; i < N * K; ++i) EXPECT_LE(std::fabs(w[i] - s[i / 32] * q[i]), 0.5f * s[i / 32] + 1e-7f);
+  for (int64_t j = 0; j < N; ++j)
+    for (int64_t k = 0; k < K; ++k) {
+      const Q8Index at = q8_index(N, K, j, k);
+      const int64_t i = j * K + k;
+      EXPECT_EQ(q[at.q], rq[i]) << j << "," << k;
+      EXPECT_FLOAT_EQ(s[at.scale], float(rs[i / 32])) << j << "," << k;
+      // Every weight is within half a quantization step.
+      EXPECT_LE(std::fabs(w[i] - s[at.scale] * q[at.q]), 0.5f * s[at.scale] + 1e-7f);
+    }
 }
 
-// Small M (decoding): activations quantized too, int8 dots per block. Odd block counts (K = 96, 160)
-// take the single-block tail; N not a multiple of 4 the single-row tail.
+// Small M (decoding): activations quantized too, int8 dots per block. N not a multiple of 4 ends in a
+// row group of 1, 2 or 3 rows (N = 9, 130, 67).
 TEST(Q8, SmallBatchesEqualTheQuantizedProduct) {
   for (const auto& [M, N, K] : std::vector<std::array<int64_t, 3>>{
            {1, 1, 32}, {1, 67, 64}, {3, 17, 96}, {5, 130, 768}, {15, 9, 160}}) {
@@ -56,8 +61,8 @@ TEST(Q8, SmallBatchesEqualTheQuantizedProduct) {
         double acc = bias[j], full = bias[j];
         for (int64_t b = 0; b < K / 32; ++b) {
           long dot = 0;
-          for (int64_t k = 0; k < 32; ++k) dot += long(xq[i * K + b * 32 + k]) * q[j * K + b * 32 + k];
-          acc += double(dot) * s[j * (K / 32) + b] * xs[i * (K / 32) + b];
+          for (int64_t k = 0; k < 32; ++k) dot += long(xq[i * K + b * 32 + k]) * q[q8_index(N, K, j, b * 32 + k).q];
+          acc += double(dot) * s[q8_index(N, K, j, b * 32).scale] * xs[i * (K / 32) + b];
         }
         for (int64_t k = 0; k < K; ++k) full += double(x[i * K + k]) * w[j * K + k];
         want[i * N + j] = acc;
@@ -81,7 +86,10 @@ TEST(Q8, LargeBatchesEqualTheDequantizedProduct) {
     for (int64_t i = 0; i < M; ++i)
       for (int64_t j = 0; j < N; ++j) {
         double acc = bias[j];
-        for (int64_t k = 0; k < K; ++k) acc += double(x[i * K + k]) * (double(s[j * (K / 32) + k / 32]) * q[j * K + k]);
+        for (int64_t k = 0; k < K; ++k) {
+          const Q8Index at = q8_index(N, K, j, k);
+          acc += double(x[i * K + k]) * (double(s[at.scale]) * q[at.q]);
+        }
         want[i * N + j] = acc;
       }
     EXPECT_LE(testing::max_rel_error(c, want), 1e-5) << M << "x" << N << "x" << K;

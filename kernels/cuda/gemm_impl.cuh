@@ -1,0 +1,124 @@
+// Shared by the gemm implementations (gemm.cu, gemm_native.cu, gemm_cublas.cu), not by callers:
+// the per-element epilogue of kernels/cuda/gemm.h in one place, and the entry points of each path.
+#pragma once
+#include <cstdint>
+
+#include "kernels/cuda/gemm.h"
+
+namespace llm::cuda::gemm_impl {
+
+// Everything after the product, per element of C (gemm.h's order). Pointers already point at
+// the batch chunk being launched; batch item z is at + z·stride_c.
+struct Epilogue {
+  float alpha = 1.f, beta = 0.f;
+  const float* bias = nullptr;
+  bool gelu = false;
+  void* pre_gelu = nullptr;
+  const void* residual = nullptr;
+  void* C = nullptr;
+  int64_t ldc = 0, stride_c = 0;
+  bool c_fp32 = false;
+  bool pairs = false;  // C, pre_gelu, residual, ldc and stride_c allow 2-element vector access
+};
+
+Epilogue make_epilogue(const Gemm& g);
+// e for batch items from `first` on (launches cover at most kMaxGridZ items each).
+Epilogue shift_batch(Epilogue e, int64_t first);
+constexpr int64_t kMaxGridZ = 65535;
+
+// The reference kernel: one thread per output, fp32 accumulation. Any shape, layout, alignment.
+void gemm_simple(const Gemm& g, cudaStream_t stream);
+// The tensor-core kernel; only for shapes where native_fast_supported(g).
+bool native_fast_supported(const Gemm& g);
+void gemm_native_fast(const Gemm& g, cudaStream_t stream);
+// cuBLASLt; returns false (having launched nothing) when it cannot express g.
+bool gemm_cublas(const Gemm& g, cudaStream_t stream);
+// C = epilogue(P) where P (C's type, ldc, stride_c) holds the product: the part of the epilogue
+// that cuBLASLt could not fuse. P may be C or pre_gelu (each element is read before it is written).
+void epilogue_from(const Epilogue& e, const void* P, int64_t M, int64_t N, int64_t batch, cudaStream_t stream);
+
+#ifdef __CUDACC__
+constexpr float kGeluK0 = 0.7978845608028654f;  // sqrt(2/pi), as kernels/cpu/activation.cpp
+constexpr float kGeluK1 = 0.044715f;
+
+// x · sigmoid(2u) == 0.5 x (1 + tanh(u)); the sigmoid form has no cancellation for large negative u.
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float u = kGeluK0 * (x + kGeluK1 * x * x * x);
+  return x / (1.f + expf(-2.f * u));
+}
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
+template <class T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+template <class T>
+__device__ __forceinline__ void finish_one(const Epilogue& e, int64_t idx, int64_t n, float acc) {
+  float v = e.alpha * acc;
+  if (e.bias) v += e.bias[n];
+  if (e.gelu) {
+    if (e.pre_gelu) static_cast<T*>(e.pre_gelu)[idx] = from_f32<T>(v);
+    v = gelu_tanh(v);
+  }
+  if (e.beta != 0.f) v += e.beta * to_f32(static_cast<const T*>(e.C)[idx]);
+  if (e.residual) v += to_f32(static_cast<const T*>(e.residual)[idx]);
+  static_cast<T*>(e.C)[idx] = from_f32<T>(v);
+}
+
+// Element (m, n) of batch item z.
+__device__ __forceinline__ void finish(const Epilogue& e, int64_t z, int64_t m, int64_t n, float acc) {
+  const int64_t idx = z * e.stride_c + m * e.ldc + n;
+  if (e.c_fp32)
+    finish_one<float>(e, idx, n, acc);
+  else
+    finish_one<bf16>(e, idx, n, acc);
+}
+
+template <class T> struct Pair;
+template <> struct Pair<float> { using type = float2; };
+template <> struct Pair<bf16> { using type = __nv_bfloat162; };
+
+template <class T>
+__device__ __forceinline__ void finish_pair_vec(const Epilogue& e, int64_t idx, int64_t n, float a0, float a1) {
+  using P = typename Pair<T>::type;
+  float v0 = e.alpha * a0, v1 = e.alpha * a1;
+  if (e.bias) v0 += e.bias[n], v1 += e.bias[n + 1];
+  if (e.gelu) {
+    if (e.pre_gelu) {
+      P p;
+      p.x = from_f32<T>(v0), p.y = from_f32<T>(v1);
+      *reinterpret_cast<P*>(static_cast<T*>(e.pre_gelu) + idx) = p;
+    }
+    v0 = gelu_tanh(v0), v1 = gelu_tanh(v1);
+  }
+  if (e.beta != 0.f) {
+    const P c = *reinterpret_cast<const P*>(static_cast<const T*>(e.C) + idx);
+    v0 += e.beta * to_f32(c.x), v1 += e.beta * to_f32(c.y);
+  }
+  if (e.residual) {
+    const P r = *reinterpret_cast<const P*>(static_cast<const T*>(e.residual) + idx);
+    v0 += to_f32(r.x), v1 += to_f32(r.y);
+  }
+  P out;
+  out.x = from_f32<T>(v0), out.y = from_f32<T>(v1);
+  *reinterpret_cast<P*>(static_cast<T*>(e.C) + idx) = out;
+}
+
+// Elements (m, n) and (m, n + 1) of batch item z, n even; columns ≥ N are skipped.
+__device__ __forceinline__ void finish_pair(const Epilogue& e, int64_t z, int64_t m, int64_t n, int64_t N, float a0,
+                                            float a1) {
+  if (n + 1 < N && e.pairs) {
+    const int64_t idx = z * e.stride_c + m * e.ldc + n;
+    if (e.c_fp32)
+      finish_pair_vec<float>(e, idx, n, a0, a1);
+    else
+      finish_pair_vec<bf16>(e, idx, n, a0, a1);
+    return;
+  }
+  if (n < N) finish(e, z, m, n, a0);
+  if (n + 1 < N) finish(e, z, m, n + 1, a1);
+}
+#endif  // __CUDACC__
+
+}  // namespace llm::cuda::gemm_impl

@@ -1,0 +1,283 @@
+// The GPU attention kernels against the CPU kernels (kernels/cpu/attention.h) on the same bf16-rounded
+// inputs: forward (out, lse) and backward (dq, dk, dv), both implementations (the simple one for any
+// even D, the tensor-core one for D = 64, 128), and the two against each other. Every shape runs with
+// grouped-query heads (Hkv = 4, 2, 1), packed documents, sliding windows and both together, at
+// sequence lengths around the 64-wide tiles.
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cuda/attention.h"
+#include "tests/cuda/cuda_testing.h"
+
+namespace llm {
+namespace {
+
+using cuda::AttentionKernel;
+using cuda::bf16;
+using testing::DeviceBuffer;
+
+constexpr double kBf16Tol = 1e-2;
+// lse is fp32 but computed from the same bf16 inputs in another order (and with exp2 on the GPU).
+constexpr double kLseTol = 1e-4;
+
+struct Mask {
+  bool docs;
+  int64_t window;
+};
+const Mask kMasks[] = {{false, 0}, {true, 0}, {false, 5}, {false, 64}, {true, 64}};
+
+std::string describe(AttentionKernel kernel, const cpu::AttentionShape& s, const Mask& m) {
+  std::ostringstream os;
+  os << cuda::to_string(kernel) << " kernel, B=" << s.B << " T=" << s.T << " Hq=" << s.Hq << " Hkv=" << s.Hkv
+     << " D=" << s.D << " window=" << s.window << (m.docs ? " with documents" : "");
+  return os.str();
+}
+
+// Several documents per row, ids that come back after another id (a new document each time), and
+// runs that begin in the middle of a 64-wide tile.
+std::vector<int32_t> make_docs(int64_t B, int64_t T) {
+  const std::vector<std::vector<int64_t>> starts = {{3, 70, 71, 150, 200}, {40, 128, 129, 250}};
+  std::vector<int32_t> doc(B * T);
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t id = 7;
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t s : starts[b % 2])
+        if (t == s) id = id == 7 ? 9 : 7;
+      doc[b * T + t] = id;
+    }
+  }
+  return doc;
+}
+
+// How got differs from want: max relative error and the first element off by more than tol·max|want|,
+// with its index in the tensor's dimensions.
+template <class Got>
+std::string mismatch(const std::string& tensor, const Got& got, const std::vector<float>& want,
+                     const std::vector<int64_t>& dims, const char* dim_names, double tol) {
+  std::ostringstream os;
+  os << tensor << ": max relative error " << testing::max_rel_error(got, want) << " (tolerance " << tol << ")";
+  double max_abs = 1e-6;
+  for (float w : want) max_abs = std::max(max_abs, std::fabs(double(w)));
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double diff = std::fabs(double(got[i]) - double(want[i]));
+    if (!(diff <= tol * max_abs)) {
+      os << "; first wrong element " << i << " = [";
+      int64_t rest = static_cast<int64_t>(i), stride = 1;
+      for (int64_t d : dims) stride *= d;
+      for (size_t k = 0; k < dims.size(); ++k) {
+        stride /= dims[k];
+        os << (k ? ", " : "") << dim_names[k] << "=" << rest / stride;
+        rest %= stride;
+      }
+      os << "]: got " << got[i] << ", want " << want[i];
+      break;
+    }
+  }
+  return os.str();
+}
+
+#define EXPECT_TENSOR_NEAR(what, got, want, dims, names, tol)                                   \
+  EXPECT_LE(::llm::testing::max_rel_error((got), (want)), (tol))                                \
+      << what << "\n  " << mismatch(#got, (got), (want), (dims), (names), (tol))
+
+struct Result {
+  std::vector<float> out, lse, dq, dk, dv;
+};
+
+// Forward and backward of one implementation on the device; every output poisoned first.
+Result run_gpu(AttentionKernel kernel, const cpu::AttentionShape& s, const std::vector<float>& q,
+               const std::vector<float>& k, const std::vector<float>& v, const std::vector<int32_t>& docs,
+               float scale, const std::vector<float>& out_for_backward, const std::vector<float>& lse_for_backward,
+               const std::vector<float>& dout) {
+  const cuda::AttentionShape gs{s.B, s.T, s.Hq, s.Hkv, s.D, s.window};
+  DeviceBuffer<bf16> dq_in(testing::to_bf16(q)), dk_in(testing::to_bf16(k)), dv_in(testing::to_bf16(v));
+  DeviceBuffer<int32_t> ddoc(docs.empty() ? std::vector<int32_t>{0} : docs);
+  const int32_t* doc = docs.empty() ? nullptr : ddoc.get();
+  DeviceBuffer<bf16> out(q.size());
+  DeviceBuffer<float> lse(s.B * s.Hq * s.T);
+  out.poison();
+  lse.poison();
+  cuda::attention_forward(gs, dq_in.get(), dk_in.get(), dv_in.get(), doc, scale, out.get(), lse.get(), nullptr, kernel);
+  Result r;
+  r.out = testing::to_float(out.download());
+  r.lse = lse.download();
+
+  DeviceBuffer<bf16> dout_in(testing::to_bf16(dout)), out_in(testing::to_bf16(out_for_backward));
+  DeviceBuffer<float> lse_in(lse_for_backward);
+  DeviceBuffer<bf16> dq(q.size()), dk(k.size()), dv(v.size());
+  DeviceBuffer<unsigned char> workspace(cuda::attention_backward_workspace_bytes(gs));
+  dq.poison();
+  dk.poison();
+  dv.poison();
+  workspace.poison();
+  cuda::attention_backward(gs, dq_in.get(), dk_in.get(), dv_in.get(), doc, scale, out_in.get(), lse_in.get(),
+                           dout_in.get(), dq.get(), dk.get(), dv.get(), workspace.get(), nullptr, kernel);
+  r.dq = testing::to_float(dq.download());
+  r.dk = testing::to_float(dk.download());
+  r.dv = testing::to_float(dv.download());
+  return r;
+}
+
+class CudaAttention : public ::testing::TestWithParam<std::tuple<int64_t, int64_t>> {};
+
+TEST_P(CudaAttention, MatchesCpuForwardAndBackward) {
+  LLM_SKIP_WITHOUT_GPU();
+  const auto [D, T] = GetParam();
+  const bool tensor_cores = D == 64 || D == 128;
+  for (int64_t Hkv : {4, 2, 1})
+    for (const Mask& m : kMasks) {
+      const cpu::AttentionShape s{2, T, 4, Hkv, D, m.window};
+      const uint64_t seed = static_cast<uint64_t>(D * 1000 + T * 10 + Hkv);
+      const auto q = testing::round_bf16(testing::random_floats(s.B * T * s.Hq * D, seed, -2.f, 2.f));
+      const auto k = testing::round_bf16(testing::random_floats(s.B * T * Hkv * D, seed + 1));
+      const auto v = testing::round_bf16(testing::random_floats(s.B * T * Hkv * D, seed + 2));
+      const auto dout = testing::round_bf16(testing::random_floats(s.B * T * s.Hq * D, seed + 3));
+      const std::vector<int32_t> docs = m.docs ? make_docs(s.B, T) : std::vector<int32_t>{};
+      const int32_t* doc = m.docs ? docs.data() : nullptr;
+      const float scale = 1.f / std::sqrt(static_cast<float>(D));
+
+      std::vector<float> out(q.size()), lse(s.B * s.Hq * T);
+      cpu::attention_forward(s, q.data(), k.data(), v.data(), doc, scale, out.data(), lse.data());
+      // The backward's inputs: the forward's output as the GPU stores it (bf16) and its lse.
+      const auto out_b = testing::round_bf16(out);
+      std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
+      cpu::attention_backward(s, q.data(), k.data(), v.data(), doc, scale, out_b.data(), lse.data(), dout.data(),
+                              dq.data(), dk.data(), dv.data());
+
+      const std::vector<int64_t> q_dims{s.B, T, s.Hq, D}, kv_dims{s.B, T, Hkv, D}, lse_dims{s.B, s.Hq, T};
+      std::vector<Result> results;
+      std::vector<AttentionKernel> kernels{AttentionKernel::kSimple};
+      if (tensor_cores) kernels.push_back(AttentionKernel::kTensorCore);
+      for (AttentionKernel kernel : kernels) {
+        const std::string what = describe(kernel, s, m);
+        Result r;
+        try {
+          r = run_gpu(kernel, s, q, k, v, docs, scale, out_b, lse, dout);
+        } catch (const std::exception& e) {
+          FAIL() << what << ": " << e.what();  // a failed launch leaves the device unusable: stop here
+        }
+        EXPECT_TENSOR_NEAR(what, r.out, out, q_dims, "bthd", kBf16Tol);
+        EXPECT_TENSOR_NEAR(what, r.lse, lse, lse_dims, "bht", kLseTol);
+        EXPECT_TENSOR_NEAR(what, r.dq, dq, q_dims, "bthd", kBf16Tol);
+        EXPECT_TENSOR_NEAR(what, r.dk, dk, kv_dims, "bthd", kBf16Tol);
+        EXPECT_TENSOR_NEAR(what, r.dv, dv, kv_dims, "bthd", kBf16Tol);
+        results.push_back(r);
+      }
+      if (results.size() == 2) {  // the tensor-core kernels against the simple ones
+        const std::string what = describe(AttentionKernel::kTensorCore, s, m) + " against the simple kernel";
+        const Result& simple = results[0];
+        const Result& fast = results[1];
+        EXPECT_TENSOR_NEAR(what, fast.out, simple.out, q_dims, "bthd", kBf16Tol);
+        EXPECT_TENSOR_NEAR(what, fast.lse, simple.lse, lse_dims, "bht", kLseTol);
+        EXPECT_TENSOR_NEAR(what, fast.dq, simple.dq, q_dims, "bthd", kBf16Tol);
+        EXPECT_TENSOR_NEAR(what, fast.dk, simple.dk, kv_dims, "bthd", kBf16Tol);
+        EXPECT_TENSOR_NEAR(what, fast.dv, simple.dv, kv_dims, "bthd", kBf16Tol);
+      }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
+                         ::testing::Combine(::testing::Values<int64_t>(64, 128, 16, 40),
+                                            ::testing::Values<int64_t>(1, 17, 127, 128, 257)),
+                         [](const auto& case_info) {
+                           return "D" + std::to_string(std::get<0>(case_info.param)) + "_T" +
+                                  std::to_string(std::get<1>(case_info.param));
+                         });
+
+TEST(CudaAttention, TensorCoreBackwardIsDeterministic) {
+  LLM_SKIP_WITHOUT_GPU();
+  // Every gradient element has one owner (no float atomics), so two runs agree to the bit.
+  const cuda::AttentionShape s{2, 257, 4, 1, 64, 0};
+  const size_t nq = 2 * 257 * 4 * 64, nkv = 2 * 257 * 64;
+  DeviceBuffer<bf16> q(testing::to_bf16(testing::random_floats(nq, 11, -2.f, 2.f)));
+  DeviceBuffer<bf16> k(testing::to_bf16(testing::random_floats(nkv, 12))), v(testing::to_bf16(testing::random_floats(nkv, 13)));
+  DeviceBuffer<bf16> dout(testing::to_bf16(testing::random_floats(nq, 14))), out(nq), dq(nq), dk(nkv), dv(nkv);
+  DeviceBuffer<int32_t> doc(make_docs(2, 257));
+  DeviceBuffer<float> lse(2 * 4 * 257);
+  DeviceBuffer<unsigned char> workspace(cuda::attention_backward_workspace_bytes(s));
+  const float scale = 0.125f;
+  cuda::attention_forward(s, q.get(), k.get(), v.get(), doc.get(), scale, out.get(), lse.get(), nullptr,
+                          AttentionKernel::kTensorCore);
+  std::vector<std::vector<bf16>> runs[2];
+  for (auto& run : runs) {
+    dq.poison();
+    dk.poison();
+    dv.poison();
+    cuda::attention_backward(s, q.get(), k.get(), v.get(), doc.get(), scale, out.get(), lse.get(), dout.get(), dq.get(),
+                             dk.get(), dv.get(), workspace.get(), nullptr, AttentionKernel::kTensorCore);
+    run = {dq.download(), dk.download(), dv.download()};
+  }
+  const char* names[] = {"dq", "dk", "dv"};
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(0, std::memcmp(runs[0][i].data(), runs[1][i].data(), runs[0][i].size() * sizeof(bf16)))
+        << names[i] << " differs between two identical tensor-core backward runs";
+}
+
+TEST(CudaAttention, AutoFallsBackToTheSimpleKernel) {
+  LLM_SKIP_WITHOUT_GPU();
+  // D = 40 has no tensor-core kernel: asking for it is an error, kAuto falls back to the simple one.
+  const cuda::AttentionShape s{1, 8, 2, 1, 40, 0};
+  DeviceBuffer<bf16> q(8 * 2 * 40), kv(8 * 40), out(8 * 2 * 40);
+  DeviceBuffer<float> lse(2 * 8);
+  q.upload(testing::to_bf16(testing::random_floats(q.size(), 1)));
+  kv.upload(testing::to_bf16(testing::random_floats(kv.size(), 2)));
+  EXPECT_THROW(cuda::attention_forward(s, q.get(), kv.get(), kv.get(), nullptr, 0.5f, out.get(), lse.get(), nullptr,
+                                       AttentionKernel::kTensorCore),
+               std::runtime_error);
+  out.poison();
+  cuda::attention_forward(s, q.get(), kv.get(), kv.get(), nullptr, 0.5f, out.get(), lse.get(), nullptr);
+  for (float x : testing::to_float(out.download())) ASSERT_TRUE(std::isfinite(x)) << "kAuto left an output unwritten";
+  // D = 64 with a q that is not 16-byte aligned: kAuto takes the simple kernel (the same bits).
+  const cuda::AttentionShape s64{1, 8, 2, 1, 64, 0};
+  DeviceBuffer<bf16> q64(8 * 2 * 64 + 1), kv64(8 * 64), out_auto(8 * 2 * 64), out_simple(8 * 2 * 64);
+  DeviceBuffer<float> lse64(2 * 8);
+  q64.upload(testing::to_bf16(testing::random_floats(q64.size(), 3)));
+  kv64.upload(testing::to_bf16(testing::random_floats(kv64.size(), 4)));
+  const bf16* unaligned_q = q64.get() + 1;
+  EXPECT_THROW(cuda::attention_forward(s64, unaligned_q, kv64.get(), kv64.get(), nullptr, 0.5f, out_auto.get(),
+                                       lse64.get(), nullptr, AttentionKernel::kTensorCore),
+               std::runtime_error);
+  out_auto.poison();
+  cuda::attention_forward(s64, unaligned_q, kv64.get(), kv64.get(), nullptr, 0.5f, out_auto.get(), lse64.get(), nullptr);
+  cuda::attention_forward(s64, unaligned_q, kv64.get(), kv64.get(), nullptr, 0.5f, out_simple.get(), lse64.get(), nullptr,
+                          AttentionKernel::kSimple);
+  const auto got = out_auto.download(), want = out_simple.download();
+  EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(bf16))) << "kAuto with an unaligned q";
+}
+
+// Argument checks happen on the host before any launch, so this one runs without a GPU too.
+TEST(CudaAttentionArguments, BadShapesThrowNamingTheFunction) {
+  const auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no exception)");
+  };
+  alignas(16) static bf16 host[16];  // never read: every call below stops before a launch
+  alignas(16) static float stats[4];
+  const auto forward = [&](cuda::AttentionShape s, AttentionKernel kernel = AttentionKernel::kAuto) {
+    return [=] { cuda::attention_forward(s, host, host, host, nullptr, 1.f, host, stats, nullptr, kernel); };
+  };
+  EXPECT_EQ(message(forward({1, 8, 3, 2, 64, 0})), "cuda::attention_forward: Hq (3) must be a multiple of Hkv (2)");
+  EXPECT_EQ(message(forward({1, 8, 2, 1, 41, 0})), "cuda::attention_forward: head dimension 41: must be even and at most 256");
+  EXPECT_EQ(message(forward({1, 8, 2, 1, 40, 0}, AttentionKernel::kTensorCore)),
+            "cuda::attention_forward: the tensor-core kernel needs D = 64 or 128 (got 40) and 16-byte aligned tensors");
+  EXPECT_EQ(message(forward({1, -1, 2, 1, 64, 0})), "cuda::attention_forward: negative size in the shape");
+  EXPECT_EQ(message(forward({0, 8, 2, 1, 64, 0})), "(no exception)");  // nothing to compute
+  const cuda::AttentionShape s{1, 8, 2, 1, 64, 0};
+  EXPECT_EQ(message([&] {
+              cuda::attention_backward(s, host, host, host, nullptr, 1.f, host, stats, host, host, host, host,
+                                       reinterpret_cast<char*>(stats) + 2, nullptr);
+            }),
+            "cuda::attention_backward: workspace is not 4-byte aligned");
+}
+
+}  // namespace
+}  // namespace llm
