@@ -5,12 +5,92 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/quant.h"
 
+#ifdef LLM_HAVE_CUDA
+#include "kernels/cuda/gemm.h"
+#endif
+
 namespace llm::ops {
 
 using autograd::Node;
 using autograd::SavedTensor;
 using detail::cpu_f32;
+using detail::float_input;
 using detail::record_op;
+
+namespace {
+MatmulBackend g_matmul_backend = MatmulBackend::kAuto;
+}  // namespace
+
+void set_matmul_backend(MatmulBackend backend) { g_matmul_backend = backend; }
+MatmulBackend matmul_backend() { return g_matmul_backend; }
+
+MatmulBackend parse_matmul_backend(const std::string& name) {
+  if (name == "native") return MatmulBackend::kNative;
+  if (name == "cublas") return MatmulBackend::kCublas;
+  if (name == "auto") return MatmulBackend::kAuto;
+  throw Error("unknown matmul backend '" + name + "' (expected native, cublas or auto)");
+}
+
+const char* to_string(MatmulBackend backend) {
+  switch (backend) {
+    case MatmulBackend::kNative: return "native";
+    case MatmulBackend::kCublas: return "cublas";
+    case MatmulBackend::kAuto: return "auto";
+  }
+  return "?";
+}
+
+#ifdef LLM_HAVE_CUDA
+namespace {
+cuda::GemmBackend gemm_backend() {
+  switch (g_matmul_backend) {
+    case MatmulBackend::kNative: return cuda::GemmBackend::kNative;
+    case MatmulBackend::kCublas: return cuda::GemmBackend::kCublas;
+    case MatmulBackend::kAuto: break;
+  }
+  return cuda::GemmBackend::kAuto;
+}
+
+// The bf16 operand the tensor cores read: t itself, or a contiguous bf16 copy (no graph node: the op
+// computes its gradient in t's dtype itself).
+Tensor bf16_operand(const Tensor& t) { return t.detach().contiguous().to(DType::BF16); }
+
+// C (new, contiguous, out_dtype) = op(A)·op(B) for `batch` products of contiguous operands, A and B
+// bf16 (stride_b 0: B shared), plus an optional fp32 bias row.
+Tensor cuda_gemm(const Tensor& A, const Tensor& B, bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K,
+                 bool b_shared, const Shape& out_shape, DType out_dtype, const Tensor& bias = Tensor()) {
+  Tensor C = Tensor::empty(out_shape, out_dtype, A.device());
+  cuda::Gemm g;
+  g.trans_a = ta;
+  g.trans_b = tb;
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.A = detail::ptr<cuda::bf16>(A);
+  g.lda = ta ? M : K;
+  g.B = detail::ptr<cuda::bf16>(B);
+  g.ldb = tb ? K : N;
+  g.C = C.raw_data();
+  g.ldc = N;
+  g.c_fp32 = out_dtype == DType::F32;
+  g.bias = bias.defined() ? detail::ptr<float>(bias) : nullptr;
+  g.batch = batch;
+  g.stride_a = M * K;
+  g.stride_b = b_shared ? 0 : K * N;
+  g.stride_c = M * N;
+  if (M > 0 && N > 0 && batch > 0) {
+    if (K == 0) C.zero_();
+    else cuda::gemm(g, gemm_backend(), detail::stream_of(A));
+  }
+  return C;
+}
+
+// The dtype of a product's result under the mixed-precision rule (ops.h).
+DType product_dtype(const Tensor& a, const Tensor& b) {
+  return a.dtype() == DType::BF16 || b.dtype() == DType::BF16 ? DType::BF16 : DType::F32;
+}
+}  // namespace
+#endif
 
 namespace {
 // The geometry of C = op(A)·op(B) over the last two dims, with `batch` products (B shared when
@@ -59,6 +139,7 @@ struct MatmulBackward : Node {
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
     const Tensor av = a.get(*this), bv = b.get(*this);
     const Tensor gc = g[0].contiguous();
+    if (gc.device().is_cuda()) return cuda_apply(av, bv, gc);
     Tensor da, db;
     // C = op(A)·op(B):  dop(A) = dC·op(B)ᵀ,  dop(B) = op(A)ᵀ·dC; a transposed operand takes the
     // transpose of that, which is the same product with the operands swapped.
@@ -74,19 +155,60 @@ struct MatmulBackward : Node {
     }
     return {da, db};
   }
+  // The same products on the device, each gradient in its operand's dtype.
+  std::vector<Tensor> cuda_apply([[maybe_unused]] const Tensor& av, [[maybe_unused]] const Tensor& bv,
+                                 [[maybe_unused]] const Tensor& gc) {
+    Tensor da, db;
+#ifdef LLM_HAVE_CUDA
+    const Tensor A = bf16_operand(av), B = bf16_operand(bv), G = bf16_operand(gc);
+    const MatmulDims d = matmul_dims(av, bv, ta, tb);
+    // dop(A) = G·op(B)ᵀ (M×K); A stored transposed takes (op(B)·Gᵀ)… = op(B)ᵀᵀ·Gᵀ: K×M from B and G.
+    if (next_edges[0].fn) {
+      if (d.b_shared) {  // the batch folds into M: G [batch·M, N] · op(B)ᵀ
+        da = ta ? Tensor() : cuda_gemm(G, B, false, !tb, 1, d.batch * d.M, d.K, d.N, false, av.shape(), av.dtype());
+      } else if (ta) {  // dA [K, M] = op(B) · Gᵀ
+        da = cuda_gemm(B, G, tb, true, d.batch, d.K, d.M, d.N, false, av.shape(), av.dtype());
+      } else {  // dA [M, K] = G · op(B)ᵀ
+        da = cuda_gemm(G, B, false, !tb, d.batch, d.M, d.K, d.N, false, av.shape(), av.dtype());
+      }
+    }
+    if (next_edges[1].fn) {
+      if (d.b_shared) {  // B shared: fold the batch into the rows of A and G
+        db = tb ? cuda_gemm(G, A, true, false, 1, d.N, d.K, d.batch * d.M, false, bv.shape(), bv.dtype())
+                : cuda_gemm(A, G, true, false, 1, d.K, d.N, d.batch * d.M, false, bv.shape(), bv.dtype());
+      } else if (tb) {  // dB [N, K] = Gᵀ · op(A)
+        db = cuda_gemm(G, A, true, ta, d.batch, d.N, d.K, d.M, false, bv.shape(), bv.dtype());
+      } else {  // dB [K, N] = op(A)ᵀ · G
+        db = cuda_gemm(A, G, !ta, false, d.batch, d.K, d.N, d.M, false, bv.shape(), bv.dtype());
+      }
+    }
+#endif
+    return {da, db};
+  }
   std::vector<SavedTensor*> saved() override { return {&a, &b}; }
   std::string name() const override { return "MatmulBackward"; }
 };
 }  // namespace
 
 Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool trans_a, bool trans_b) {
-  Tensor a = cpu_f32(a_in, "matmul", "a"), b = cpu_f32(b_in, "matmul", "b");
+  check_defined(a_in, "matmul", "a");
+  check_defined(b_in, "matmul", "b");
+  check_same_device(a_in, b_in, "matmul");
+  Tensor a = float_input(a_in, "matmul", "a"), b = float_input(b_in, "matmul", "b");
   const MatmulDims d = matmul_dims(a, b, trans_a, trans_b);
   std::vector<int64_t> shape = a.shape().vec();
   shape[shape.size() - 2] = d.M;
   shape[shape.size() - 1] = d.N;
-  Tensor out = Tensor::empty(Shape(shape));
-  gemm(d, trans_a, trans_b, a.data<float>(), b.data<float>(), out.data<float>());
+  Tensor out;
+  if (a.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    out = cuda_gemm(bf16_operand(a), bf16_operand(b), trans_a, trans_b, d.batch, d.M, d.N, d.K, d.b_shared, Shape(shape),
+                    product_dtype(a, b));
+#endif
+  } else {
+    out = Tensor::empty(Shape(shape));
+    gemm(d, trans_a, trans_b, a.data<float>(), b.data<float>(), out.data<float>());
+  }
   record_op<MatmulBackward>({&a_in, &b_in}, {&out}, [&](MatmulBackward& n) {
     n.a = SavedTensor(a);
     n.b = SavedTensor(b);
@@ -104,6 +226,7 @@ struct LinearBackward : Node {
     const Tensor xv = x.get(*this), wv = w.get(*this);
     const int64_t in = wv.size(1), out = wv.size(0), rows = xv.numel() / in;
     const Tensor gc = g[0].contiguous();
+    if (gc.device().is_cuda()) return cuda_apply(xv, wv, gc);
     Tensor dx, dw, db;
     if (next_edges[0].fn) {  // dx = dy · W
       dx = Tensor::empty(xv.shape());
@@ -121,33 +244,66 @@ struct LinearBackward : Node {
     if (has_bias) grads.push_back(db);
     return grads;
   }
+  // dx in x's dtype, dW in W's (fp32 accumulators written as fp32 for f32 master weights), the bias
+  // gradient fp32 (converted to the bias's dtype).
+  std::vector<Tensor> cuda_apply([[maybe_unused]] const Tensor& xv, [[maybe_unused]] const Tensor& wv,
+                                 [[maybe_unused]] const Tensor& gc) {
+    std::vector<Tensor> grads(has_bias ? 3 : 2);
+#ifdef LLM_HAVE_CUDA
+    const int64_t in = wv.size(1), out = wv.size(0), rows = xv.numel() / in;
+    const Tensor G = bf16_operand(gc);
+    if (next_edges[0].fn) grads[0] = cuda_gemm(G, bf16_operand(wv), false, false, 1, rows, in, out, false, xv.shape(), xv.dtype());
+    if (next_edges[1].fn) grads[1] = cuda_gemm(G, bf16_operand(xv), true, false, 1, out, in, rows, false, wv.shape(), wv.dtype());
+    if (has_bias && next_edges[2].fn) {
+      Tensor db = Tensor::empty(Shape{out}, DType::F32, gc.device());
+      cuda::bias_grad(rows, out, detail::ptr<cuda::bf16>(G), out, detail::ptr<float>(db), false, detail::stream_of(gc));
+      grads[2] = db.to(bias_dtype);
+    }
+#endif
+    return grads;
+  }
+  DType bias_dtype = DType::F32;
   std::vector<SavedTensor*> saved() override { return {&x, &w}; }
   std::string name() const override { return "LinearBackward"; }
 };
 }  // namespace
 
 Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
-  Tensor x = cpu_f32(x_in, "linear", "x"), w = cpu_f32(w_in, "linear", "weight");
+  check_defined(x_in, "linear", "x");
+  check_defined(w_in, "linear", "weight");
+  check_same_device(x_in, w_in, "linear");
+  if (bias_in.defined()) check_same_device(x_in, bias_in, "linear");
+  Tensor x = float_input(x_in, "linear", "x"), w = float_input(w_in, "linear", "weight");
   LLM_CHECK(w.dim() == 2, "linear: weight must be 2-D [out, in], got ", w.str());
   LLM_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "linear: input ", x.shape().str(), " has last dimension ",
             x.dim() ? x.size(-1) : 0, ", but the weight ", w.shape().str(), " expects ", w.size(1));
   const int64_t in = w.size(1), out = w.size(0), rows = x.numel() / in;
   Tensor bias;
   if (bias_in.defined()) {
-    bias = cpu_f32(bias_in, "linear", "bias");
+    bias = float_input(bias_in, "linear", "bias");
     check_shape(bias, Shape{out}, "linear", "bias");
   }
   std::vector<int64_t> shape = x.shape().vec();
   shape.back() = out;
-  Tensor y = Tensor::empty(Shape(shape));
-  cpu::sgemm(false, true, rows, out, in, 1.f, x.data<float>(), in, w.data<float>(), in, 0.f, y.data<float>(), out,
-             bias.defined() ? bias.data<float>() : nullptr);
+  Tensor y;
+  if (x.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    // y = x·Wᵀ + bias with the fp32 bias in the epilogue; W read as bf16 (an f32 master cast here).
+    y = cuda_gemm(bf16_operand(x), bf16_operand(w), false, true, 1, rows, out, in, false, Shape(shape), product_dtype(x, w),
+                  bias.defined() ? bias.detach().to(DType::F32) : Tensor());
+#endif
+  } else {
+    y = Tensor::empty(Shape(shape));
+    cpu::sgemm(false, true, rows, out, in, 1.f, x.data<float>(), in, w.data<float>(), in, 0.f, y.data<float>(), out,
+               bias.defined() ? bias.data<float>() : nullptr);
+  }
   std::vector<const Tensor*> inputs{&x_in, &w_in};
   if (bias_in.defined()) inputs.push_back(&bias_in);
   record_op<LinearBackward>(inputs, {&y}, [&](LinearBackward& n) {
     n.x = SavedTensor(x);
     n.w = SavedTensor(w);
     n.has_bias = bias_in.defined();
+    n.bias_dtype = bias_in.defined() ? bias_in.dtype() : DType::F32;
   });
   return y;
 }

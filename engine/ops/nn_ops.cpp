@@ -7,40 +7,89 @@
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/fused.h"
 
+#ifdef LLM_HAVE_CUDA
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/fused.h"
+#endif
+
 namespace llm::ops {
 
 using autograd::Node;
 using autograd::SavedTensor;
 using detail::cpu_f32;
 using detail::cpu_i32;
+using detail::float_input;
+using detail::index_input;
 using detail::record_op;
+#ifdef LLM_HAVE_CUDA
+using detail::ptr;
+using detail::stream_of;
+using detail::with_float_type;
+#endif
+
+namespace {
+// A parameter (norm weight, bias) as the kernel of an activation of dtype `dtype` reads it: converted
+// without a graph node, since the op computes the parameter's gradient in fp32 itself.
+Tensor param_as(const Tensor& p, DType dtype) { return p.detach().contiguous().to(dtype); }
+
+// An fp32 gradient returned in the dtype of what it is the gradient of.
+Tensor grad_as(const Tensor& g, DType dtype) { return g.to(dtype); }
+
+// Ids or targets checked on the host: a CUDA tensor is copied back for the check (a few KB).
+Tensor host_indices(const Tensor& t) { return t.device().is_cpu() ? t : t.to(Device::cpu()); }
+}  // namespace
 
 namespace {
 // Activations y = f(x) whose backward needs x: one node type, parameterized by the kernels.
 using UnaryForward = void (*)(int64_t, const float*, float*);
 using UnaryBackward = void (*)(int64_t, const float*, const float*, float*);
 
+enum class Activation { kGelu, kSilu };
+
 struct UnaryBackwardNode : Node {
   SavedTensor x;
   UnaryBackward backward = nullptr;
+  Activation activation{};
   const char* op = "";
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
-    const Tensor xv = x.get(*this), gc = g[0].contiguous();
-    Tensor dx = Tensor::empty(xv.shape());
-    backward(xv.numel(), xv.data<float>(), gc.data<float>(), dx.data<float>());
+    const Tensor xv = x.get(*this), gc = g[0].contiguous().to(xv.dtype());
+    Tensor dx = Tensor::empty(xv.shape(), xv.dtype(), xv.device());
+    if (xv.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+      with_float_type(xv.dtype(), [&](auto t) {
+        using T = decltype(t);
+        if (activation == Activation::kGelu) cuda::gelu_backward<T>(xv.numel(), ptr<T>(xv), ptr<T>(gc), ptr<T>(dx), stream_of(xv));
+        else cuda::silu_backward<T>(xv.numel(), ptr<T>(xv), ptr<T>(gc), ptr<T>(dx), stream_of(xv));
+      });
+#endif
+    } else {
+      backward(xv.numel(), xv.data<float>(), gc.data<float>(), dx.data<float>());
+    }
     return {dx};
   }
   std::vector<SavedTensor*> saved() override { return {&x}; }
   std::string name() const override { return std::string(op) + "Backward"; }
 };
 
-Tensor unary(const Tensor& x_in, const char* op, UnaryForward fwd, UnaryBackward bwd) {
-  Tensor x = cpu_f32(x_in, op, "x");
-  Tensor y = Tensor::empty(x.shape());
-  fwd(x.numel(), x.data<float>(), y.data<float>());
+Tensor unary(const Tensor& x_in, const char* op, Activation activation, UnaryForward fwd, UnaryBackward bwd) {
+  Tensor x = float_input(x_in, op, "x");
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    with_float_type(x.dtype(), [&](auto t) {
+      using T = decltype(t);
+      if (activation == Activation::kGelu) cuda::gelu_forward<T>(x.numel(), ptr<T>(x), ptr<T>(y), stream_of(x));
+      else cuda::silu_forward<T>(x.numel(), ptr<T>(x), ptr<T>(y), stream_of(x));
+    });
+#endif
+  } else {
+    fwd(x.numel(), x.data<float>(), y.data<float>());
+  }
   record_op<UnaryBackwardNode>({&x_in}, {&y}, [&](UnaryBackwardNode& n) {
     n.x = SavedTensor(x);
     n.backward = bwd;
+    n.activation = activation;
     n.op = op;
   });
   return y;
@@ -49,17 +98,26 @@ Tensor unary(const Tensor& x_in, const char* op, UnaryForward fwd, UnaryBackward
 int64_t rows_of(const Tensor& x) { return x.dim() ? x.numel() / x.size(-1) : 1; }
 }  // namespace
 
-Tensor gelu(const Tensor& x) { return unary(x, "Gelu", cpu::gelu_forward, cpu::gelu_backward); }
-Tensor silu(const Tensor& x) { return unary(x, "Silu", cpu::silu_forward, cpu::silu_backward); }
+Tensor gelu(const Tensor& x) { return unary(x, "Gelu", Activation::kGelu, cpu::gelu_forward, cpu::gelu_backward); }
+Tensor silu(const Tensor& x) { return unary(x, "Silu", Activation::kSilu, cpu::silu_forward, cpu::silu_backward); }
 
 namespace {
 struct SwigluBackward : Node {
   SavedTensor gate, up;
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
-    const Tensor gv = gate.get(*this), uv = up.get(*this), gc = g[0].contiguous();
-    Tensor dgate = Tensor::empty(gv.shape()), dup = Tensor::empty(uv.shape());
-    cpu::swiglu_backward(gv.numel(), gv.data<float>(), uv.data<float>(), gc.data<float>(), dgate.data<float>(),
-                         dup.data<float>());
+    const Tensor gv = gate.get(*this), uv = up.get(*this), gc = g[0].contiguous().to(gv.dtype());
+    Tensor dgate = Tensor::empty(gv.shape(), gv.dtype(), gv.device()), dup = Tensor::empty(uv.shape(), uv.dtype(), uv.device());
+    if (gv.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+      with_float_type(gv.dtype(), [&](auto t) {
+        using T = decltype(t);
+        cuda::swiglu_backward<T>(gv.numel(), ptr<T>(gv), ptr<T>(uv), ptr<T>(gc), ptr<T>(dgate), ptr<T>(dup), stream_of(gv));
+      });
+#endif
+    } else {
+      cpu::swiglu_backward(gv.numel(), gv.data<float>(), uv.data<float>(), gc.data<float>(), dgate.data<float>(),
+                           dup.data<float>());
+    }
     return {dgate, dup};
   }
   std::vector<SavedTensor*> saved() override { return {&gate, &up}; }
@@ -67,11 +125,24 @@ struct SwigluBackward : Node {
 };
 }  // namespace
 
-Tensor swiglu(const Tensor& gate_in, const Tensor& up_in) {
-  Tensor gate = cpu_f32(gate_in, "swiglu", "gate"), up = cpu_f32(up_in, "swiglu", "up");
+Tensor swiglu(const Tensor& gate_arg, const Tensor& up_arg) {
+  check_defined(gate_arg, "swiglu", "gate");
+  check_defined(up_arg, "swiglu", "up");
+  const std::vector<Tensor> in = detail::promote({gate_arg, up_arg}, "swiglu");
+  const Tensor &gate_in = in[0], &up_in = in[1];
+  Tensor gate = float_input(gate_in, "swiglu", "gate"), up = float_input(up_in, "swiglu", "up");
   check_shape(up, gate.shape(), "swiglu", "up");
-  Tensor y = Tensor::empty(gate.shape());
-  cpu::swiglu_forward(gate.numel(), gate.data<float>(), up.data<float>(), y.data<float>());
+  Tensor y = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
+  if (gate.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    with_float_type(gate.dtype(), [&](auto t) {
+      using T = decltype(t);
+      cuda::swiglu_forward<T>(gate.numel(), ptr<T>(gate), ptr<T>(up), ptr<T>(y), stream_of(gate));
+    });
+#endif
+  } else {
+    cpu::swiglu_forward(gate.numel(), gate.data<float>(), up.data<float>(), y.data<float>());
+  }
   record_op<SwigluBackward>({&gate_in, &up_in}, {&y}, [&](SwigluBackward& n) {
     n.gate = SavedTensor(gate);
     n.up = SavedTensor(up);
@@ -83,9 +154,18 @@ namespace {
 struct SoftmaxBackward : Node {
   SavedTensor y;
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
-    const Tensor yv = y.get(*this), gc = g[0].contiguous();
-    Tensor dx = Tensor::empty(yv.shape());
-    cpu::softmax_backward(rows_of(yv), yv.size(-1), yv.data<float>(), gc.data<float>(), dx.data<float>());
+    const Tensor yv = y.get(*this), gc = g[0].contiguous().to(yv.dtype());
+    Tensor dx = Tensor::empty(yv.shape(), yv.dtype(), yv.device());
+    if (yv.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+      with_float_type(yv.dtype(), [&](auto t) {
+        using T = decltype(t);
+        cuda::softmax_backward<T>(rows_of(yv), yv.size(-1), ptr<T>(yv), ptr<T>(gc), ptr<T>(dx), stream_of(yv));
+      });
+#endif
+    } else {
+      cpu::softmax_backward(rows_of(yv), yv.size(-1), yv.data<float>(), gc.data<float>(), dx.data<float>());
+    }
     return {dx};
   }
   std::vector<SavedTensor*> saved() override { return {&y}; }
@@ -94,10 +174,19 @@ struct SoftmaxBackward : Node {
 }  // namespace
 
 Tensor softmax(const Tensor& x_in) {
-  Tensor x = cpu_f32(x_in, "softmax", "x");
+  Tensor x = float_input(x_in, "softmax", "x");
   LLM_CHECK(x.dim() >= 1, "softmax: needs at least one dimension, got ", x.str());
-  Tensor y = Tensor::empty(x.shape());
-  cpu::softmax_forward(rows_of(x), x.size(-1), x.data<float>(), y.data<float>());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    with_float_type(x.dtype(), [&](auto t) {
+      using T = decltype(t);
+      cuda::softmax_forward<T>(rows_of(x), x.size(-1), ptr<T>(x), ptr<T>(y), stream_of(x));
+    });
+#endif
+  } else {
+    cpu::softmax_forward(rows_of(x), x.size(-1), x.data<float>(), y.data<float>());
+  }
   record_op<SoftmaxBackward>({&x_in}, {&y}, [&](SoftmaxBackward& n) { n.y = SavedTensor(y); });
   return y;
 }
@@ -105,9 +194,22 @@ Tensor softmax(const Tensor& x_in) {
 namespace {
 struct LayerNormBackward : Node {
   SavedTensor x, w, mean, rstd;
+  DType w_dtype = DType::F32, b_dtype = DType::F32;
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
-    const Tensor xv = x.get(*this), wv = w.get(*this), gc = g[0].contiguous();
+    const Tensor xv = x.get(*this), wv = w.get(*this), gc = g[0].contiguous().to(xv.dtype());
     const int64_t C = xv.size(-1);
+    if (xv.device().is_cuda()) {
+      Tensor dx = Tensor::empty(xv.shape(), xv.dtype(), xv.device());
+      Tensor dw = Tensor::empty(Shape{C}, DType::F32, xv.device()), db = Tensor::empty(Shape{C}, DType::F32, xv.device());
+#ifdef LLM_HAVE_CUDA
+      with_float_type(xv.dtype(), [&](auto t) {
+        using T = decltype(t);
+        cuda::layernorm_backward<T>(rows_of(xv), C, ptr<T>(gc), ptr<T>(xv), ptr<T>(wv), ptr<float>(mean.get(*this)),
+                                    ptr<float>(rstd.get(*this)), ptr<T>(dx), ptr<float>(dw), ptr<float>(db), stream_of(xv));
+      });
+#endif
+      return {dx, grad_as(dw, w_dtype), grad_as(db, b_dtype)};
+    }
     Tensor dx = Tensor::empty(xv.shape()), dw = Tensor::empty(Shape{C}), db = Tensor::empty(Shape{C});
     cpu::layernorm_backward(rows_of(xv), C, gc.data<float>(), xv.data<float>(), wv.data<float>(),
                             mean.get(*this).data<float>(), rstd.get(*this).data<float>(), dx.data<float>(),
@@ -120,18 +222,36 @@ struct LayerNormBackward : Node {
 }  // namespace
 
 Tensor layer_norm(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, float eps) {
-  Tensor x = cpu_f32(x_in, "layer_norm", "x"), w = cpu_f32(w_in, "layer_norm", "weight"),
-         b = cpu_f32(b_in, "layer_norm", "bias");
+  check_defined(x_in, "layer_norm", "x");
+  check_same_device(x_in, w_in, "layer_norm");
+  check_same_device(x_in, b_in, "layer_norm");
+  Tensor x = float_input(x_in, "layer_norm", "x"), w = float_input(w_in, "layer_norm", "weight"),
+         b = float_input(b_in, "layer_norm", "bias");
   LLM_CHECK(x.dim() >= 1, "layer_norm: needs at least one dimension, got ", x.str());
   const int64_t C = x.size(-1), N = rows_of(x);
   check_shape(w, Shape{C}, "layer_norm", "weight");
   check_shape(b, Shape{C}, "layer_norm", "bias");
-  Tensor y = Tensor::empty(x.shape()), mean = Tensor::empty(Shape{N}), rstd = Tensor::empty(Shape{N});
-  cpu::layernorm_forward(N, C, x.data<float>(), w.data<float>(), b.data<float>(), eps, y.data<float>(),
-                         mean.data<float>(), rstd.data<float>());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device()), mean = Tensor::empty(Shape{N}, DType::F32, x.device()),
+         rstd = Tensor::empty(Shape{N}, DType::F32, x.device());
+  if (x.device().is_cuda()) {
+    w = param_as(w, x.dtype());
+    b = param_as(b, x.dtype());
+#ifdef LLM_HAVE_CUDA
+    with_float_type(x.dtype(), [&](auto t) {
+      using T = decltype(t);
+      cuda::layernorm_forward<T>(N, C, ptr<T>(x), ptr<T>(w), ptr<T>(b), eps, ptr<T>(y), ptr<float>(mean), ptr<float>(rstd),
+                                 stream_of(x));
+    });
+#endif
+  } else {
+    cpu::layernorm_forward(N, C, x.data<float>(), w.data<float>(), b.data<float>(), eps, y.data<float>(),
+                           mean.data<float>(), rstd.data<float>());
+  }
   record_op<LayerNormBackward>({&x_in, &w_in, &b_in}, {&y}, [&](LayerNormBackward& n) {
     n.x = SavedTensor(x);
     n.w = SavedTensor(w);
+    n.w_dtype = w_in.dtype();
+    n.b_dtype = b_in.dtype();
     n.mean = SavedTensor(mean);
     n.rstd = SavedTensor(rstd);
   });
@@ -141,9 +261,21 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& w_in, const Tensor& b_in, fl
 namespace {
 struct RmsNormBackward : Node {
   SavedTensor x, w, rstd;
+  DType w_dtype = DType::F32;
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
-    const Tensor xv = x.get(*this), wv = w.get(*this), gc = g[0].contiguous();
+    const Tensor xv = x.get(*this), wv = w.get(*this), gc = g[0].contiguous().to(xv.dtype());
     const int64_t C = xv.size(-1);
+    if (xv.device().is_cuda()) {
+      Tensor dx = Tensor::empty(xv.shape(), xv.dtype(), xv.device()), dw = Tensor::empty(Shape{C}, DType::F32, xv.device());
+#ifdef LLM_HAVE_CUDA
+      with_float_type(xv.dtype(), [&](auto t) {
+        using T = decltype(t);
+        cuda::rmsnorm_backward<T>(rows_of(xv), C, ptr<T>(gc), ptr<T>(xv), ptr<T>(wv), ptr<float>(rstd.get(*this)), ptr<T>(dx),
+                                  ptr<float>(dw), stream_of(xv));
+      });
+#endif
+      return {dx, grad_as(dw, w_dtype)};
+    }
     Tensor dx = Tensor::empty(xv.shape()), dw = Tensor::empty(Shape{C});
     cpu::rmsnorm_backward(rows_of(xv), C, gc.data<float>(), xv.data<float>(), wv.data<float>(),
                           rstd.get(*this).data<float>(), dx.data<float>(), dw.data<float>());
@@ -155,15 +287,28 @@ struct RmsNormBackward : Node {
 }  // namespace
 
 Tensor rms_norm(const Tensor& x_in, const Tensor& w_in, float eps) {
-  Tensor x = cpu_f32(x_in, "rms_norm", "x"), w = cpu_f32(w_in, "rms_norm", "weight");
+  check_defined(x_in, "rms_norm", "x");
+  check_same_device(x_in, w_in, "rms_norm");
+  Tensor x = float_input(x_in, "rms_norm", "x"), w = float_input(w_in, "rms_norm", "weight");
   LLM_CHECK(x.dim() >= 1, "rms_norm: needs at least one dimension, got ", x.str());
   const int64_t C = x.size(-1), N = rows_of(x);
   check_shape(w, Shape{C}, "rms_norm", "weight");
-  Tensor y = Tensor::empty(x.shape()), rstd = Tensor::empty(Shape{N});
-  cpu::rmsnorm_forward(N, C, x.data<float>(), w.data<float>(), eps, y.data<float>(), rstd.data<float>());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device()), rstd = Tensor::empty(Shape{N}, DType::F32, x.device());
+  if (x.device().is_cuda()) {
+    w = param_as(w, x.dtype());
+#ifdef LLM_HAVE_CUDA
+    with_float_type(x.dtype(), [&](auto t) {
+      using T = decltype(t);
+      cuda::rmsnorm_forward<T>(N, C, ptr<T>(x), ptr<T>(w), eps, ptr<T>(y), ptr<float>(rstd), stream_of(x));
+    });
+#endif
+  } else {
+    cpu::rmsnorm_forward(N, C, x.data<float>(), w.data<float>(), eps, y.data<float>(), rstd.data<float>());
+  }
   record_op<RmsNormBackward>({&x_in, &w_in}, {&y}, [&](RmsNormBackward& n) {
     n.x = SavedTensor(x);
     n.w = SavedTensor(w);
+    n.w_dtype = w_in.dtype();
     n.rstd = SavedTensor(rstd);
   });
   return y;
@@ -173,8 +318,19 @@ namespace {
 struct EmbeddingBackward : Node {
   SavedTensor ids;
   int64_t V = 0, C = 0;
+  DType table_dtype = DType::F32;
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
     const Tensor iv = ids.get(*this), gc = g[0].contiguous();
+    if (gc.device().is_cuda()) {
+      Tensor dtable = Tensor::empty(Shape{V, C}, DType::F32, gc.device());
+#ifdef LLM_HAVE_CUDA
+      with_float_type(gc.dtype(), [&](auto t) {
+        using T = decltype(t);
+        cuda::embedding_backward<T>(iv.numel(), C, V, ptr<int32_t>(iv), ptr<T>(gc), ptr<float>(dtable), stream_of(gc));
+      });
+#endif
+      return {Tensor(), grad_as(dtable, table_dtype)};
+    }
     Tensor dtable = Tensor::empty(Shape{V, C});
     cpu::embedding_backward(iv.numel(), C, V, iv.data<int32_t>(), gc.data<float>(), dtable.data<float>());
     return {Tensor(), dtable};
@@ -185,20 +341,33 @@ struct EmbeddingBackward : Node {
 }  // namespace
 
 Tensor embedding(const Tensor& ids_in, const Tensor& table_in) {
-  Tensor ids = cpu_i32(ids_in, "embedding", "ids"), table = cpu_f32(table_in, "embedding", "table");
+  check_defined(ids_in, "embedding", "ids");
+  check_same_device(ids_in, table_in, "embedding");
+  Tensor ids = index_input(ids_in, "embedding", "ids"), table = float_input(table_in, "embedding", "table");
   LLM_CHECK(table.dim() == 2, "embedding: table must be 2-D [vocab, dim], got ", table.str());
   const int64_t V = table.size(0), C = table.size(1), N = ids.numel();
-  const int32_t* id = ids.data<int32_t>();
+  const Tensor host_ids = host_indices(ids);
+  const int32_t* id = host_ids.data<int32_t>();
   for (int64_t i = 0; i < N; ++i)
     LLM_CHECK(id[i] >= 0 && id[i] < V, "embedding: id ", id[i], " at position ", i, " is outside the vocabulary [0, ", V, ")");
   std::vector<int64_t> shape = ids.shape().vec();
   shape.push_back(C);
-  Tensor out = Tensor::empty(Shape(shape));
-  cpu::embedding_forward(N, C, id, table.data<float>(), out.data<float>());
+  Tensor out = Tensor::empty(Shape(shape), table.dtype(), table.device());
+  if (table.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    with_float_type(table.dtype(), [&](auto t) {
+      using T = decltype(t);
+      cuda::embedding_forward<T>(N, C, ptr<int32_t>(ids), ptr<T>(table), ptr<T>(out), stream_of(table));
+    });
+#endif
+  } else {
+    cpu::embedding_forward(N, C, id, table.data<float>(), out.data<float>());
+  }
   record_op<EmbeddingBackward>({&ids_in, &table_in}, {&out}, [&](EmbeddingBackward& n) {
     n.ids = SavedTensor(ids);
     n.V = V;
     n.C = C;
+    n.table_dtype = table.dtype();
   });
   return out;
 }
@@ -206,13 +375,29 @@ Tensor embedding(const Tensor& ids_in, const Tensor& table_in) {
 namespace {
 // Positions for every token of x [B, T, H, D]: given [T] (shared) or [B, T].
 Tensor token_positions(const Tensor& positions_in, int64_t B, int64_t T) {
-  Tensor p = cpu_i32(positions_in, "rope", "positions");
+  Tensor p = index_input(positions_in, "rope", "positions");
   if (p.shape() == Shape{B, T}) return p;
   LLM_CHECK(p.shape() == Shape{T}, "rope: positions must have shape [", T, "] or [", B, ", ", T, "], got ",
             p.shape().str());
-  Tensor all = Tensor::empty(Shape{B, T}, DType::I32);
-  for (int64_t b = 0; b < B; ++b) std::copy(p.data<int32_t>(), p.data<int32_t>() + T, all.data<int32_t>() + b * T);
-  return all;
+  return detail::make_view(p, Shape{B, T}, Shape{0, 1}, p.offset()).contiguous();  // the row repeated B times
+}
+
+// x [B, T, H, D] rotated by each token's position (inverse: by minus the angle), on x's device.
+Tensor rotate(const Tensor& x, const Tensor& pos, float theta, cpu::RopeLayout layout, bool inverse) {
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    with_float_type(x.dtype(), [&](auto t) {
+      using T = decltype(t);
+      cuda::rope<T>(pos.numel(), x.size(2), x.size(3), ptr<T>(x), ptr<int32_t>(pos), theta, layout, inverse, ptr<T>(y),
+                    stream_of(x));
+    });
+#endif
+  } else {
+    cpu::rope(pos.numel(), x.size(2), x.size(3), x.data<float>(), pos.data<int32_t>(), theta, layout, inverse,
+              y.data<float>());
+  }
+  return y;
 }
 
 struct RopeBackward : Node {
@@ -220,11 +405,7 @@ struct RopeBackward : Node {
   float theta = 0.f;
   cpu::RopeLayout layout{};
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
-    const Tensor gc = g[0].contiguous(), pv = positions.get(*this);
-    Tensor dx = Tensor::empty(gc.shape());
-    cpu::rope(pv.numel(), gc.size(2), gc.size(3), gc.data<float>(), pv.data<int32_t>(), theta, layout, true,
-              dx.data<float>());
-    return {dx, Tensor()};
+    return {rotate(float_input(g[0], "rope backward", "grad"), positions.get(*this), theta, layout, true), Tensor()};
   }
   std::vector<SavedTensor*> saved() override { return {&positions}; }
   std::string name() const override { return "RopeBackward"; }
@@ -232,13 +413,13 @@ struct RopeBackward : Node {
 }  // namespace
 
 Tensor rope(const Tensor& x_in, const Tensor& positions_in, float theta, cpu::RopeLayout layout) {
-  Tensor x = cpu_f32(x_in, "rope", "x");
+  check_defined(x_in, "rope", "x");
+  check_same_device(x_in, positions_in, "rope");
+  Tensor x = float_input(x_in, "rope", "x");
   LLM_CHECK(x.dim() == 4, "rope: x must be [B, T, H, D], got ", x.str());
   LLM_CHECK(x.size(3) % 2 == 0, "rope: head dimension ", x.size(3), " must be even");
   const Tensor pos = token_positions(positions_in, x.size(0), x.size(1));
-  Tensor y = Tensor::empty(x.shape());
-  cpu::rope(pos.numel(), x.size(2), x.size(3), x.data<float>(), pos.data<int32_t>(), theta, layout, false,
-            y.data<float>());
+  Tensor y = rotate(x, pos, theta, layout, false);
   record_op<RopeBackward>({&x_in, &positions_in}, {&y}, [&](RopeBackward& n) {
     n.positions = SavedTensor(pos);
     n.theta = theta;
@@ -248,13 +429,34 @@ Tensor rope(const Tensor& x_in, const Tensor& positions_in, float theta, cpu::Ro
 }
 
 namespace {
+#ifdef LLM_HAVE_CUDA
+cuda::AttentionShape cuda_shape(const cpu::AttentionShape& s) { return {s.B, s.T, s.Hq, s.Hkv, s.D, s.window}; }
+Tensor bf16_of(const Tensor& t) { return t.detach().contiguous().to(DType::BF16); }
+#endif
+
 struct AttentionBackward : Node {
-  SavedTensor q, k, v, doc, out, lse;
+  SavedTensor q, k, v, doc, out, lse;  // on CUDA q, k, v and out are the bf16 tensors the kernels read
   cpu::AttentionShape shape{};
   float scale = 1.f;
+  DType dtypes[3] = {DType::F32, DType::F32, DType::F32};  // of q, k, v: their gradients' dtypes
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
     const Tensor qv = q.get(*this), kv = k.get(*this), vv = v.get(*this), gc = g[0].contiguous();
     const Tensor docv = doc.defined() ? doc.get(*this) : Tensor();
+    if (gc.device().is_cuda()) {
+      Tensor dq = Tensor::empty(qv.shape(), DType::BF16, gc.device()), dk = Tensor::empty(kv.shape(), DType::BF16, gc.device()),
+             dv = Tensor::empty(vv.shape(), DType::BF16, gc.device());
+#ifdef LLM_HAVE_CUDA
+      const cuda::AttentionShape cs = cuda_shape(shape);
+      const Tensor dout = bf16_of(gc);
+      Tensor work = Tensor::empty(Shape{static_cast<int64_t>(cuda::attention_backward_workspace_bytes(cs))}, DType::U8,
+                                  gc.device());
+      cuda::attention_backward(cs, ptr<cuda::bf16>(qv), ptr<cuda::bf16>(kv), ptr<cuda::bf16>(vv),
+                               docv.defined() ? ptr<int32_t>(docv) : nullptr, scale, ptr<cuda::bf16>(out.get(*this)),
+                               ptr<float>(lse.get(*this)), ptr<cuda::bf16>(dout), ptr<cuda::bf16>(dq), ptr<cuda::bf16>(dk),
+                               ptr<cuda::bf16>(dv), work.raw_data(), stream_of(gc));
+#endif
+      return {dq.to(dtypes[0]), dk.to(dtypes[1]), dv.to(dtypes[2]), Tensor()};
+    }
     Tensor dq = Tensor::empty(qv.shape()), dk = Tensor::empty(kv.shape()), dv = Tensor::empty(vv.shape());
     cpu::attention_backward(shape, qv.data<float>(), kv.data<float>(), vv.data<float>(),
                             docv.defined() ? docv.data<int32_t>() : nullptr, scale, out.get(*this).data<float>(),
@@ -269,7 +471,11 @@ struct AttentionBackward : Node {
 
 Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& doc_in, float scale,
                  int64_t window) {
-  Tensor q = cpu_f32(q_in, "attention", "q"), k = cpu_f32(k_in, "attention", "k"), v = cpu_f32(v_in, "attention", "v");
+  check_defined(q_in, "attention", "q");
+  check_same_device(q_in, k_in, "attention");
+  check_same_device(q_in, v_in, "attention");
+  if (doc_in.defined()) check_same_device(q_in, doc_in, "attention");
+  Tensor q = float_input(q_in, "attention", "q"), k = float_input(k_in, "attention", "k"), v = float_input(v_in, "attention", "v");
   LLM_CHECK(q.dim() == 4, "attention: q must be [B, T, Hq, D], got ", q.str());
   const cpu::AttentionShape s{q.size(0), q.size(1), q.size(2), k.dim() == 4 ? k.size(2) : 0, q.size(3), window};
   check_shape(k, Shape{s.B, s.T, s.Hkv, s.D}, "attention", "k");
@@ -278,14 +484,32 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
             " key/value heads");
   Tensor doc;
   if (doc_in.defined()) {
-    doc = cpu_i32(doc_in, "attention", "doc");
+    doc = index_input(doc_in, "attention", "doc");
     check_shape(doc, Shape{s.B, s.T}, "attention", "doc");
   }
   const float sc = scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(s.D));
-  Tensor out = Tensor::empty(q.shape()), lse = Tensor::empty(Shape{s.B, s.Hq, s.T});
-  cpu::attention_forward(s, q.data<float>(), k.data<float>(), v.data<float>(),
-                         doc.defined() ? doc.data<int32_t>() : nullptr, sc, out.data<float>(), lse.data<float>());
-  record_op<AttentionBackward>({&q_in, &k_in, &v_in, &doc_in}, {&out}, [&](AttentionBackward& n) {
+  Tensor lse = Tensor::empty(Shape{s.B, s.Hq, s.T}, DType::F32, q.device());
+  Tensor out, result;  // out: what the kernel wrote (and backward reads); result: in the op's output dtype
+  const DType dtypes[3] = {q.dtype(), k.dtype(), v.dtype()};
+  if (q.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    // bf16 tensor-core kernels; f32 inputs are read as bf16 and an all-f32 call returns f32.
+    q = bf16_of(q);
+    k = bf16_of(k);
+    v = bf16_of(v);
+    out = Tensor::empty(q.shape(), DType::BF16, q.device());
+    cuda::attention_forward(cuda_shape(s), ptr<cuda::bf16>(q), ptr<cuda::bf16>(k), ptr<cuda::bf16>(v),
+                            doc.defined() ? ptr<int32_t>(doc) : nullptr, sc, ptr<cuda::bf16>(out), ptr<float>(lse),
+                            stream_of(q));
+    const bool any_bf16 = dtypes[0] == DType::BF16 || dtypes[1] == DType::BF16 || dtypes[2] == DType::BF16;
+    result = any_bf16 ? out : out.to(DType::F32);
+#endif
+  } else {
+    out = result = Tensor::empty(q.shape());
+    cpu::attention_forward(s, q.data<float>(), k.data<float>(), v.data<float>(),
+                           doc.defined() ? doc.data<int32_t>() : nullptr, sc, out.data<float>(), lse.data<float>());
+  }
+  record_op<AttentionBackward>({&q_in, &k_in, &v_in, &doc_in}, {&result}, [&](AttentionBackward& n) {
     n.q = SavedTensor(q);
     n.k = SavedTensor(k);
     n.v = SavedTensor(v);
@@ -294,8 +518,9 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
     n.lse = SavedTensor(lse);
     n.shape = s;
     n.scale = sc;
+    for (int i = 0; i < 3; ++i) n.dtypes[i] = dtypes[i];
   });
-  return out;
+  return result;
 }
 
 Tensor attention_cached(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& past_in, float scale,
@@ -317,6 +542,59 @@ Tensor attention_cached(const Tensor& q_in, const Tensor& k_in, const Tensor& v_
 }
 
 namespace {
+// Per-row losses (lse − logit of the target, 0 for ignored rows) and log-sum-exps, f32 [N], on the
+// logits' device. Targets are range-checked on the host (copied back from CUDA: N int32); returns
+// how many rows are not ignored.
+int64_t cross_entropy_rows(const Tensor& logits, const Tensor& targets, int32_t ignore_index, const char* op,
+                           Tensor* losses, Tensor* lse) {
+  const int64_t V = logits.size(-1), N = rows_of(logits);
+  LLM_CHECK(targets.numel() == N, op, ": ", targets.numel(), " targets (", targets.shape().str(), ") for ", N,
+            " rows of logits ", logits.shape().str());
+  const Tensor host_targets = host_indices(targets);
+  const int32_t* t = host_targets.data<int32_t>();
+  int64_t counted = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (t[i] == ignore_index) continue;
+    LLM_CHECK(t[i] >= 0 && t[i] < V, op, ": target ", t[i], " at row ", i, " is outside [0, ", V,
+              ") and is not the ignore index ", ignore_index);
+    ++counted;
+  }
+  *losses = Tensor::empty(Shape{N}, DType::F32, logits.device());
+  *lse = Tensor::empty(Shape{N}, DType::F32, logits.device());
+  if (logits.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    with_float_type(logits.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::cross_entropy_forward<T>(N, V, ptr<T>(logits), ptr<int32_t>(targets), ignore_index, ptr<float>(*losses),
+                                     ptr<float>(*lse), stream_of(logits));
+    });
+#endif
+  } else {
+    cpu::cross_entropy_forward(N, V, logits.data<float>(), t, ignore_index, losses->data<float>(), lse->data<float>());
+  }
+  return counted;
+}
+
+// dlogits = dloss · (softmax(logits) − onehot(targets)) in the logits' dtype; dloss f32 [N].
+Tensor cross_entropy_grad(const Tensor& logits, const Tensor& targets, int32_t ignore_index, const Tensor& lse,
+                          const Tensor& dloss) {
+  const int64_t V = logits.size(-1), N = logits.numel() / V;
+  Tensor dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+  if (logits.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    with_float_type(logits.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::cross_entropy_backward<T>(N, V, ptr<T>(logits), ptr<int32_t>(targets), ignore_index, ptr<float>(lse),
+                                      ptr<float>(dloss), ptr<T>(dlogits), stream_of(logits));
+    });
+#endif
+  } else {
+    cpu::cross_entropy_backward(N, V, logits.data<float>(), targets.data<int32_t>(), ignore_index, lse.data<float>(),
+                                dloss.data<float>(), dlogits.data<float>());
+  }
+  return dlogits;
+}
+
 struct CrossEntropyBackward : Node {
   SavedTensor logits, targets, lse;
   int32_t ignore_index = -100;
@@ -324,12 +602,18 @@ struct CrossEntropyBackward : Node {
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
     const Tensor lv = logits.get(*this), tv = targets.get(*this);
     const int64_t V = lv.size(-1), N = lv.numel() / V;
+    if (lv.device().is_cuda()) {
+      // dloss = g / counted for every row, computed on the device from the scalar g (no host read).
+      Tensor dloss = Tensor::zeros(Shape{N}, DType::F32, lv.device());
+#ifdef LLM_HAVE_CUDA
+      const Tensor gv = g[0].to(DType::F32);
+      cuda::add<float>(N, ptr<float>(dloss), 1.f, 1, ptr<float>(gv), counted ? 1.f / static_cast<float>(counted) : 0.f,
+                       ptr<float>(dloss), stream_of(lv));
+#endif
+      return {cross_entropy_grad(lv, tv, ignore_index, lse.get(*this), dloss), Tensor()};
+    }
     const float per_row = counted ? g[0].item() / static_cast<float>(counted) : 0.f;
-    Tensor dloss = Tensor::full(Shape{N}, per_row);
-    Tensor dlogits = Tensor::empty(lv.shape());
-    cpu::cross_entropy_backward(N, V, lv.data<float>(), tv.data<int32_t>(), ignore_index, lse.get(*this).data<float>(),
-                                dloss.data<float>(), dlogits.data<float>());
-    return {dlogits, Tensor()};
+    return {cross_entropy_grad(lv, tv, ignore_index, lse.get(*this), Tensor::full(Shape{N}, per_row)), Tensor()};
   }
   std::vector<SavedTensor*> saved() override { return {&logits, &targets, &lse}; }
   std::string name() const override { return "CrossEntropyBackward"; }
@@ -337,23 +621,20 @@ struct CrossEntropyBackward : Node {
 }  // namespace
 
 Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int32_t ignore_index) {
-  Tensor logits = cpu_f32(logits_in, "cross_entropy", "logits"), targets = cpu_i32(targets_in, "cross_entropy", "targets");
+  check_defined(logits_in, "cross_entropy", "logits");
+  check_same_device(logits_in, targets_in, "cross_entropy");
+  Tensor logits = float_input(logits_in, "cross_entropy", "logits"), targets = index_input(targets_in, "cross_entropy", "targets");
   LLM_CHECK(logits.dim() >= 1, "cross_entropy: logits need a vocabulary dimension, got ", logits.str());
-  const int64_t V = logits.size(-1), N = rows_of(logits);
-  LLM_CHECK(targets.numel() == N, "cross_entropy: ", targets.numel(), " targets (", targets.shape().str(), ") for ", N,
-            " rows of logits ", logits.shape().str());
-  const int32_t* t = targets.data<int32_t>();
-  int64_t counted = 0;
-  for (int64_t i = 0; i < N; ++i) {
-    if (t[i] == ignore_index) continue;
-    LLM_CHECK(t[i] >= 0 && t[i] < V, "cross_entropy: target ", t[i], " at row ", i, " is outside [0, ", V,
-              ") and is not the ignore index ", ignore_index);
-    ++counted;
+  Tensor losses, lse;
+  const int64_t counted = cross_entropy_rows(logits, targets, ignore_index, "cross_entropy", &losses, &lse);
+  Tensor loss;
+  if (logits.device().is_cuda()) {  // the mean over counted rows, a device scalar
+    NoGradGuard no_grad;
+    loss = ops::scale(ops::sum(losses), counted ? 1.f / static_cast<float>(counted) : 0.f);
+  } else {
+    const double total = cpu::sum(losses.numel(), losses.data<float>());
+    loss = Tensor::full(Shape{}, counted ? total / static_cast<double>(counted) : 0.0);
   }
-  Tensor losses = Tensor::empty(Shape{N}), lse = Tensor::empty(Shape{N});
-  cpu::cross_entropy_forward(N, V, logits.data<float>(), t, ignore_index, losses.data<float>(), lse.data<float>());
-  const double total = cpu::sum(N, losses.data<float>());
-  Tensor loss = Tensor::full(Shape{}, counted ? total / static_cast<double>(counted) : 0.0);
   record_op<CrossEntropyBackward>({&logits_in, &targets_in}, {&loss}, [&](CrossEntropyBackward& n) {
     n.logits = SavedTensor(logits);
     n.targets = SavedTensor(targets);
@@ -372,13 +653,9 @@ struct TokenLogprobsBackward : Node {
     const Tensor lv = logits.get(*this), tv = targets.get(*this);
     const int64_t V = lv.size(-1), N = lv.numel() / V;
     // d logprob / d logits = onehot - softmax: the cross-entropy gradient with the sign flipped.
-    Tensor dloss = Tensor::empty(Shape{N});
-    const Tensor gv = g[0].contiguous();
-    for (int64_t i = 0; i < N; ++i) dloss.data<float>()[i] = -gv.data<float>()[i];
-    Tensor dlogits = Tensor::empty(lv.shape());
-    cpu::cross_entropy_backward(N, V, lv.data<float>(), tv.data<int32_t>(), ignore_index, lse.get(*this).data<float>(),
-                                dloss.data<float>(), dlogits.data<float>());
-    return {dlogits, Tensor()};
+    const Tensor dloss = ops::scale(float_input(g[0].to(DType::F32), "token_logprobs backward", "grad"), -1.f);
+    LLM_CHECK(dloss.numel() == N, "internal: token_logprobs backward got ", dloss.numel(), " gradients for ", N, " rows");
+    return {cross_entropy_grad(lv, tv, ignore_index, lse.get(*this), dloss), Tensor()};
   }
   std::vector<SavedTensor*> saved() override { return {&logits, &targets, &lse}; }
   std::string name() const override { return "TokenLogprobsBackward"; }
@@ -386,19 +663,17 @@ struct TokenLogprobsBackward : Node {
 }  // namespace
 
 Tensor token_logprobs(const Tensor& logits_in, const Tensor& targets_in, int32_t ignore_index) {
-  Tensor logits = cpu_f32(logits_in, "token_logprobs", "logits"), targets = cpu_i32(targets_in, "token_logprobs", "targets");
+  check_defined(logits_in, "token_logprobs", "logits");
+  check_same_device(logits_in, targets_in, "token_logprobs");
+  Tensor logits = float_input(logits_in, "token_logprobs", "logits"), targets = index_input(targets_in, "token_logprobs", "targets");
   LLM_CHECK(logits.dim() >= 1, "token_logprobs: logits need a vocabulary dimension, got ", logits.str());
-  const int64_t V = logits.size(-1), N = rows_of(logits);
-  LLM_CHECK(targets.numel() == N, "token_logprobs: ", targets.numel(), " targets (", targets.shape().str(), ") for ", N,
-            " rows of logits ", logits.shape().str());
-  const int32_t* t = targets.data<int32_t>();
-  for (int64_t i = 0; i < N; ++i)
-    LLM_CHECK(t[i] == ignore_index || (t[i] >= 0 && t[i] < V), "token_logprobs: target ", t[i], " at row ", i,
-              " is outside [0, ", V, ") and is not the ignore index ", ignore_index);
-  Tensor out = Tensor::empty(targets.shape()), lse = Tensor::empty(Shape{N});
-  cpu::cross_entropy_forward(N, V, logits.data<float>(), t, ignore_index, out.data<float>(), lse.data<float>());
-  float* o = out.data<float>();
-  for (int64_t i = 0; i < N; ++i) o[i] = -o[i];
+  Tensor losses, lse;
+  cross_entropy_rows(logits, targets, ignore_index, "token_logprobs", &losses, &lse);
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = ops::scale(losses, -1.f).view(targets.shape());
+  }
   record_op<TokenLogprobsBackward>({&logits_in, &targets_in}, {&out}, [&](TokenLogprobsBackward& n) {
     n.logits = SavedTensor(logits);
     n.targets = SavedTensor(targets);

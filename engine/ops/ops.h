@@ -4,19 +4,24 @@
 // on their inputs' device; inputs on different devices are an error naming the op and both devices.
 // Misuse (shape, dtype, device) throws llm::Error naming the op.
 //
-// Precision. On the CPU floating-point math is f32. On CUDA ops take f32 or bf16 tensors and compute
-// in fp32 registers whatever the storage; the mixed-precision rule:
-//   - when an op's floating inputs mix bf16 and f32 (bf16 activations meeting f32 master weights),
-//     the f32 ones are cast to bf16 through ops::cast, whose backward returns an f32 gradient, so
-//     f32 parameters always receive f32 gradients (accumulated on the device);
-//   - matmul and linear run on bf16 tensor cores: f32 operands are cast the same way, and the result
-//     is bf16 when any operand was bf16, f32 otherwise (so an all-f32 graph stays f32 end to end,
-//     with products of bf16-rounded operands);
+// Precision. On the CPU floating-point math is f32. On CUDA ops take f32 or bf16 tensors, compute in
+// fp32 registers whatever the storage, and follow one mixed-precision rule, so that fp32 master
+// weights meet bf16 activations and still receive fp32 gradients:
+//   - ops with parameters (linear, layer_norm, rms_norm) read an f32 parameter at the activation's
+//     precision (a bf16 copy made inside the op, outside the graph) and compute its gradient from
+//     fp32 accumulators, returned in the parameter's own dtype; embedding returns rows in the table's
+//     dtype (models cast them to their activation dtype) and its table gradient the same way;
+//   - elementwise ops (add, sub, mul, swiglu) whose floating inputs mix bf16 and f32 cast the f32 ones
+//     to bf16 through ops::cast, whose backward returns the gradient in f32;
+//   - matmul, linear and attention run on bf16 tensor cores: their result is bf16 when any floating
+//     input is bf16, f32 otherwise (an all-f32 graph stays f32, with products of bf16-rounded operands);
 //   - reductions to statistics (sum, mean, cross_entropy, token_logprobs) return f32;
-//   - the rest return their (promoted) input dtype, and gradients have the dtype of what they are
-//     the gradient of.
+//   - everything else returns its input's dtype, and every gradient has the dtype of the tensor it
+//     is the gradient of (leaves accumulate .grad on their device).
+// attention_cached, quantize_q8 and linear_q8 run on the CPU only (a clear error on CUDA).
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "engine/core/tensor.h"
@@ -60,6 +65,13 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed, bool training = true);
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // x [..., in] · wᵀ (w [out, in], as nn.Linear) + bias [out] (optional) → [..., out].
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
+// Which GEMM runs matmul and linear on CUDA, process-wide (config `kernels.matmul`): the hand-written
+// tensor-core kernel, cuBLASLt, or auto (each shape timed once, the faster kept). No effect on the CPU.
+enum class MatmulBackend { kNative, kCublas, kAuto };
+void set_matmul_backend(MatmulBackend backend);
+MatmulBackend matmul_backend();
+MatmulBackend parse_matmul_backend(const std::string& name);  // "native", "cublas", "auto"; throws otherwise
+const char* to_string(MatmulBackend backend);
 
 // ---- neural-network ops -- nn_ops.cpp ---------------------------------------------------------
 Tensor gelu(const Tensor& x);  // tanh approximation (GPT-2)

@@ -64,11 +64,12 @@ void match_cpu(const std::string& what, const OpFn& f, const V& inputs, const st
   }
 }
 
-// The op in both precisions: all f32, then input 0 (the activation) bf16 with the rest f32.
-void match_cpu_both(const std::string& what, const OpFn& f, const V& inputs) {
+// The op in both precisions: all f32 (within f32_tol: bf16 where the kernel reads bf16 operands),
+// then input 0 (the activation) bf16 with the rest f32.
+void match_cpu_both(const std::string& what, const OpFn& f, const V& inputs, double f32_tol = kF32Tol) {
   std::vector<DType> f32(inputs.size(), F32), mixed(inputs.size(), F32);
   mixed[0] = BF16;
-  match_cpu(what + " f32", f, inputs, f32, kF32Tol);
+  match_cpu(what + " f32", f, inputs, f32, f32_tol);
   match_cpu(what + " bf16 activation, f32 parameters", f, inputs, mixed, kBf16Tol);
 }
 
@@ -107,6 +108,91 @@ TEST(OpsCuda, ShapesAndCasts) {
   match_cpu("cast round trip", [](const V& in) { return ops::cast(ops::cast(in[0], BF16), F32); }, {values({257}, 9)},
             {F32}, 0.0);
   match_cpu("cast bf16 to f32", [](const V& in) { return ops::cast(in[0], F32); }, {values({257}, 10)}, {BF16}, kBf16Tol);
+}
+
+Tensor ids(const std::vector<int32_t>& v, const Shape& s) { return Tensor::from_vector(v, s); }
+
+TEST(OpsCuda, MatmulAndLinear) {
+  LLM_SKIP_WITHOUT_GPU();
+  // The tensor cores read bf16 operands: even the all-f32 run is within bf16 tolerance only.
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      const std::string t = std::string(ta ? "ᵀ" : "") + "·" + (tb ? "ᵀ" : "");
+      const Shape a = ta ? Shape{127, 17} : Shape{17, 127}, b = tb ? Shape{33, 127} : Shape{127, 33};
+      const std::vector<DType> f32{F32, F32}, bf16{BF16, BF16};
+      match_cpu("matmul " + t, [=](const V& in) { return ops::matmul(in[0], in[1], ta, tb); }, {values(a, 1), values(b, 2)}, f32, kBf16Tol);
+      match_cpu("matmul bf16 " + t, [=](const V& in) { return ops::matmul(in[0], in[1], ta, tb); }, {values(a, 1), values(b, 2)}, bf16, kBf16Tol);
+      const Shape ab = ta ? Shape{3, 65, 17} : Shape{3, 17, 65}, bb = tb ? Shape{3, 9, 65} : Shape{3, 65, 9};
+      match_cpu("batched matmul " + t, [=](const V& in) { return ops::matmul(in[0], in[1], ta, tb); }, {values(ab, 3), values(bb, 4)}, bf16, kBf16Tol);
+    }
+  for (bool tb : {false, true})
+    match_cpu_both(std::string("matmul with a shared b") + (tb ? "ᵀ" : ""),
+                   [=](const V& in) { return ops::matmul(in[0], in[1], false, tb); },
+                   {values({2, 17, 65}, 5), values(tb ? Shape{9, 65} : Shape{65, 9}, 6)}, kBf16Tol);
+  // Mixed: bf16 activations, f32 weight and bias receiving f32 gradients.
+  std::vector<DType> f32(3, F32), mixed{BF16, F32, F32};
+  for (const auto& xs : {Shape{2, 17, 257}, Shape{3, 64}}) {
+    const V in{values(xs, 7), values({129, xs[xs.ndim() - 1]}, 8), values({129}, 9)};
+    match_cpu("linear f32 " + xs.str(), [](const V& v) { return ops::linear(v[0], v[1], v[2]); }, in, f32, kBf16Tol);
+    match_cpu("linear bf16 " + xs.str(), [](const V& v) { return ops::linear(v[0], v[1], v[2]); }, in, mixed, kBf16Tol);
+    match_cpu("linear without bias " + xs.str(), [](const V& v) { return ops::linear(v[0], v[1]); }, {in[0], in[1]},
+              {BF16, F32}, kBf16Tol);
+  }
+}
+
+TEST(OpsCuda, ActivationsNormsSoftmax) {
+  LLM_SKIP_WITHOUT_GPU();
+  match_cpu_both("gelu", [](const V& in) { return ops::gelu(in[0]); }, {values({3, 257}, 1, -3.f, 3.f)});
+  match_cpu_both("silu", [](const V& in) { return ops::silu(in[0]); }, {values({3, 257}, 2, -3.f, 3.f)});
+  match_cpu_both("swiglu", [](const V& in) { return ops::swiglu(in[0], in[1]); },
+                 {values({3, 127}, 3, -3.f, 3.f), values({3, 127}, 4)});
+  match_cpu_both("softmax", [](const V& in) { return ops::softmax(in[0]); }, {values({4, 1000}, 5, -2.f, 2.f)});
+  match_cpu_both("layer_norm", [](const V& in) { return ops::layer_norm(in[0], in[1], in[2]); },
+                 {values({2, 17, 257}, 6), values({257}, 7), values({257}, 8)});
+  match_cpu_both("rms_norm", [](const V& in) { return ops::rms_norm(in[0], in[1]); }, {values({2, 17, 768}, 9), values({768}, 10)});
+}
+
+TEST(OpsCuda, EmbeddingRopeCrossEntropy) {
+  LLM_SKIP_WITHOUT_GPU();
+  const Tensor token_ids = ids({3, 0, 3, 6, 1, 3, 6, 6}, Shape{2, 4});
+  // The table is the parameter (f32 in both runs), so the bf16 variant casts its output.
+  match_cpu("embedding f32", [&](const V& in) { return ops::embedding(in[1], in[0]); }, {values({7, 65}, 1), token_ids},
+            {F32, F32}, kF32Tol);
+  match_cpu("embedding bf16 table", [&](const V& in) { return ops::embedding(in[1], in[0]); }, {values({7, 65}, 1), token_ids},
+            {BF16, F32}, kBf16Tol);
+  const Tensor pos = ids({0, 5, 17}, Shape{3});
+  const Tensor pos_bt = ids({0, 1, 2, 7, 8, 9}, Shape{2, 3});
+  for (auto layout : {cpu::RopeLayout::kHalf, cpu::RopeLayout::kInterleaved}) {
+    match_cpu_both("rope [T] positions", [&](const V& in) { return ops::rope(in[0], in[1], 10000.f, layout); },
+                   {values({2, 3, 2, 64}, 2), pos});
+    match_cpu_both("rope [B, T] positions", [&](const V& in) { return ops::rope(in[0], in[1], 10000.f, layout); },
+                   {values({2, 3, 5, 8}, 3), pos_bt});
+  }
+  const Tensor targets = ids({4, -100, 0, 2, 999, 7}, Shape{2, 3});
+  match_cpu_both("cross_entropy", [&](const V& in) { return ops::cross_entropy(in[0], in[1]); },
+                 {values({2, 3, 1000}, 4, -2.f, 2.f), targets});
+  match_cpu_both("token_logprobs", [&](const V& in) { return ops::token_logprobs(in[0], in[1]); },
+                 {values({2, 3, 1000}, 5, -2.f, 2.f), targets});
+}
+
+TEST(OpsCuda, Attention) {
+  LLM_SKIP_WITHOUT_GPU();
+  // Head dims 64 and 128 take the tensor-core kernels, 32 and 48 the simple ones; GQA 4:2; packed
+  // documents; a sliding window. The kernels read bf16, so both runs are within bf16 tolerance.
+  const Tensor doc = ids({0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,  //
+                          5, 5, 5, 5, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6}, Shape{2, 17});
+  for (int64_t D : {32, 48, 64, 128}) {
+    const V in{values({2, 17, 4, D}, 1), values({2, 17, 2, D}, 2), values({2, 17, 2, D}, 3), doc};
+    const std::string d = " D=" + std::to_string(D);
+    match_cpu("attention f32" + d, [](const V& v) { return ops::attention(v[0], v[1], v[2]); }, {in[0], in[1], in[2]},
+              {F32, F32, F32}, kBf16Tol);
+    match_cpu("attention bf16" + d, [](const V& v) { return ops::attention(v[0], v[1], v[2]); }, {in[0], in[1], in[2]},
+              {BF16, BF16, BF16}, kBf16Tol);
+    match_cpu("attention packed" + d, [](const V& v) { return ops::attention(v[0], v[1], v[2], v[3]); }, in,
+              {BF16, BF16, BF16, F32}, kBf16Tol);
+    match_cpu("attention window 5" + d, [](const V& v) { return ops::attention(v[0], v[1], v[2], Tensor(), 0.f, 5); },
+              {in[0], in[1], in[2]}, {BF16, BF16, BF16}, kBf16Tol);
+  }
 }
 
 TEST(OpsCuda, GradientsAccumulateOnTheDevice) {
