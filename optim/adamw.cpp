@@ -6,6 +6,11 @@
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/fused.h"
 
+#ifdef LLM_HAVE_CUDA
+#include "engine/core/cuda_context.h"
+#include "kernels/cuda/fused.h"
+#endif
+
 namespace llm::optim {
 
 bool uses_weight_decay(const AdamWConfig& config, const std::string& name, const Tensor& param) {
@@ -15,14 +20,21 @@ bool uses_weight_decay(const AdamWConfig& config, const std::string& name, const
 AdamW::AdamW(std::vector<std::pair<std::string, Tensor>> named_params, AdamWConfig config) : config_(std::move(config)) {
   for (auto& [name, p] : named_params) {
     check_dtype(p, DType::F32, "AdamW", name.c_str());
-    LLM_CHECK(p.is_contiguous() && p.device().is_cpu(), "AdamW: parameter '", name, "' must be a contiguous CPU tensor");
-    slots_.push_back({name, p, Tensor::zeros(p.shape()), Tensor::zeros(p.shape()), uses_weight_decay(config_, name, p)});
+    LLM_CHECK(p.is_contiguous(), "AdamW: parameter '", name, "' must be contiguous");
+    LLM_CHECK(slots_.empty() || p.device() == slots_.front().param.device(), "AdamW: parameter '", name, "' is on ",
+              p.device().str(), ", the others on ", slots_.front().param.device().str());
+    slots_.push_back({name, p, Tensor::zeros(p.shape(), DType::F32, p.device()),
+                      Tensor::zeros(p.shape(), DType::F32, p.device()), uses_weight_decay(config_, name, p)});
   }
 }
 
 void AdamW::step(float lr, float grad_scale) {
   ++step_;
   NoGradGuard no_grad;
+  if (!slots_.empty() && slots_.front().param.device().is_cuda()) {
+    step_cuda(lr, grad_scale);
+    return;
+  }
   for (Slot& s : slots_) {
     const Tensor g = s.param.grad();
     if (!g.defined()) continue;
@@ -32,6 +44,30 @@ void AdamW::step(float lr, float grad_scale) {
     cpu::adamw_update(s.param.numel(), s.param.data<float>(), gc.data<float>(), s.m.data<float>(), s.v.data<float>(), h);
     s.param.storage()->bump_version();
   }
+}
+
+// Every parameter with a gradient in one launch of the fused kernel, moments on the device.
+void AdamW::step_cuda(float lr, float grad_scale) {
+#ifdef LLM_HAVE_CUDA
+  std::vector<cuda::AdamWTensor> tensors;
+  std::vector<Tensor> grads;  // keeps contiguous copies alive until the launch
+  for (Slot& s : slots_) {
+    const Tensor g = s.param.grad();
+    if (!g.defined()) continue;
+    check_dtype(g, DType::F32, "AdamW", (s.name + ".grad").c_str());
+    grads.push_back(g.contiguous());
+    tensors.push_back({s.param.data<float>(), grads.back().data<float>(), s.m.data<float>(), s.v.data<float>(), nullptr,
+                       s.param.numel(), s.decay});
+    s.param.storage()->bump_version();
+  }
+  if (tensors.empty()) return;
+  const cpu::AdamWHyper h{lr, config_.beta1, config_.beta2, config_.eps, config_.weight_decay, step_, grad_scale};
+  cuda::adamw_update(tensors.data(), static_cast<int>(tensors.size()), h, nullptr,
+                     cuda_context::stream(slots_.front().param.device()));
+#else
+  (void)lr;
+  (void)grad_scale;
+#endif
 }
 
 void AdamW::zero_grad() {
@@ -76,11 +112,31 @@ void AdamW::set_state(const State& st) {
 
 double grad_norm(const std::vector<Tensor>& params) {
   double total = 0;
+  std::vector<Tensor> device_grads;
   for (const Tensor& p : params) {
     const Tensor g = p.grad();
     if (!g.defined()) continue;
+    check_dtype(g, DType::F32, "grad_norm", "grad");
     const Tensor gc = g.contiguous();
-    total += cpu::sum_squares(gc.numel(), gc.data<float>());
+    if (gc.device().is_cuda()) device_grads.push_back(gc);
+    else total += cpu::sum_squares(gc.numel(), gc.data<float>());
+  }
+  if (!device_grads.empty()) {
+#ifdef LLM_HAVE_CUDA
+    // One deterministic reduction over every gradient on the device, read back once.
+    const Device device = device_grads.front().device();
+    std::vector<const float*> ptrs;
+    std::vector<int64_t> sizes;
+    for (const Tensor& g : device_grads) {
+      check_same_device(g, device_grads.front(), "grad_norm");
+      ptrs.push_back(g.data<float>());
+      sizes.push_back(g.numel());
+    }
+    Tensor sumsq = Tensor::empty(Shape{}, DType::F32, device);
+    cuda::sum_of_squares(ptrs.data(), sizes.data(), static_cast<int>(ptrs.size()), sumsq.data<float>(),
+                         cuda_context::stream(device));
+    total += sumsq.item();
+#endif
   }
   return std::sqrt(total);
 }

@@ -30,7 +30,8 @@ class AdamW {
   AdamW(std::vector<std::pair<std::string, Tensor>> named_params, AdamWConfig config);
 
   // One update with learning rate lr from each parameter's .grad (parameters without a gradient are
-  // skipped), gradients first multiplied by grad_scale. Increments the step count.
+  // skipped), gradients first multiplied by grad_scale. Increments the step count. Parameters on a
+  // GPU (all on one device) are updated by one launch of the fused kernel, moments kept there.
   void step(float lr, float grad_scale = 1.f);
   // Drops every parameter's .grad.
   void zero_grad();
@@ -40,7 +41,8 @@ class AdamW {
   // Names of the parameters that get weight decay.
   std::vector<std::string> decayed() const;
 
-  // Optimizer state for checkpoints: the step count and, per parameter name, the two moments.
+  // Optimizer state for checkpoints: the step count and, per parameter name, the two moments (on the
+  // parameters' device; set_state copies from any device).
   struct State {
     int64_t step = 0;
     std::vector<std::pair<std::string, Tensor>> m, v;
@@ -54,12 +56,14 @@ class AdamW {
     Tensor param, m, v;
     bool decay;
   };
+  void step_cuda(float lr, float grad_scale);
   std::vector<Slot> slots_;
   AdamWConfig config_;
   int64_t step_ = 0;
 };
 
-// The global L2 norm of the gradients (parameters without one count as zero), in double.
+// The global L2 norm of the gradients (parameters without one count as zero), in double. Gradients
+// on a GPU are reduced there in one deterministic fp32 pass and the sum read back (one sync per call).
 double grad_norm(const std::vector<Tensor>& params);
 
 // The factor that brings a gradient of norm `norm` to at most max_norm (1 when already within, or
