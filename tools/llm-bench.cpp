@@ -314,7 +314,7 @@ int run_train(const Options& o) {
     // Rank 0's median step; the machine-wide ceiling is every rank's (they measured at once).
     const double s = median(times), wait = median(waits), tps = double(world * B * T) / s;
     const double world_ceiling = comm->all_reduce_value(ceiling, llm::dist::ReduceOp::Sum);
-    const double mfu = llm::train::flops_per_token(mc, T) * tps / world_ceiling;
+    const double mfu = mc.training_flops_per_token(T) * tps / world_ceiling;
     const double peak_gb = comm->all_reduce_value(double(peak_rss()) / (1 << 30), llm::dist::ReduceOp::Sum);
     const int threads = llm::cpu::num_threads();
     if (comm->rank() != 0) return 0;

@@ -34,6 +34,13 @@ struct ModelConfig {
   std::string summary() const;
   // Parameters of a model with this configuration.
   int64_t num_parameters() const;
+  // Training FLOPs per token for MFU: 6 per weight (forward + backward matmuls; position tables are
+  // lookups) plus causal attention's score and value products, 6·L·T·C.
+  double training_flops_per_token(int64_t seq_len) const;
 };
+
+// MFU's ceiling per GPU (unless a config says otherwise): the H100/H200 SXM datasheet's dense bf16
+// tensor-core rate, 989 TFLOP/s (the H200 has the H100's compute with more, faster memory).
+constexpr double kGpuPeakBf16Flops = 989e12;
 
 }  // namespace llm::models

@@ -46,17 +46,23 @@ int64_t ModelConfig::num_parameters() const {
   return n + n_layers * per_layer + (tie_embeddings ? 0 : vocab_size * dim);
 }
 
+double ModelConfig::training_flops_per_token(int64_t seq_len) const {
+  int64_t n = num_parameters();
+  if (arch == Arch::GPT2) n -= max_seq_len * dim;
+  return 6.0 * static_cast<double>(n) + 6.0 * static_cast<double>(n_layers * seq_len * dim);
+}
+
 // ---- initialization -------------------------------------------------------------------------
 namespace {
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// Positions 0..T-1, as the default for every row.
-Tensor default_positions(int64_t T) {
+// Positions 0..T-1, as the default for every row, on `device`.
+Tensor default_positions(int64_t T, Device device) {
   std::vector<int32_t> p(T);
   for (int64_t t = 0; t < T; ++t) p[t] = static_cast<int32_t>(t);
-  return Tensor::from_vector(p, Shape{T});
+  return Tensor::from_vector(p, Shape{T}).to(device);
 }
 }  // namespace
 
@@ -198,8 +204,8 @@ class GPT2 : public CausalLM {
     LLM_CHECK(ids.dim() == 2, "gpt2: token ids must be [B, T], got ", ids.str());
     const int64_t T = ids.size(1);
     LLM_CHECK(T <= config_.max_seq_len, "gpt2: sequence length ", T, " exceeds the context of ", config_.max_seq_len);
-    const Tensor positions = options.positions.defined() ? options.positions : default_positions(T);
-    Tensor x = wte.forward(ids) + wpe.forward(positions);
+    const Tensor positions = options.positions.defined() ? options.positions : default_positions(T, ids.device());
+    Tensor x = activations(wte.forward(ids) + wpe.forward(positions));
     for (const auto& block : blocks) x = block->forward(x, options.doc);
     return head(x);
   }
@@ -295,8 +301,8 @@ class Llama : public CausalLM {
 
   Tensor forward(const Tensor& ids, const ForwardOptions& options) override {
     LLM_CHECK(ids.dim() == 2, "llama: token ids must be [B, T], got ", ids.str());
-    const Tensor positions = options.positions.defined() ? options.positions : default_positions(ids.size(1));
-    Tensor x = embed_tokens.forward(ids);
+    const Tensor positions = options.positions.defined() ? options.positions : default_positions(ids.size(1), ids.device());
+    Tensor x = activations(embed_tokens.forward(ids));
     for (const auto& block : blocks) x = block->forward(x, positions, options.doc);
     return head(x);
   }

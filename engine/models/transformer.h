@@ -27,8 +27,13 @@ struct KVCache {
 class CausalLM : public nn::Module {
  public:
   explicit CausalLM(const ModelConfig& config) : config_(config) {}
-  // ids i32 [B, T] → logits f32 [B, T, vocab].
+  // ids i32 [B, T] → logits [B, T, vocab] (f32, or bf16 with a bf16 activation dtype), on the
+  // device of the ids, which must be the parameters' device.
   virtual Tensor forward(const Tensor& ids, const ForwardOptions& options = {}) = 0;
+  // The dtype of the activations forward computes: f32 (default), or bf16 for mixed precision on
+  // CUDA (the embeddings are cast once; parameters stay as they are: ops.h has the rule).
+  void set_activation_dtype(DType dtype) { activation_dtype_ = dtype; }
+  DType activation_dtype() const { return activation_dtype_; }
   // Inference with a KV cache (call under NoGradGuard): row b of ids [B, T] holds n_new[b] <= T new
   // tokens (the rest is padding), which are appended to the cache after its cached ones. Returns the
   // logits [B, vocab] of each row's last new token (rows with n_new 0 return unspecified values).
@@ -52,7 +57,10 @@ class CausalLM : public nn::Module {
                                KVCache& cache) = 0;
   // Final norm and output head of hidden rows [N, C] → logits [N, vocab].
   virtual Tensor head(const Tensor& hidden) = 0;
+  // The embedding output in the activation dtype.
+  Tensor activations(const Tensor& embedded) const { return ops::cast(embedded, activation_dtype_); }
   ModelConfig config_;
+  DType activation_dtype_ = DType::F32;
 };
 
 // The model for config.arch, with weights initialized from `seed`.

@@ -71,6 +71,19 @@ void Module::load_state(const std::map<std::string, Tensor>& tensors, bool stric
   for (const auto& [name, t] : tensors) LLM_CHECK(used.count(name), "unexpected tensor '", name, "' (", t.str(), ")");
 }
 
+void Module::to(Device device) {
+  NoGradGuard no_grad;
+  for (auto& [name, slot] : params_) {
+    if (!slot->defined() || slot->device() == device) continue;
+    const bool requires_grad = slot->requires_grad();
+    Tensor moved = slot->detach().to(device);
+    moved.set_name(slot->name());
+    if (requires_grad) moved.set_requires_grad(true);
+    *slot = moved;
+  }
+  for (auto& [name, child] : children_) child->to(device);
+}
+
 void Module::quantize_q8() {
   for (auto& [name, child] : children_) child->quantize_q8();
 }

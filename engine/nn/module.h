@@ -32,6 +32,10 @@ class Module {
   // parameter must be given and every given name must exist; errors name the offending tensors.
   void load_state(const std::map<std::string, Tensor>& tensors, bool strict = true);
 
+  // Moves every parameter to `device` (a new leaf there, requires_grad as before; gradients dropped).
+  // Modules hold parameters by slot, so every later forward uses the moved ones.
+  void to(Device device);
+
   void set_training(bool on);
   bool training() const { return training_; }
 

@@ -18,7 +18,7 @@ constexpr const char* kFormat = "llm-checkpoint";
 constexpr int64_t kVersion = 1;
 
 void write_tensor(H5File& f, const std::string& name, const Tensor& t) {
-  const Tensor c = t.detach().contiguous();
+  const Tensor c = t.detach().to(Device::cpu()).contiguous();  // GPU tensors are saved from host copies
   check_dtype(c, DType::F32, "save_checkpoint", name.c_str());
   f.write<float>(name, c.data<float>(), c.shape().vec());
 }

@@ -152,6 +152,27 @@ const std::vector<Field>& fields() {
       {"train", "seed", [](C& c, const YAML::Node& n, const std::string& w) { c.seed = as<uint64_t>(n, w, "a non-negative integer"); },
        [](const C& c) { return std::to_string(c.seed); }},
       integer("train", "threads", &C::threads),
+      {"train", "device",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         c.device = as<std::string>(n, w, "a string");
+         if (c.device != "cpu" && c.device != "cuda") throw Error(w + ": expected cpu or cuda, got \"" + c.device + "\"");
+       },
+       [](const C& c) { return c.device; }},
+      {"train", "precision",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         c.precision = as<std::string>(n, w, "a string");
+         if (c.precision != "auto" && c.precision != "fp32" && c.precision != "bf16")
+           throw Error(w + ": expected auto, fp32 or bf16, got \"" + c.precision + "\"");
+       },
+       [](const C& c) { return c.precision; }},
+      number("train", "peak_tflops", &C::peak_tflops),
+      {"kernels", "matmul",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         c.matmul = as<std::string>(n, w, "a string");
+         if (c.matmul != "auto" && c.matmul != "native" && c.matmul != "cublas")
+           throw Error(w + ": expected auto, native or cublas, got \"" + c.matmul + "\"");
+       },
+       [](const C& c) { return c.matmul; }},
       text("checkpoint", "dir", &C::checkpoint_dir),
       integer("checkpoint", "interval", &C::checkpoint_interval),
       integer("checkpoint", "keep_last", &C::keep_last),
@@ -244,6 +265,9 @@ void check_values(const TrainConfig& c) {
   LLM_CHECK(c.zero == 0 || c.zero == 1, src, ": dist.zero: expected 0 or 1, got ", c.zero);
   LLM_CHECK(c.bucket_mb > 0, src, ": dist.bucket_mb: must be positive, got ", c.bucket_mb);
   LLM_CHECK(c.timeout_s > 0, src, ": dist.timeout_s: must be positive, got ", c.timeout_s);
+  LLM_CHECK(c.peak_tflops >= 0, src, ": train.peak_tflops: must be 0 (the default) or positive, got ", c.peak_tflops);
+  LLM_CHECK(!(c.device == "cpu" && c.precision == "bf16"), src, ": train.precision: bf16 needs train.device: cuda "
+            "(the CPU computes in fp32)");
   LLM_CHECK(!c.train_data.empty(), src, ": data.train: missing (",
             c.is_finetune() ? "a JSONL file of examples" : "a prepared directory or a shard glob", ")");
   LLM_CHECK(c.val_fraction >= 0 && c.val_fraction < 1, src, ": finetune.val_fraction: must be in [0, 1), got ", c.val_fraction);
@@ -273,10 +297,10 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
     throw Error(source + ": line " + std::to_string(e.mark.line + 1) + ": " + e.msg);
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-  LLM_CHECK(root.IsMap(), source, ": expected sections (model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward, dist)");
+  LLM_CHECK(root.IsMap(), source, ": expected sections (model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward, dist, kernels)");
   for (const auto& section : root) {
     const std::string s = section.first.as<std::string>();
-    LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward, dist)");
+    LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward, dist, kernels)");
     LLM_CHECK(section.second.IsMap() || section.second.IsNull(), source, ": ", s, ": expected a map of keys");
     for (const auto& kv : section.second) {
       const std::string k = kv.first.as<std::string>();

@@ -42,6 +42,14 @@ struct TrainConfig {
   float sample_temperature = 0.8f;
   uint64_t seed = 1337;
   int64_t threads = 0;  // 0: all cores
+  std::string device = "cpu";       // cpu | cuda: where the model, its gradients and AdamW's state live
+  std::string precision = "auto";   // auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16 (activations; weights stay fp32)
+  float peak_tflops = 0;            // MFU's ceiling per GPU; 0: 989 (H100/H200 SXM dense bf16 spec) on cuda,
+                                    // the measured fp32 GEMM rate on the CPU
+  bool use_bf16() const { return precision == "bf16" || (precision == "auto" && device == "cuda"); }
+
+  // kernels
+  std::string matmul = "auto";  // auto | native | cublas: the GEMM behind matmul and linear on cuda
 
   // checkpoint
   std::string checkpoint_dir = "out";

@@ -96,6 +96,18 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
   model_ = models::make_model(mc, config_.seed);
   if (!init_weights.empty()) model_->load_state(init_weights);
   dist::broadcast_parameters(*comm_, model_->parameters());  // identical from the seed; now guaranteed
+  if (config_.device == "cuda") {
+    // fp32 master weights on the GPU (initialized on the CPU first: the same weights as a CPU run).
+    LLM_CHECK(cuda_device_count() > 0, config_.source, ": train.device: cuda, but no CUDA device is visible",
+              " (or this build has no CUDA backend)");
+    LLM_CHECK(comm_->world_size() == 1 && config_.zero == 0 && !config_.is_rl(), config_.source,
+              ": train.device: cuda runs pretraining and SFT in one process for now (no data parallelism, ZeRO, "
+              "GRPO or REINFORCE on the GPU yet)");
+    device_ = Device::cuda(0);
+    model_->to(device_);
+    if (config_.use_bf16()) model_->set_activation_dtype(DType::BF16);
+    ops::set_matmul_backend(ops::parse_matmul_backend(config_.matmul));
+  }
 
   std::string data_line;
   if (config_.is_finetune()) {
@@ -144,6 +156,7 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
     }
     try {
       const std::vector<std::string> adapted = nn::apply_lora(*model_, *lora_, config_.seed);
+      model_->to(device_);  // the new adapters join the weights' device
       log_ << "lora: rank " << lora_->rank << ", alpha " << lora_->alpha << " on " << adapted.size() << " modules ("
            << config_.lora_targets << ")\n";
     } catch (const Error& e) {
@@ -171,7 +184,11 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
   schedule_.warmup_steps = config_.warmup_steps;
   schedule_.total_steps = config_.max_steps;
 
-  peak_flops_ = measure_gemm_ceiling() * comm_->world_size();  // the world's ceiling: MFU counts all ranks' tokens
+  // The world's ceiling: MFU counts all ranks' tokens. On a GPU, the dense bf16 datasheet rate.
+  const double per_rank = config_.peak_tflops > 0 ? config_.peak_tflops * 1e12
+                          : device_.is_cuda()     ? models::kGpuPeakBf16Flops
+                                                  : measure_gemm_ceiling();
+  peak_flops_ = per_rank * comm_->world_size();
   int64_t trained = 0;
   for (const auto& [name, t] : trainable) trained += t.numel();
   log_ << "model: " << mc.summary() << ", " << model_->num_parameters() << " parameters"
@@ -182,8 +199,11 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
   else
     log_ << "train: " << config_.batch_size << " x " << config_.seq_len << " tokens x " << config_.grad_accum
          << " accumulation x " << comm_->world_size() << " rank(s) = " << tokens_per_step() << " tokens/step, "
-         << cpu::num_threads() << " threads, GEMM ceiling " << std::lround(peak_flops_ * 1e-9 / comm_->world_size())
-         << " GFLOP/s" << (comm_->world_size() > 1 ? " per rank" : "") << "\n";
+         << (device_.is_cuda() ? std::string("cuda, ") + (config_.use_bf16() ? "bf16" : "fp32") + " activations, matmul " +
+                                     ops::to_string(ops::matmul_backend()) + ", peak "
+                               : std::to_string(cpu::num_threads()) + " threads, GEMM ceiling ")
+         << std::lround(peak_flops_ * 1e-9 / comm_->world_size()) << " GFLOP/s" << (comm_->world_size() > 1 ? " per rank" : "")
+         << "\n";
   if (comm_->world_size() > 1)
     log_ << "dist: " << comm_->world_size() << " ranks over " << comm_->backend()
          << (zero_ ? ", ZeRO-1: optimizer state " + std::to_string(zero_->shard_size()) + " elements per moment per rank"
@@ -294,12 +314,6 @@ Trainer::~Trainer() = default;
 
 void Trainer::stop() { stop_requested_ = true; }
 
-double flops_per_token(const models::ModelConfig& c, int64_t seq_len) {
-  int64_t n = c.num_parameters();
-  if (c.arch == models::Arch::GPT2) n -= c.max_seq_len * c.dim;
-  return 6.0 * static_cast<double>(n) + 6.0 * static_cast<double>(c.n_layers * seq_len * c.dim);
-}
-
 // Sustained single-precision GEMM rate of this machine at the current thread count: the ceiling MFU
 // is measured against (a CPU has no datasheet number that fits every core count and clock).
 double measure_gemm_ceiling() {
@@ -392,6 +406,18 @@ void Trainer::resume(const std::string& path_or_auto) {
 }
 
 namespace {
+// Where the model's parameters live (the CPU for a model without any).
+Device model_device(const models::CausalLM& model) {
+  const std::vector<Tensor> params = model.parameters();
+  return params.empty() ? Device::cpu() : params.front().device();
+}
+
+// The batch's tensors on `device` (a copy through pinned staging when that is a GPU).
+data::Batch on_device(const data::Batch& b, Device device) {
+  auto move = [&](const Tensor& t) { return t.defined() ? t.to(device) : t; };
+  return data::Batch(move(b.inputs), move(b.targets), move(b.doc), move(b.positions));
+}
+
 // Forward and backward over the micro-batches, gradients accumulated, each loss scaled by
 // 1/micro_batches.size(); `before_last_backward` runs just before the backward that completes the
 // gradients. Returns the mean loss, averaged over all ranks when `comm` is given (every rank then
@@ -400,8 +426,9 @@ double accumulate_gradients(models::CausalLM& model, const std::vector<data::Bat
                             dist::Communicator* comm, const std::function<void()>& before_last_backward) {
   double loss_sum = 0;
   const float inv_accum = 1.f / static_cast<float>(micro_batches.size());
+  const Device device = model_device(model);
   for (size_t i = 0; i < micro_batches.size(); ++i) {
-    const data::Batch& batch = micro_batches[i];
+    const data::Batch batch = on_device(micro_batches[i], device);
     models::ForwardOptions options;
     options.doc = batch.doc;
     options.positions = batch.positions;
@@ -508,7 +535,7 @@ double Trainer::evaluate() {
   else sft_val_->set_batches(0);
   double total = 0;
   for (int64_t i = 0; i < config_.eval_batches; ++i) {
-    const data::Batch b = val_loader_ ? val_loader_->next() : sft_val_->next();
+    const data::Batch b = on_device(val_loader_ ? val_loader_->next() : sft_val_->next(), device_);
     models::ForwardOptions options;
     options.doc = b.doc;
     options.positions = b.positions;
@@ -528,7 +555,8 @@ std::string Trainer::sample(int64_t n_tokens) {
   for (int64_t i = 0; i < n_tokens; ++i) {
     const int64_t n = std::min<int64_t>(static_cast<int64_t>(ids.size()), ctx_max);
     const std::vector<int32_t> ctx(ids.end() - n, ids.end());
-    const Tensor logits = model_->forward(Tensor::from_vector(ctx, Shape{1, n}));
+    const Tensor logits =
+        model_->forward(Tensor::from_vector(ctx, Shape{1, n}).to(device_)).to(Device::cpu()).to(DType::F32);
     const float* last = logits.data<float>() + (n - 1) * V;
     const double temp = std::max(1e-3f, config_.sample_temperature);
     double mx = -1e300;
@@ -622,7 +650,7 @@ std::vector<StepRecord> Trainer::run() {
     r.lr = lr;
     r.grad_norm = last_grad_norm_;
     r.tokens_per_s = static_cast<double>(step_tokens) / seconds;
-    r.mfu = config_.is_rl() ? 0.0 : flops_per_token(model_->config(), config_.seq_len) * r.tokens_per_s / peak_flops_;
+    r.mfu = config_.is_rl() ? 0.0 : model_->config().training_flops_per_token(config_.seq_len) * r.tokens_per_s / peak_flops_;
     r.rl = last_rl_;
     records.push_back(r);
     nlohmann::json line = {{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
@@ -652,7 +680,7 @@ std::vector<StepRecord> Trainer::run() {
         std::snprintf(text, sizeof(text),
                       "step %lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | MFU %.1f%% | ETA %s",
                       static_cast<long long>(step_), static_cast<long long>(last_step), loss, lr, last_grad_norm_, tps,
-                      100.0 * flops_per_token(model_->config(), config_.seq_len) * tps / peak_flops_,
+                      100.0 * model_->config().training_flops_per_token(config_.seq_len) * tps / peak_flops_,
                       format_duration(eta).c_str());
       log_ << text << std::endl;
       window_seconds = 0;

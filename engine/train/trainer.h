@@ -44,9 +44,6 @@ double training_step(models::CausalLM& model, optim::AdamW& optimizer, const std
 double training_step(models::CausalLM& model, optim::ZeroAdamW& optimizer, const std::vector<data::Batch>& micro_batches,
                      float lr, float grad_clip, double* grad_norm);
 
-// Training FLOPs per token for MFU: 6 per weight (forward + backward matmuls; position tables are
-// lookups) plus causal attention's score and value products, 6·L·T·C.
-double flops_per_token(const models::ModelConfig& config, int64_t seq_len);
 // The sustained sgemm rate of this machine at the current thread count, FLOP/s: the ceiling MFU is
 // measured against (a CPU has no datasheet number that fits every core count and clock).
 double measure_gemm_ceiling();
@@ -120,7 +117,8 @@ class Trainer {
   std::unique_ptr<nn::LoraConfig> lora_;  // set when adapters train instead of the weights
   int64_t step_ = 0, tokens_ = 0;
   double last_grad_norm_ = 0;
-  double peak_flops_ = 0;  // measured GEMM ceiling, FLOP/s, for MFU
+  double peak_flops_ = 0;  // MFU's ceiling, FLOP/s: the measured GEMM rate on the CPU, the bf16 peak on a GPU
+  Device device_ = Device::cpu();  // the model's, its gradients' and AdamW's device (train.device)
   static std::atomic<bool> stop_requested_;
 };
 

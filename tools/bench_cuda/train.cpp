@@ -1,0 +1,82 @@
+// `llm-bench cuda` section 30: GPT-2 124M training on the GPU, the engine's whole step (forward,
+// backward, gradient norm, AdamW) with bf16 activations and fp32 master weights, T = 1024, at the
+// largest micro-batch that fits (64, 32, 16, 8, 4 tried in turn). Tokens/s, and MFU against the
+// dense bf16 peak (models::kGpuPeakBf16Flops, 989 TFLOP/s: H100/H200 SXM).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "engine/core/cuda_context.h"
+#include "engine/models/transformer.h"
+#include "engine/ops/ops.h"
+#include "optim/adamw.h"
+#include "tools/bench_cuda/bench_cuda.h"
+
+namespace llm::bench_cuda {
+namespace {
+
+models::ModelConfig gpt2_124m() {
+  models::ModelConfig c;
+  c.arch = models::Arch::GPT2;
+  c.vocab_size = 50257;
+  c.max_seq_len = 1024;
+  c.dim = 768;
+  c.n_layers = 12;
+  c.n_heads = 12;
+  c.n_kv_heads = 12;
+  c.hidden_dim = 3072;
+  return c;
+}
+
+// Median seconds per training step at micro-batch B (throws when it does not fit).
+double step_seconds(models::CausalLM& model, optim::AdamW& optimizer, int64_t B, int64_t T, int64_t vocab) {
+  std::vector<int32_t> ids(static_cast<size_t>(B * T));
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7919 + 13) % static_cast<size_t>(vocab));
+  const Tensor x = Tensor::from_vector(ids, Shape{B, T}).to(Device::cuda());
+  std::rotate(ids.begin(), ids.begin() + 1, ids.end());
+  const Tensor y = Tensor::from_vector(ids, Shape{B, T}).to(Device::cuda());
+  std::vector<double> times;
+  for (int step = 0; step < 7; ++step) {  // two warm-up steps: kAuto's GEMM timing, the allocator's cache
+    const auto t0 = std::chrono::steady_clock::now();
+    optimizer.zero_grad();
+    ops::cross_entropy(model.forward(x), y).backward();
+    optimizer.step(1e-4f, optim::clip_scale(optim::grad_norm(model.parameters()), 1.0));
+    cuda_context::synchronize(0);
+    if (step >= 2) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+void bench_train() {
+  const models::ModelConfig config = gpt2_124m();
+  const int64_t T = 1024;
+  auto model = models::make_model(config, 1);
+  model->to(Device::cuda());
+  model->set_activation_dtype(DType::BF16);
+  optim::AdamW optimizer(model->named_parameters(), optim::AdamWConfig{});
+  for (int64_t B : {64, 32, 16, 8, 4}) {
+    const std::string shape = "gpt2-124m B=" + std::to_string(B) + " T=" + std::to_string(T);
+    try {
+      const double s = step_seconds(*model, optimizer, B, T, config.vocab_size);
+      const double tokens_per_s = static_cast<double>(B * T) / s;
+      const double flops = config.training_flops_per_token(T) * tokens_per_s;
+      print_row("train step", shape, ops::to_string(ops::matmul_backend()), tokens_per_s * 1e-3, "ktok/s");
+      print_row("train MFU", shape, "bf16", flops * 1e-12, "TFLOP/s", models::kGpuPeakBf16Flops * 1e-12);
+      return;
+    } catch (const std::exception& e) {  // too large: free what the failed step cached, try half
+      std::printf("%-14s %-28s did not run (%s)\n", "train step", shape.c_str(), e.what());
+      optimizer.zero_grad();
+      cuda_context::synchronize(0);
+      allocator_for(Device::cuda()).release_cached();
+    }
+  }
+}
+
+const Section train_section(30, "train", &bench_train);
+
+}  // namespace
+}  // namespace llm::bench_cuda
