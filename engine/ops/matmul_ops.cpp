@@ -28,7 +28,8 @@ MatmulBackend parse_matmul_backend(const std::string& name) {
   if (name == "native") return MatmulBackend::kNative;
   if (name == "cublas") return MatmulBackend::kCublas;
   if (name == "auto") return MatmulBackend::kAuto;
-  throw Error("unknown matmul backend '" + name + "' (expected native, cublas or auto)");
+  if (name == "simple") return MatmulBackend::kSimple;
+  throw Error("unknown matmul backend '" + name + "' (expected native, cublas, auto or simple)");
 }
 
 const char* to_string(MatmulBackend backend) {
@@ -36,6 +37,7 @@ const char* to_string(MatmulBackend backend) {
     case MatmulBackend::kNative: return "native";
     case MatmulBackend::kCublas: return "cublas";
     case MatmulBackend::kAuto: return "auto";
+    case MatmulBackend::kSimple: return "simple";
   }
   return "?";
 }
@@ -46,6 +48,7 @@ cuda::GemmBackend gemm_backend() {
   switch (g_matmul_backend) {
     case MatmulBackend::kNative: return cuda::GemmBackend::kNative;
     case MatmulBackend::kCublas: return cuda::GemmBackend::kCublas;
+    case MatmulBackend::kSimple: return cuda::GemmBackend::kSimple;
     case MatmulBackend::kAuto: break;
   }
   return cuda::GemmBackend::kAuto;

@@ -429,8 +429,18 @@ Tensor rope(const Tensor& x_in, const Tensor& positions_in, float theta, cpu::Ro
 }
 
 namespace {
+AttentionBackend g_attention_backend = AttentionBackend::kAuto;
+
 #ifdef LLM_HAVE_CUDA
 cuda::AttentionShape cuda_shape(const cpu::AttentionShape& s) { return {s.B, s.T, s.Hq, s.Hkv, s.D, s.window}; }
+cuda::AttentionKernel attention_kernel() {
+  switch (g_attention_backend) {
+    case AttentionBackend::kSimple: return cuda::AttentionKernel::kSimple;
+    case AttentionBackend::kTensorCore: return cuda::AttentionKernel::kTensorCore;
+    case AttentionBackend::kAuto: break;
+  }
+  return cuda::AttentionKernel::kAuto;
+}
 Tensor bf16_of(const Tensor& t) { return t.detach().contiguous().to(DType::BF16); }
 #endif
 
@@ -453,7 +463,7 @@ struct AttentionBackward : Node {
       cuda::attention_backward(cs, ptr<cuda::bf16>(qv), ptr<cuda::bf16>(kv), ptr<cuda::bf16>(vv),
                                docv.defined() ? ptr<int32_t>(docv) : nullptr, scale, ptr<cuda::bf16>(out.get(*this)),
                                ptr<float>(lse.get(*this)), ptr<cuda::bf16>(dout), ptr<cuda::bf16>(dq), ptr<cuda::bf16>(dk),
-                               ptr<cuda::bf16>(dv), work.raw_data(), stream_of(gc));
+                               ptr<cuda::bf16>(dv), work.raw_data(), stream_of(gc), attention_kernel());
 #endif
       return {dq.to(dtypes[0]), dk.to(dtypes[1]), dv.to(dtypes[2]), Tensor()};
     }
@@ -468,6 +478,25 @@ struct AttentionBackward : Node {
   std::string name() const override { return "AttentionBackward"; }
 };
 }  // namespace
+
+void set_attention_backend(AttentionBackend backend) { g_attention_backend = backend; }
+AttentionBackend attention_backend() { return g_attention_backend; }
+
+AttentionBackend parse_attention_backend(const std::string& name) {
+  if (name == "auto") return AttentionBackend::kAuto;
+  if (name == "simple") return AttentionBackend::kSimple;
+  if (name == "tensor_core") return AttentionBackend::kTensorCore;
+  throw Error("unknown attention backend '" + name + "' (expected auto, simple or tensor_core)");
+}
+
+const char* to_string(AttentionBackend backend) {
+  switch (backend) {
+    case AttentionBackend::kAuto: return "auto";
+    case AttentionBackend::kSimple: return "simple";
+    case AttentionBackend::kTensorCore: return "tensor_core";
+  }
+  return "?";
+}
 
 Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& doc_in, float scale,
                  int64_t window) {
@@ -500,7 +529,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
     out = Tensor::empty(q.shape(), DType::BF16, q.device());
     cuda::attention_forward(cuda_shape(s), ptr<cuda::bf16>(q), ptr<cuda::bf16>(k), ptr<cuda::bf16>(v),
                             doc.defined() ? ptr<int32_t>(doc) : nullptr, sc, ptr<cuda::bf16>(out), ptr<float>(lse),
-                            stream_of(q));
+                            stream_of(q), attention_kernel());
     const bool any_bf16 = dtypes[0] == DType::BF16 || dtypes[1] == DType::BF16 || dtypes[2] == DType::BF16;
     result = any_bf16 ? out : out.to(DType::F32);
 #endif

@@ -66,11 +66,12 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans
 // x [..., in] · wᵀ (w [out, in], as nn.Linear) + bias [out] (optional) → [..., out].
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
 // Which GEMM runs matmul and linear on CUDA, process-wide (config `kernels.matmul`): the hand-written
-// tensor-core kernel, cuBLASLt, or auto (each shape timed once, the faster kept). No effect on the CPU.
-enum class MatmulBackend { kNative, kCublas, kAuto };
+// tensor-core kernel, cuBLASLt, auto (each shape timed once, the faster kept), or the simple
+// reference kernel (slow; the fallback should a fast one misbehave). No effect on the CPU.
+enum class MatmulBackend { kNative, kCublas, kAuto, kSimple };
 void set_matmul_backend(MatmulBackend backend);
 MatmulBackend matmul_backend();
-MatmulBackend parse_matmul_backend(const std::string& name);  // "native", "cublas", "auto"; throws otherwise
+MatmulBackend parse_matmul_backend(const std::string& name);  // "native", "cublas", "auto", "simple"
 const char* to_string(MatmulBackend backend);
 
 // ---- neural-network ops -- nn_ops.cpp ---------------------------------------------------------
@@ -92,6 +93,14 @@ Tensor rope(const Tensor& x, const Tensor& positions, float theta,
 // t sees only keys t - window + 1 .. t. scale <= 0 means 1/sqrt(D).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& doc = Tensor(),
                  float scale = 0.f, int64_t window = 0);
+// Which kernels run attention on CUDA, process-wide (config `kernels.attention`): auto (tensor cores
+// for head dims 64 and 128, else the simple kernels), simple (the slow reference everywhere) or
+// tensor_core (an error where it does not apply). No effect on the CPU.
+enum class AttentionBackend { kAuto, kSimple, kTensorCore };
+void set_attention_backend(AttentionBackend backend);
+AttentionBackend attention_backend();
+AttentionBackend parse_attention_backend(const std::string& name);  // "auto", "simple", "tensor_core"
+const char* to_string(AttentionBackend backend);
 // Inference attention against a KV cache (not differentiable; no autograd recording allowed):
 // q [B, Tq, Hq, D], k_cache/v_cache [B, S, Hkv, D], past i32 [B] (tokens cached before these queries).
 // Query t of row b attends to cache slots 0 .. past[b] + t (the last `window` of them when window > 0).

@@ -169,10 +169,17 @@ const std::vector<Field>& fields() {
       {"kernels", "matmul",
        [](C& c, const YAML::Node& n, const std::string& w) {
          c.matmul = as<std::string>(n, w, "a string");
-         if (c.matmul != "auto" && c.matmul != "native" && c.matmul != "cublas")
-           throw Error(w + ": expected auto, native or cublas, got \"" + c.matmul + "\"");
+         if (c.matmul != "auto" && c.matmul != "native" && c.matmul != "cublas" && c.matmul != "simple")
+           throw Error(w + ": expected auto, native, cublas or simple, got \"" + c.matmul + "\"");
        },
        [](const C& c) { return c.matmul; }},
+      {"kernels", "attention",
+       [](C& c, const YAML::Node& n, const std::string& w) {
+         c.attention = as<std::string>(n, w, "a string");
+         if (c.attention != "auto" && c.attention != "simple" && c.attention != "tensor_core")
+           throw Error(w + ": expected auto, simple or tensor_core, got \"" + c.attention + "\"");
+       },
+       [](const C& c) { return c.attention; }},
       text("checkpoint", "dir", &C::checkpoint_dir),
       integer("checkpoint", "interval", &C::checkpoint_interval),
       integer("checkpoint", "keep_last", &C::keep_last),

@@ -49,7 +49,8 @@ struct TrainConfig {
   bool use_bf16() const { return precision == "bf16" || (precision == "auto" && device == "cuda"); }
 
   // kernels
-  std::string matmul = "auto";  // auto | native | cublas: the GEMM behind matmul and linear on cuda
+  std::string matmul = "auto";     // auto | native | cublas | simple: the GEMM behind matmul and linear on cuda
+  std::string attention = "auto";  // auto | simple | tensor_core: the attention kernels on cuda
 
   // checkpoint
   std::string checkpoint_dir = "out";

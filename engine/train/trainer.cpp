@@ -107,6 +107,7 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
     model_->to(device_);
     if (config_.use_bf16()) model_->set_activation_dtype(DType::BF16);
     ops::set_matmul_backend(ops::parse_matmul_backend(config_.matmul));
+    ops::set_attention_backend(ops::parse_attention_backend(config_.attention));
   }
 
   std::string data_line;
@@ -200,7 +201,8 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
     log_ << "train: " << config_.batch_size << " x " << config_.seq_len << " tokens x " << config_.grad_accum
          << " accumulation x " << comm_->world_size() << " rank(s) = " << tokens_per_step() << " tokens/step, "
          << (device_.is_cuda() ? std::string("cuda, ") + (config_.use_bf16() ? "bf16" : "fp32") + " activations, matmul " +
-                                     ops::to_string(ops::matmul_backend()) + ", peak "
+                                     ops::to_string(ops::matmul_backend()) + ", attention " +
+                                     ops::to_string(ops::attention_backend()) + ", peak "
                                : std::to_string(cpu::num_threads()) + " threads, GEMM ceiling ")
          << std::lround(peak_flops_ * 1e-9 / comm_->world_size()) << " GFLOP/s" << (comm_->world_size() > 1 ? " per rank" : "")
          << "\n";

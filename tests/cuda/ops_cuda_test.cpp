@@ -195,6 +195,19 @@ TEST(OpsCuda, Attention) {
   }
 }
 
+TEST(OpsCuda, FallbackKernelsGiveTheSameResults) {
+  LLM_SKIP_WITHOUT_GPU();
+  // kernels.matmul: simple and kernels.attention: simple, the engine's way around a misbehaving fast kernel.
+  ops::set_matmul_backend(ops::MatmulBackend::kSimple);
+  ops::set_attention_backend(ops::AttentionBackend::kSimple);
+  match_cpu("linear, simple gemm", [](const V& v) { return ops::linear(v[0], v[1], v[2]); },
+            {values({2, 17, 64}, 1), values({129, 64}, 2), values({129}, 3)}, {BF16, F32, F32}, kBf16Tol);
+  match_cpu("attention D=64, simple kernels", [](const V& v) { return ops::attention(v[0], v[1], v[2]); },
+            {values({2, 17, 4, 64}, 4), values({2, 17, 2, 64}, 5), values({2, 17, 2, 64}, 6)}, {BF16, BF16, BF16}, kBf16Tol);
+  ops::set_matmul_backend(ops::MatmulBackend::kAuto);
+  ops::set_attention_backend(ops::AttentionBackend::kAuto);
+}
+
 TEST(OpsCuda, GradientsAccumulateOnTheDevice) {
   LLM_SKIP_WITHOUT_GPU();
   const Tensor x0 = values({3, 17}, 1);

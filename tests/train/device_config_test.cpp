@@ -20,7 +20,8 @@ TEST(DeviceConfig, DefaultsParseAndRoundTrip) {
   EXPECT_FALSE(d.use_bf16());  // auto: fp32 on the CPU
   EXPECT_EQ(d.matmul, "auto");
   EXPECT_EQ(d.peak_tflops, 0.f);
-  const TrainConfig c = parse_train_config("data: {train: x}\ntrain: {device: cuda}\nkernels: {matmul: cublas}", "x.yaml",
+  EXPECT_EQ(d.attention, "auto");
+  const TrainConfig c = parse_train_config("data: {train: x}\ntrain: {device: cuda}\nkernels: {matmul: cublas, attention: simple}", "x.yaml",
                                            {"train.peak_tflops=500"});
   EXPECT_EQ(c.device, "cuda");
   EXPECT_TRUE(c.use_bf16());  // auto: bf16 on a GPU
@@ -30,6 +31,7 @@ TEST(DeviceConfig, DefaultsParseAndRoundTrip) {
   EXPECT_EQ(back.device, "cuda");
   EXPECT_EQ(back.precision, "auto");
   EXPECT_EQ(back.matmul, "cublas");
+  EXPECT_EQ(back.attention, "simple");
   EXPECT_FLOAT_EQ(back.peak_tflops, 500.f);
   EXPECT_FALSE(parse_train_config("data: {train: x}\ntrain: {device: cuda, precision: fp32}", "x.yaml").use_bf16());
 }
@@ -41,8 +43,10 @@ TEST(DeviceConfig, BadValuesNameTheKey) {
   EXPECT_EQ(parse("train: {precision: bf16}"),
             "x.yaml: train.precision: bf16 needs train.device: cuda (the CPU computes in fp32)");
   EXPECT_EQ(parse("train: {peak_tflops: -1}"), "x.yaml: train.peak_tflops: must be 0 (the default) or positive, got -1");
-  EXPECT_EQ(parse("kernels: {matmul: blas}"), "x.yaml: kernels.matmul: expected auto, native or cublas, got \"blas\"");
-  EXPECT_EQ(parse("kernels: {attention: flash}"), "x.yaml: kernels.attention: unknown key");
+  EXPECT_EQ(parse("kernels: {matmul: blas}"), "x.yaml: kernels.matmul: expected auto, native, cublas or simple, got \"blas\"");
+  EXPECT_EQ(parse("kernels: {attention: flash}"),
+            "x.yaml: kernels.attention: expected auto, simple or tensor_core, got \"flash\"");
+  EXPECT_EQ(parse("kernels: {norms: fast}"), "x.yaml: kernels.norms: unknown key");
 }
 
 TEST(DeviceConfig, CudaWithoutAGpuIsOneClearError) {
