@@ -64,8 +64,12 @@ TEST(GradientAccumulation, TwoHalfBatchesEqualOneFullBatch) {
     EXPECT_NEAR(loss_accum, loss_full, 1e-5 * loss_full) << "step " << step;
     EXPECT_NEAR(norm_accum, norm_full, 1e-4 * norm_full) << "step " << step;
   }
+  // The two runs sum each gradient in a different order (fp32 round-off apart), and Adam's m/√v turns
+  // such differences on small gradients into larger relative moves: 2e-5 after three steps with the
+  // AVX2 GEMM micro-kernel, below 1e-5 with the AVX-512 one. A real accumulation error (a half batch
+  // dropped or counted twice) moves parameters by the learning rate itself, 1e-2.
   for (auto& [name, p] : full->named_parameters())
-    EXPECT_LE(testing::max_rel_error(accum->parameter(name).to_vector<float>(), p.to_vector<float>()), 1e-5) << name;
+    EXPECT_LE(testing::max_rel_error(accum->parameter(name).to_vector<float>(), p.to_vector<float>()), 1e-4) << name;
 }
 
 }  // namespace
