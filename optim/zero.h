@@ -7,7 +7,10 @@
 //                     gradient of its shard; returns the global gradient norm (all-reduced);
 //   step(lr, scale):  the fused AdamW update on the shard, then an all-gather of the parameters.
 // The arithmetic per element is AdamW's, so losses and parameters match plain data parallelism.
-// Parameters without a gradient count as zero gradient. CPU parameters only.
+// Parameters without a gradient count as zero gradient. Parameters on the CPU (any communicator) or
+// on one GPU (the nccl communicator): the flat vector, the shard's gradient and moments then live on
+// that device, every copy and the fused AdamW launch go on the engine's stream, and the collectives
+// read and write the device buffers directly. state() brings the moments to the host either way.
 #pragma once
 #include <string>
 #include <utility>
@@ -49,12 +52,18 @@ class ZeroAdamW {
   // shard; `begin - offset` is the position in the parameter, `begin - shard start` in the shard.
   template <typename Fn> void for_each_in_shard(Fn fn) const;
 
+  // The squared L2 norm of this rank's shard of the averaged gradient.
+  double shard_sum_squares() const;
+  // The fused AdamW update of this rank's shard (in place in the parameters).
+  void update_shard(float lr, float grad_scale);
+
   std::vector<Param> params_;
   AdamWConfig config_;
   dist::Communicator& comm_;
+  Device device_ = Device::cpu();  // the parameters' device: every buffer below lives there
   int64_t total_ = 0, shard_ = 0, shard_begin_ = 0;
-  std::vector<float> flat_;                // world·S: gradients before the reduce-scatter, parameters after the gather
-  std::vector<float> grad_, m_, v_;        // S each: this rank's averaged gradient and moments
+  Tensor flat_;                    // world·S: gradients before the reduce-scatter, parameters after the gather
+  Tensor grad_, m_, v_;            // S each: this rank's averaged gradient and moments
   int64_t step_ = 0;
 };
 

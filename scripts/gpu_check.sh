@@ -47,18 +47,24 @@ fi
 # The tensor-core kernels must really issue tensor-core instructions (HMMA in the SASS).
 hmma=$(cuobjdump -sass build-gpu/kernels/libllm_kernels_cuda.a 2>>"$log" | grep -c HMMA || true)
 
-stage "CUDA tests"
-summary=()
-for t in $cuda_tests; do
-  echo "--- $t" >>"$log"
-  timeout 300 "build-gpu/tests/$t" --gtest_color=no >"$log.part" 2>&1
-  rc=$?
+# run_test NAME COMMAND...: runs a GoogleTest executable into the log; prints its one summary line.
+run_test() {
+  local name=$1; shift
+  echo "--- $name" >>"$log"
+  timeout 300 "$@" --gtest_color=no >"$log.part" 2>&1
+  local rc=$?
   cat "$log.part" >>"$log"
+  local passed failed skipped
   passed=$(grep -oE "^\[  PASSED  \] [0-9]+" "$log.part" | grep -oE "[0-9]+$" || echo 0)
   failed=$(grep -E "^\[  FAILED  \] [A-Za-z_0-9./]+" "$log.part" | grep -v "listed below" | sed 's/^\[  FAILED  \] //' | sort -u | tr '\n' ' ')
   skipped=$(grep -cE "^\[  SKIPPED \] [A-Za-z]" "$log.part" || true)
-  line=$(printf "%-26s passed %3s  skipped %2s  rc %3s  %s" "$t" "${passed:-0}" "$skipped" "$rc" "${failed:+FAILED: $failed}")
-  summary+=("$line")
+  printf "%-26s passed %3s  skipped %2s  rc %3s  %s" "$name" "${passed:-0}" "$skipped" "$rc" "${failed:+FAILED: $failed}"
+}
+
+stage "CUDA tests"
+summary=()
+for t in $cuda_tests; do
+  summary+=("$(run_test "$t" "build-gpu/tests/$t")")
 done
 rm -f "$log.part"
 
@@ -67,12 +73,17 @@ timeout 300 build-gpu/tools/llm-bench cuda >"$log.bench" 2>&1
 cat "$log.bench" >>"$log"
 
 # The NCCL communicator end to end with world size 1 (it bootstraps over MPI, so it is built only
-# where an MPI library is installed: Debian's libopenmpi-dev openmpi-bin).
+# where an MPI library is installed: Debian's libopenmpi-dev openmpi-bin): its collectives, and GPU
+# training with DataParallel and with ZeRO-1 over it against plain GPU training, step for step.
 stage "NCCL under mpirun -np 1"
 nccl="not built (no MPI library on this machine)"
 if [ -x build-gpu/tests/nccl_test ] && command -v mpirun >/dev/null; then
   mpi=(mpirun --allow-run-as-root --oversubscribe -np 1)
-  "${mpi[@]}" build-gpu/tests/nccl_test >>"$log" 2>&1 && nccl="nccl_test passed" || nccl="nccl_test FAILED"
+  nccl=$(run_test nccl_test "${mpi[@]}" build-gpu/tests/nccl_test)
+  # How close DataParallel and ZeRO-1 came to plain training (0 = bit for bit).
+  nccl="$nccl
+  $(grep -E "^(DataParallel|ZeRO-1): largest" "$log.part" | tr '\n' ' ')"
+  rm -f "$log.part"
   "${mpi[@]}" build-gpu/tools/llm-bench allreduce --backend nccl >>"$log" 2>&1 || nccl="$nccl; allreduce bench failed"
 fi
 

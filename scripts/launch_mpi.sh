@@ -9,8 +9,8 @@
 #   node01 slots=8
 #   node02 slots=8
 # Each rank gets --threads cores (OMP_NUM_THREADS), bound to them. On GPU nodes use one rank per GPU
-# and `--set dist.backend=nccl`; NCCL_SOCKET_IFNAME, NCCL_IB_HCA and NCCL_DEBUG are passed through
-# when set. Everything after `--` goes to llm-train. LLM_TRAIN overrides the binary.
+# and `--set train.device=cuda` (dist.backend auto then means NCCL, each rank on the GPU of its local
+# rank); NCCL_SOCKET_IFNAME, NCCL_IB_HCA and NCCL_DEBUG are passed through when set. Everything after `--` goes to llm-train. LLM_TRAIN overrides the binary.
 set -euo pipefail
 ranks=2 hostfile="" threads=""
 while [ $# -gt 0 ]; do

@@ -11,7 +11,8 @@ struct DataParallel::State {
   struct Bucket {
     std::vector<size_t> params;  // indices into State::params
     std::vector<int64_t> offsets;  // each parameter's first element in `flat`
-    Tensor flat;                   // the bucket's gradients, contiguous, on the parameters' device
+    Tensor flat;                   // the bucket's gradients, contiguous, on the parameters' device; lives
+                                   // as long as the bucket, so an all-reduce in flight never sees it reused
     int pending = 0;               // parameters whose gradient is not final yet this step
     std::unique_ptr<Request> request;
   };
@@ -62,7 +63,7 @@ DataParallel::DataParallel(Communicator& comm, const std::vector<std::pair<std::
               "' is on another device than the first parameter");
     s.params.push_back(p);
   }
-  if (comm.world_size() == 1 || s.params.empty()) return;
+  if (comm.backend() == "single" || s.params.empty()) return;
   const Device device = s.params.front().device();
   LLM_CHECK(device.is_cpu() == (comm.backend() == "mpi"), "DataParallel: the ", comm.backend(),
             " communicator cannot average gradients of parameters on ", device.str());

@@ -12,9 +12,12 @@
 //   for each micro-batch: if last, dp.sync_next_backward(); loss.backward();
 //   dp.finish();              // every .grad is now the average over ranks
 //   optimizer.step(...);
-// With world size 1 every call returns at once. A parameter without a gradient on some rank
-// contributes zeros (and gets the averaged gradient). Parameters may live on the CPU or, with the
-// NCCL communicator, on the GPU.
+// With the single-process communicator every call returns at once (a world of one launched by
+// mpirun still runs the buckets through its communicator: the GPU check runs them so). A parameter
+// without a gradient on some rank contributes zeros (and gets the averaged gradient). Parameters may
+// live on the CPU (mpi communicator) or on the GPU (nccl): there the buckets are device buffers,
+// packed and unpacked on the engine's stream, and each all-reduce starts as soon as its bucket is
+// packed while backward goes on queueing kernels (see nccl_communicator.cpp for the ordering).
 #pragma once
 #include <memory>
 #include <string>

@@ -3,12 +3,20 @@
 // collectives and barriers, and numbers every collective so a late one is diagnosed as in the MPI
 // communicator: NCCL work is polled through a CUDA event against the deadline, and on timeout the
 // NCCL communicator is aborted and the MPI control channel names the ranks that did not arrive.
+//
+// Ordering: a collective runs on the communicator's own stream, after an event recorded on the
+// engine's stream (engine/core/cuda_context.h) when it is issued, so it reads what the kernels queued
+// before it wrote (gradients, packed buckets) without a host sync, while later engine work (the rest
+// of backward) overlaps it. Its result is used only after wait(), which returns once the collective
+// finished. A buffer handed to all_reduce_async must therefore stay allocated until wait(): the
+// caching allocator would otherwise give it to the next kernel while NCCL still reads it.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
 #include <chrono>
 #include <thread>
 
+#include "engine/core/cuda_context.h"
 #include "engine/dist/backends.h"
 #include "engine/dist/mpi_communicator.h"
 
@@ -140,12 +148,13 @@ class NcclCommunicator final : public Communicator {
   void check_nccl(ncclResult_t r, const char* what) {
     LLM_CHECK(r == ncclSuccess, "NCCL communicator (rank ", rank_, "): ", what, ": ", ncclGetErrorString(r));
   }
-  // Orders the next collective after the work already queued on the default stream (which made
-  // its input) without making later default-stream work wait for the collective: the overlap.
+  // Orders the next collective after the work already queued on the engine's stream (which made its
+  // input; being a blocking stream, it is itself ordered after legacy default-stream work) without
+  // making later engine work wait for the collective: the overlap.
   void check_usable(const char* what) {
     LLM_CHECK(!broken_, what, ": the communicator failed earlier; no more collectives");
     check_cuda(cudaSetDevice(device_), "cudaSetDevice");
-    check_cuda(cudaEventRecord(inputs_ready_, cudaStreamLegacy), "cudaEventRecord");
+    check_cuda(cudaEventRecord(inputs_ready_, cuda_context::stream(device_)), "cudaEventRecord");
     check_cuda(cudaStreamWaitEvent(stream_, inputs_ready_, 0), "cudaStreamWaitEvent");
   }
   cudaEvent_t record() {

@@ -275,6 +275,10 @@ void check_values(const TrainConfig& c) {
   LLM_CHECK(c.peak_tflops >= 0, src, ": train.peak_tflops: must be 0 (the default) or positive, got ", c.peak_tflops);
   LLM_CHECK(!(c.device == "cpu" && c.precision == "bf16"), src, ": train.precision: bf16 needs train.device: cuda "
             "(the CPU computes in fp32)");
+  LLM_CHECK(!(c.device == "cuda" && c.dist_backend == "mpi"), src, ": dist.backend: mpi averages CPU buffers; "
+            "train.device: cuda needs nccl (or auto)");
+  LLM_CHECK(!(c.device == "cpu" && c.dist_backend == "nccl"), src, ": dist.backend: nccl averages GPU buffers; "
+            "it needs train.device: cuda (or dist.backend: auto)");
   LLM_CHECK(!c.train_data.empty(), src, ": data.train: missing (",
             c.is_finetune() ? "a JSONL file of examples" : "a prepared directory or a shard glob", ")");
   LLM_CHECK(c.val_fraction >= 0 && c.val_fraction < 1, src, ": finetune.val_fraction: must be in [0, 1), got ", c.val_fraction);

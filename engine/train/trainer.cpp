@@ -41,6 +41,13 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+// dist.backend auto means nccl for a launched run on the GPU (mpi on the CPU, as make_communicator
+// decides); a mismatch with train.device was refused when the recipe was read.
+std::string communicator_backend(const TrainConfig& c) {
+  if (c.dist_backend == "auto" && c.device == "cuda" && dist::detect_launch().launched) return "nccl";
+  return c.dist_backend;
+}
+
 std::vector<int64_t> flatten(const data::LoaderState& s) {
   std::vector<int64_t> v{s.shard, s.position, s.batches};
   for (uint64_t w : s.rng) v.push_back(static_cast<int64_t>(w));
@@ -60,7 +67,7 @@ data::LoaderState unflatten(const std::vector<int64_t>& v) {
 
 Trainer::Trainer(TrainConfig config, std::ostream& log)
     : config_(std::move(config)),
-      comm_(dist::make_communicator(config_.dist_backend, config_.timeout_s)),
+      comm_(dist::make_communicator(communicator_backend(config_), config_.timeout_s)),
       log_(comm_->rank() == 0 ? log : null_log_) {
   cpu::set_num_threads(static_cast<int>(config_.threads));
   LLM_CHECK(!config_.is_rl() || config_.zero == 0, config_.source, ": ", config_.method,
@@ -100,10 +107,12 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
     // fp32 master weights on the GPU (initialized on the CPU first: the same weights as a CPU run).
     LLM_CHECK(cuda_device_count() > 0, config_.source, ": train.device: cuda, but no CUDA device is visible",
               " (or this build has no CUDA backend)");
-    LLM_CHECK(comm_->world_size() == 1 && config_.zero == 0 && !config_.is_rl(), config_.source,
-              ": train.device: cuda runs pretraining and SFT in one process for now (no data parallelism, ZeRO, "
-              "GRPO or REINFORCE on the GPU yet)");
-    device_ = Device::cuda(0);
+    LLM_CHECK(!config_.is_rl(), config_.source, ": train.device: cuda runs pretraining and SFT (no GRPO or ",
+              "REINFORCE on the GPU yet)");
+    LLM_CHECK(config_.zero == 0 || comm_->backend() == "nccl", config_.source, ": dist.zero: 1 on the GPU shards ",
+              "over NCCL: launch with mpirun (dist.backend auto or nccl)");
+    // One GPU per process: the one the NCCL communicator chose (local rank modulo the GPUs here).
+    device_ = Device::cuda(comm_->local_rank() % cuda_device_count());
     model_->to(device_);
     if (config_.use_bf16()) model_->set_activation_dtype(DType::BF16);
     ops::set_matmul_backend(ops::parse_matmul_backend(config_.matmul));

@@ -47,6 +47,10 @@ TEST(DeviceConfig, BadValuesNameTheKey) {
   EXPECT_EQ(parse("kernels: {attention: flash}"),
             "x.yaml: kernels.attention: expected auto, simple or tensor_core, got \"flash\"");
   EXPECT_EQ(parse("kernels: {norms: fast}"), "x.yaml: kernels.norms: unknown key");
+  EXPECT_EQ(parse("train: {device: cuda}\ndist: {backend: mpi}"),
+            "x.yaml: dist.backend: mpi averages CPU buffers; train.device: cuda needs nccl (or auto)");
+  EXPECT_EQ(parse("dist: {backend: nccl}"),
+            "x.yaml: dist.backend: nccl averages GPU buffers; it needs train.device: cuda (or dist.backend: auto)");
 }
 
 TEST(DeviceConfig, CudaWithoutAGpuIsOneClearError) {
