@@ -137,6 +137,8 @@ std::string difference(const std::vector<float>& got, const std::vector<float>& 
 }
 
 void expect_gpu_training_equivalence() {
+  // The hand-written GEMM for every run (kernels.matmul: auto could settle on another kernel per shape).
+  ops::set_matmul_backend(ops::MatmulBackend::kNative);
   Communicator& c = nccl();
   const Device device = gpu(c);
   const models::ModelConfig config = small_llama();
