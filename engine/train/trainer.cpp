@@ -69,6 +69,7 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
     : config_(std::move(config)),
       comm_(dist::make_communicator(communicator_backend(config_), config_.timeout_s)),
       log_(comm_->rank() == 0 ? log : null_log_) {
+  stop_requested_ = false;  // a stop meant for an earlier trainer; from here on one counts, even before run()
   cpu::set_num_threads(static_cast<int>(config_.threads));
   LLM_CHECK(!config_.is_rl() || config_.zero == 0, config_.source, ": ", config_.method,
             " does not shard its optimizer (dist.zero covers pretrain and sft); use plain data parallelism");
@@ -611,7 +612,6 @@ void Trainer::save_checkpoint_now() {
 }
 
 std::vector<StepRecord> Trainer::run() {
-  stop_requested_ = false;
   std::ofstream metrics;  // rank 0 only
   on_root([&] {
     fs::create_directories(config_.checkpoint_dir);
@@ -707,6 +707,7 @@ std::vector<StepRecord> Trainer::run() {
       save_checkpoint_now();
     if (stopping) {
       log_ << "stopped by signal at step " << step_ << "\n";
+      stop_requested_ = false;  // consumed
       break;
     }
   }
