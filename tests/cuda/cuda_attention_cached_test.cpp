@@ -1,7 +1,9 @@
 // The GPU KV-cache attention and cache write against the CPU kernel (cpu::attention_cached_forward) on
-// the same inputs (bf16-rounded for the bf16 kernel): decode steps (Tq = 1) and prefill chunks, rows
-// with different past lengths (empty, partly and completely full caches, padding queries past the
-// capacity), grouped-query heads, sliding windows, and head dimensions from 1 to 256.
+// the same inputs (bf16-rounded for the bf16 kernel), both variants (kSimple: one warp per query head;
+// kFast: the split kernel, which takes caches longer than 128 slots): decode steps (Tq = 1) and
+// prefill chunks, rows with different past lengths (empty, partly and completely full caches,
+// padding queries past the capacity), grouped-query heads, sliding windows (across and inside the
+// 128-slot chunks, leaving chunks empty), and head dimensions from 1 to 256.
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -9,6 +11,7 @@
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cuda/attention_cached.h"
+#include "kernels/cuda/fused.h"
 #include "tests/cuda/compare.h"
 #include "tests/cuda/cuda_testing.h"
 
@@ -16,6 +19,7 @@ namespace llm {
 namespace {
 
 using cuda::bf16;
+using cuda::FusedVariant;
 using testing::DeviceBuffer;
 
 struct Case {
@@ -31,11 +35,14 @@ const Case kCases[] = {
     {1, 2, 33, 2, 1, 256, 16, {31}},               // the largest head, window wider than part of the rows
     {1, 1, 5, 1, 1, 1, 0, {4}},                    // D = 1
     {4, 1, 300, 12, 4, 80, 100, {299, 0, 150, 7}}, // D not a multiple of 32, window shorter than the past
+    {2, 3, 400, 4, 2, 64, 150, {250, 396}},        // windows across chunk boundaries, empty first chunks
+    {1, 1, 1000, 2, 2, 128, 0, {999}},             // a long decode: 8 chunks
 };
 
-std::string describe(const char* variant, const Case& c) {
+std::string describe(const char* dtype, const Case& c) {
   std::ostringstream os;
-  os << variant << " attention_cached B=" << c.B << " Tq=" << c.Tq << " S=" << c.S << " Hq=" << c.Hq << " Hkv=" << c.Hkv
+  os << cuda::to_string(cuda::fused_variant()) << " " << dtype << " attention_cached B=" << c.B << " Tq=" << c.Tq
+     << " S=" << c.S << " Hq=" << c.Hq << " Hkv=" << c.Hkv
      << " D=" << c.D << " window=" << c.window << " past={";
   for (size_t i = 0; i < c.past.size(); ++i) os << (i ? "," : "") << c.past[i];
   os << "} (out index = ((b*Tq + t)*Hq + h)*D + d)";
@@ -65,7 +72,13 @@ std::vector<float> cpu_reference(const Case& c, const Inputs& in, float scale) {
   return out;
 }
 
-TEST(CudaAttentionCached, F32MatchesCpu) {
+class CudaAttentionCached : public ::testing::TestWithParam<FusedVariant> {
+ protected:
+  void SetUp() override { cuda::set_fused_variant(GetParam()); }
+  void TearDown() override { cuda::set_fused_variant(FusedVariant::kFast); }
+};
+
+TEST_P(CudaAttentionCached, F32MatchesCpu) {
   LLM_SKIP_WITHOUT_GPU();
   uint64_t seed = 10;
   for (const Case& c : kCases) {
@@ -80,7 +93,7 @@ TEST(CudaAttentionCached, F32MatchesCpu) {
   }
 }
 
-TEST(CudaAttentionCached, Bf16MatchesCpu) {
+TEST_P(CudaAttentionCached, Bf16MatchesCpu) {
   LLM_SKIP_WITHOUT_GPU();
   uint64_t seed = 50;
   for (const Case& c : kCases) {
@@ -95,8 +108,13 @@ TEST(CudaAttentionCached, Bf16MatchesCpu) {
   }
 }
 
+INSTANTIATE_TEST_SUITE_P(Variants, CudaAttentionCached, ::testing::Values(FusedVariant::kFast, FusedVariant::kSimple),
+                         [](const ::testing::TestParamInfo<FusedVariant>& variant) {
+                           return std::string(cuda::to_string(variant.param));
+                         });
+
 // Rows with different past lengths and new-token counts (0 included): exactly the new slots change.
-TEST(CudaAttentionCached, CacheWriteFillsOnlyTheNewSlots) {
+TEST(CudaKVCacheWrite, FillsOnlyTheNewSlots) {
   LLM_SKIP_WITHOUT_GPU();
   const int64_t B = 4, T = 5, S = 19, row = 3 * 17;
   const std::vector<int32_t> past{0, 7, 14, 19}, n_new{5, 2, 5, 0};
@@ -117,7 +135,7 @@ TEST(CudaAttentionCached, CacheWriteFillsOnlyTheNewSlots) {
                                 testing::to_float(cache_b.download()), testing::round_bf16(want), 0.0));
 }
 
-TEST(CudaAttentionCached, BadArgumentsNameTheKernel) {
+TEST(CudaAttentionCachedArguments, BadArgumentsNameTheKernel) {
   // Checked before any launch, so this runs without a GPU too.
   const auto message = [](auto&& call) -> std::string {
     try {
