@@ -23,6 +23,7 @@
 #include "engine/core/allocator.h"
 #include "engine/generate/batch_decoder.h"
 #include "engine/generate/generate.h"
+#include "engine/train/eval.h"
 #include "engine/train/pretrained.h"
 #include "tests/common/testing.h"
 
@@ -166,6 +167,25 @@ TEST(GenerateCuda, BatchDecoderMovesRowsOnTheDevice) {
   EXPECT_EQ(done[0].tokens.size(), 6u);
   EXPECT_EQ(prefix_mismatch(done[1].tokens, want, n), "") << "the sequence moved from row 1 to row 0";
   EXPECT_EQ(prefix_mismatch(done[2].tokens, want, n), "") << "the sequence that joined in the freed row";
+}
+
+// llm-eval --device cuda: perplexity over the golden story (windows of 64 moving by 32) follows the
+// CPU's to 2%; the loss is a mean over 200 tokens, which averages the bf16 rounding of single logits
+// (a broken kernel moves it towards ln 512 = 6.2).
+TEST(GenerateCuda, PerplexityFollowsTheCpu) {
+  std::vector<int32_t> ids{1};
+  for (int32_t t : golden_tokens()) ids.push_back(t);
+  train::PerplexityOptions options;
+  options.seq_len = 64;
+  options.stride = 32;
+  const double cpu = train::evaluate_perplexity(*train::load_model(kDir + "/stories260K.bin"), ids, options).loss;
+  SKIP_WITHOUT_GPU("");
+  for (const DType dtype : {DType::F32, DType::BF16}) {
+    auto model = train::load_model(kDir + "/stories260K.bin");
+    train::place(*model, train::Placement{Device::cuda(0), dtype}, false);
+    const double gpu = train::evaluate_perplexity(*model, ids, options).loss;
+    EXPECT_NEAR(gpu, cpu, 2e-2 * cpu) << dtype_name(dtype) << " on CUDA";
+  }
 }
 
 TEST(GenerateCuda, PlacementErrors) {
