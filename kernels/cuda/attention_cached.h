@@ -10,8 +10,10 @@ namespace llm::cuda {
 // q, out: [B, Tq, Hq, D]; k_cache, v_cache: [B, S, Hkv, D]; past: device int32 [B] (tokens row b had
 // cached before these queries). Query t of row b attends to slots 0 .. min(past[b] + t, S - 1) (the
 // last `window` of them when window > 0). T is float or bf16; scores, softmax and the weighted sum are
-// fp32. One warp per (row, query, head) with an online softmax over the slots: any D in [1, 256], any
-// alignment, no workspace.
+// fp32; any D in [1, 256], any alignment. Two kernels (fused.h's FusedVariant picks): kSimple, one
+// warp per (row, query, head) over all its slots; kFast, for S > 128, one warp per 128 slots of each
+// query head plus a combining pass (its partial sums take stream-ordered scratch memory,
+// B·Tq·Hq·ceil(S/128)·(D + 2) floats, allocated and freed inside the call).
 template <class T>
 void attention_cached_forward(int64_t B, int64_t Tq, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, const T* q,
                               const T* k_cache, const T* v_cache, const int32_t* past, float scale, T* out,
