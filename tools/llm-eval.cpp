@@ -25,14 +25,16 @@ using llm::cli::positive;
 
 const char* kUsage =
     "usage: llm-eval --model PATH --text FILE [--tokenizer SPEC] [--seq-len T] [--stride S] [--threads N] [--quantize q8]\n"
+    "                [--device cpu|cuda] [--dtype bf16|f32]\n"
     "       llm-eval --model PATH --tokens IDS.npy --logits-out OUT.npy [--threads N]\n"
     "  PATH: a Hugging Face directory, an llm checkpoint (.h5) or a llama2.c .bin\n"
     "  --text: mean loss (nats/token) and perplexity with windows of T tokens moving by S\n"
-    "          (defaults: T = the model's context, at most 1024; S = T)\n"
+    "          (defaults: T = the model's context, at most 1024; S = T); --device cuda runs the model on the\n"
+    "          GPU, bf16 unless --dtype f32\n"
     "  --tokens: int32/int64 .npy of shape [B, T]; writes float32 logits [B, T, V] to --logits-out\n";
 
 struct Args {
-  std::string model, text, tokenizer, tokens, logits_out;
+  std::string model, text, tokenizer, tokens, logits_out, device = "cpu", dtype;
   int64_t seq_len = 0, stride = 0;
   int threads = 0;
   bool q8 = false;
@@ -53,6 +55,8 @@ Args parse(int argc, char** argv) {
     else if (f == "--stride") a.stride = positive<int64_t>(f, value());
     else if (f == "--threads" || f == "-t") a.threads = positive<int>(f, value());
     else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
+    else if (f == "--device") a.device = value();
+    else if (f == "--dtype") a.dtype = value();
     else if (f == "--tokens") a.tokens = value();
     else if (f == "--logits-out") a.logits_out = value();
     else if (f == "-h" || f == "--help") {
@@ -66,8 +70,8 @@ Args parse(int argc, char** argv) {
   if (a.text.empty() == a.tokens.empty()) fail(std::string("give exactly one of --text or --tokens\n") + kUsage);
   if (!a.tokens.empty() && a.logits_out.empty()) fail("--tokens needs --logits-out");
   if (a.tokens.empty() && !a.logits_out.empty()) fail("--logits-out goes with --tokens");
-  if (!a.tokens.empty() && (a.seq_len || a.stride || !a.tokenizer.empty()))
-    fail("--seq-len, --stride and --tokenizer go with --text, not --tokens");
+  if (!a.tokens.empty() && (a.seq_len || a.stride || !a.tokenizer.empty() || a.device != "cpu" || !a.dtype.empty()))
+    fail("--seq-len, --stride, --tokenizer, --device and --dtype go with --text, not --tokens");
   if (a.stride && a.seq_len && a.stride > a.seq_len) fail("--stride: must not exceed --seq-len");
   return a;
 }
@@ -96,6 +100,7 @@ int main(int argc, char** argv) {
     const std::vector<int32_t> ids = train::encode_for_eval(*tokenizer, text);
     LLM_CHECK(ids.size() >= 2, a.text, ": too short to evaluate (", ids.size(), " token(s); at least 2 are needed)");
     auto model = train::make_loaded_model(loaded);
+    train::place(*model, train::parse_placement(a.device, a.dtype), a.q8);
     if (a.q8) model->quantize_q8();
     train::PerplexityOptions options;
     options.seq_len = a.seq_len;

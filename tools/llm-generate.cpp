@@ -26,12 +26,13 @@ const char* kUsage =
     "usage: llm-generate --model PATH (--prompt TEXT [--prompt TEXT ...] | --prompt-file FILE | --chat)\n"
     "         [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N]\n"
     "         [--seed S] [--threads N] [--stop TEXT ...] [--ignore-eos] [--tokenizer SPEC] [--system TEXT]\n"
-    "         [--quantize q8]\n"
+    "         [--quantize q8] [--device cpu|cuda] [--dtype bf16|f32]\n"
     "  PATH: a Hugging Face directory, an llm checkpoint (.h5) or a llama2.c .bin\n"
+    "  --device cuda: weights and KV cache on the GPU, bf16 unless --dtype f32 (sampling stays on the CPU)\n"
     "  --temp 0 is greedy; defaults: -n 128 --temp 0.8 --top-k 40 --top-p 0.95 --min-p 0.05 --seed 0\n";
 
 struct Args {
-  std::string model, tokenizer, prompt_file, system;
+  std::string model, tokenizer, prompt_file, system, device = "cpu", dtype;
   std::vector<std::string> prompts, stop;
   bool chat = false, ignore_eos = false, q8 = false;
   int threads = 0;
@@ -64,6 +65,8 @@ Args parse(int argc, char** argv) {
     else if (f == "--stop") a.stop.push_back(value());
     else if (f == "--ignore-eos") a.ignore_eos = true;
     else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
+    else if (f == "--device") a.device = value();
+    else if (f == "--dtype") a.dtype = value();
     else if (f == "-h" || f == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
@@ -99,7 +102,8 @@ int main(int argc, char** argv) {
   using namespace llm;
   try {
     cpu::set_num_threads(a.threads);
-    const auto [model, tokenizer] = train::load_inference_model(a.model, a.tokenizer, a.q8, "pass --tokenizer SPEC");
+    const auto [model, tokenizer] = train::load_inference_model(a.model, a.tokenizer, a.q8, "pass --tokenizer SPEC",
+                                                                train::parse_placement(a.device, a.dtype));
 
     if (a.chat) {
       // Interactive: each user line is one turn; the conversation stays in the prompt.

@@ -25,13 +25,15 @@ const char* kUsage =
     "usage: llm-serve --model PATH [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--model-name NAME]\n"
     "         [--tokenizer SPEC] [--max-batch 16] [--max-queue 64] [--max-body BYTES] [--max-tokens 1024]\n"
     "         [--default-max-tokens 256] [--timeout SECONDS] [--ctx N] [--threads N] [--quantize q8]\n"
+    "         [--device cpu|cuda] [--dtype bf16|f32]\n"
     "  PATH: a Hugging Face directory, an llm checkpoint (.h5) or a llama2.c .bin\n"
+    "  --device cuda: weights and KV cache on the GPU, bf16 unless --dtype f32\n"
     "  --max-batch 1 serves one request at a time; --port 0 picks a free port\n"
     "  --ctx: positions per request (prompt + reply; default the model's context); the KV cache\n"
     "  holds max-batch x ctx positions\n";
 
 struct Args {
-  std::string model, tokenizer;
+  std::string model, tokenizer, device = "cpu", dtype;
   llm::serve::ServerOptions server;
   int threads = 0;
   bool q8 = false;
@@ -67,6 +69,8 @@ Args parse(int argc, char** argv) {
     else if (f == "--ctx") a.server.context = positive<int64_t>(f, value());
     else if (f == "--threads" || f == "-t") a.threads = number<int>(f, value());
     else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
+    else if (f == "--device") a.device = value();
+    else if (f == "--dtype") a.dtype = value();
     else if (f == "-h" || f == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(0);
@@ -87,7 +91,8 @@ int main(int argc, char** argv) {
   using namespace llm;
   try {
     cpu::set_num_threads(a.threads);
-    const auto [model, tokenizer] = train::load_inference_model(a.model, a.tokenizer, a.q8, "pass --tokenizer SPEC");
+    const train::Placement where = train::parse_placement(a.device, a.dtype);
+    const auto [model, tokenizer] = train::load_inference_model(a.model, a.tokenizer, a.q8, "pass --tokenizer SPEC", where);
     const generate::ChatTemplate chat = generate::ChatTemplate::of_model(a.model);
 
     // Ctrl-C and SIGTERM are taken by sigwait on this thread (blocked in every thread the server
@@ -101,7 +106,8 @@ int main(int argc, char** argv) {
     const int port = server.start();
     const models::ModelConfig& c = model->config();
     const int64_t ctx = a.server.context > 0 ? std::min(a.server.context, c.max_seq_len) : c.max_seq_len;
-    const double cache_mib = 2.0 * c.n_layers * a.server.max_batch * ctx * c.n_kv_heads * c.head_dim() * 4 / (1 << 20);
+    const double cache_mib = 2.0 * c.n_layers * a.server.max_batch * ctx * c.n_kv_heads * c.head_dim() *
+                             static_cast<double>(dtype_size(where.dtype)) / (1 << 20);
     std::fprintf(stderr, "llm-serve: %s (chat template: %s) on http://%s:%d, %lld slots of %lld positions (KV cache %.1f MiB)%s\n",
                  a.server.model_name.c_str(), chat.origin().c_str(), a.server.host.c_str(), port,
                  static_cast<long long>(a.server.max_batch), static_cast<long long>(ctx), cache_mib,

@@ -17,8 +17,8 @@ BatchDecoder::BatchDecoder(models::CausalLM& model, const data::Tokenizer& token
       tokenizer_(tokenizer),
       slots_(slots),
       prefill_chunk_(prefill_chunk),
-      cache_(model.config(), std::max<int64_t>(slots, 1),
-             capacity > 0 ? std::min(capacity, model.config().max_seq_len) : model.config().max_seq_len) {
+      cache_(model.make_cache(std::max<int64_t>(slots, 1), capacity > 0 ? std::min(capacity, model.config().max_seq_len)
+                                                                         : model.config().max_seq_len)) {
   LLM_CHECK(slots >= 1, "BatchDecoder: slots must be at least 1, got ", slots);
   LLM_CHECK(prefill_chunk >= 1, "BatchDecoder: prefill_chunk must be at least 1, got ", prefill_chunk);
   for (int64_t n = 1; n <= slots; ++n) {
@@ -56,11 +56,10 @@ std::unique_ptr<BatchDecoder::Slot> BatchDecoder::release(size_t row) {
   const size_t last = active_.size() - 1;
   if (row != last) {
     // Move the last row's cached keys and values into the freed row, so active rows stay first.
-    const int64_t per_token = cache_.k[0].numel() / (cache_.batch * cache_.capacity);
-    const int64_t n = cache_.length[last] * per_token, stride = cache_.capacity * per_token;
-    for (size_t l = 0; l < cache_.k.size(); ++l)
+    const int64_t n = cache_.length[last];
+    for (size_t l = 0; n > 0 && l < cache_.k.size(); ++l)
       for (Tensor* t : {&cache_.k[l], &cache_.v[l]})
-        std::copy_n(t->data<float>() + last * stride, n, t->data<float>() + row * stride);
+        t->select(0, static_cast<int64_t>(row)).slice(0, 0, n).copy_(t->select(0, static_cast<int64_t>(last)).slice(0, 0, n));
     cache_.length[row] = cache_.length[last];
     active_[row] = std::move(active_[last]);
   }
@@ -93,7 +92,7 @@ void BatchDecoder::step() {
   }
   models::KVCache& view = views_[static_cast<size_t>(n - 1)];
   std::copy_n(cache_.length.begin(), n, view.length.begin());
-  const Tensor logits = model_.forward_cached(Tensor::from_vector(ids, Shape{n, T}), n_new, view);
+  const Tensor logits = host_logits(model_.forward_cached(Tensor::from_vector(ids, Shape{n, T}), n_new, view));
   std::copy_n(view.length.begin(), n, cache_.length.begin());
 
   std::vector<size_t> finished;

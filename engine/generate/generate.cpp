@@ -37,6 +37,8 @@ size_t pending_stop_prefix(const std::string& text, const std::vector<std::strin
 }
 }  // namespace
 
+Tensor host_logits(const Tensor& logits) { return logits.to(Device::cpu()).to(DType::F32); }
+
 std::vector<int32_t> encode_prompt(const data::Tokenizer& tokenizer, const std::string& text) {
   std::vector<int32_t> ids;
   if (tokenizer.bos_id() >= 0) ids.push_back(tokenizer.bos_id());
@@ -125,7 +127,7 @@ std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer&
     longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[i].size()));
   }
   const int64_t capacity = std::min(model.config().max_seq_len, longest + std::max<int64_t>(options.max_new_tokens, 0));
-  models::KVCache cache(model.config(), B, capacity);
+  models::KVCache cache = model.make_cache(B, capacity);
   std::vector<Sequence> seqs;
   for (int64_t b = 0; b < B; ++b) seqs.emplace_back(tokenizer, options, prompts[b], options.first_stream + static_cast<uint64_t>(b));
 
@@ -135,7 +137,7 @@ std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer&
     std::copy(prompts[b].begin(), prompts[b].end(), ids.begin() + b * longest);
     n_new[b] = static_cast<int32_t>(prompts[b].size());
   }
-  Tensor logits = model.forward_cached(Tensor::from_vector(ids, Shape{B, longest}), n_new, cache);
+  Tensor logits = host_logits(model.forward_cached(Tensor::from_vector(ids, Shape{B, longest}), n_new, cache));
   GenerateStats st;
   for (const auto& p : prompts) st.prompt_tokens += static_cast<int64_t>(p.size());
   st.prefill_seconds = seconds_since(start);
@@ -157,7 +159,7 @@ std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer&
     }
     if (step == 0) st.time_to_first_token = seconds_since(start);
     if (!any) break;
-    logits = model.forward_cached(Tensor::from_vector(next, Shape{B, 1}), n_new, cache);
+    logits = host_logits(model.forward_cached(Tensor::from_vector(next, Shape{B, 1}), n_new, cache));
   }
   st.decode_seconds = seconds_since(start) - st.prefill_seconds;
   std::vector<Generation> out;

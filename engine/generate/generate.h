@@ -79,6 +79,10 @@ std::vector<Generation> generate(models::CausalLM& model, const data::Tokenizer&
                                  const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& options,
                                  const TextCallback& on_text = nullptr, GenerateStats* stats = nullptr);
 
+// Logits rows [B, vocab] as the samplers read them: f32 on the host. From the GPU that is one copy of
+// just these rows per decoding step; CPU f32 logits come back as they are.
+Tensor host_logits(const Tensor& logits);
+
 // The ids a prompt text becomes: BOS first when the tokenizer has one (SentencePiece models), and the
 // end-of-text id for an empty prompt of a tokenizer without BOS (GPT-2).
 std::vector<int32_t> encode_prompt(const data::Tokenizer& tokenizer, const std::string& text);

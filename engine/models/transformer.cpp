@@ -91,13 +91,20 @@ void CausalLM::quantize_q8() {
 }
 
 // ---- KV cache ---------------------------------------------------------------------------------
-KVCache::KVCache(const ModelConfig& c, int64_t batch_, int64_t capacity_)
+KVCache::KVCache(const ModelConfig& c, int64_t batch_, int64_t capacity_, Device device, DType dtype)
     : length(static_cast<size_t>(batch_), 0), batch(batch_), capacity(capacity_) {
   LLM_CHECK(batch_ > 0 && capacity_ > 0, "KVCache: batch and capacity must be positive");
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    k.push_back(Tensor::zeros(Shape{batch_, capacity_, c.n_kv_heads, c.head_dim()}));
-    v.push_back(Tensor::zeros(Shape{batch_, capacity_, c.n_kv_heads, c.head_dim()}));
+    k.push_back(Tensor::zeros(Shape{batch_, capacity_, c.n_kv_heads, c.head_dim()}, dtype, device));
+    v.push_back(Tensor::zeros(Shape{batch_, capacity_, c.n_kv_heads, c.head_dim()}, dtype, device));
   }
+}
+
+Device CausalLM::device() const { return parameters().front().device(); }
+
+KVCache CausalLM::make_cache(int64_t batch, int64_t capacity) const {
+  const bool bf16 = activation_dtype_ == DType::BF16 || parameters().front().dtype() == DType::BF16;
+  return KVCache(config_, batch, capacity, device(), bf16 ? DType::BF16 : DType::F32);
 }
 
 Tensor CausalLM::forward_cached(const Tensor& ids, const std::vector<int32_t>& n_new, KVCache& cache) {
@@ -105,7 +112,7 @@ Tensor CausalLM::forward_cached(const Tensor& ids, const std::vector<int32_t>& n
   LLM_CHECK(ids.dim() == 2 && ids.size(0) == cache.batch && static_cast<int64_t>(n_new.size()) == cache.batch,
             "forward_cached: ids ", ids.str(), " and ", n_new.size(), " lengths do not match a cache of batch ", cache.batch);
   const int64_t B = ids.size(0), T = ids.size(1);
-  std::vector<int32_t> pos(static_cast<size_t>(B * T));
+  std::vector<int32_t> pos(static_cast<size_t>(B * T)), last(static_cast<size_t>(B));
   for (int64_t b = 0; b < B; ++b) {
     LLM_CHECK(n_new[b] >= 0 && n_new[b] <= T, "forward_cached: row ", b, " has ", n_new[b], " new tokens of ", T);
     LLM_CHECK(cache.length[b] + n_new[b] <= cache.capacity, "forward_cached: row ", b, " needs ",
@@ -115,32 +122,27 @@ Tensor CausalLM::forward_cached(const Tensor& ids, const std::vector<int32_t>& n
     // Padding positions are clamped into range; their outputs are never used.
     for (int64_t t = 0; t < T; ++t)
       pos[b * T + t] = static_cast<int32_t>(std::min<int64_t>(cache.length[b] + t, config_.max_seq_len - 1));
+    last[b] = static_cast<int32_t>(b * T + std::max<int32_t>(n_new[b], 1) - 1);
   }
-  const Tensor h = hidden_cached(ids, Tensor::from_vector(pos, Shape{B, T}), n_new, cache);
+  // Everything the blocks read goes to the device once per call (a few small uploads).
+  const Device dev = device();
+  const Tensor h = hidden_cached(ids.to(dev), Tensor::from_vector(pos, Shape{B, T}).to(dev),
+                                 Tensor::from_vector(cache.length, Shape{B}).to(dev),
+                                 Tensor::from_vector(n_new, Shape{B}).to(dev), cache);
   for (int64_t b = 0; b < B; ++b) cache.length[b] += n_new[b];
   // Only each row's last new token needs logits: gather those rows before the (large) output head.
   const int64_t C = h.size(2);
-  Tensor last = Tensor::empty(Shape{B, C});
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t t = std::max<int32_t>(n_new[b], 1) - 1;
-    std::copy_n(h.data<float>() + (b * T + t) * C, C, last.data<float>() + b * C);
-  }
-  return head(last);
+  if (T == 1) return head(h.view(Shape{B, C}));
+  return head(ops::embedding(Tensor::from_vector(last, Shape{B}).to(dev), h.view(Shape{B * T, C})));
 }
 
 namespace {
-// Writes the new keys and values [B, T, Hkv, hd] of each row into its cache slots after the cached ones.
-void append_to_cache(const Tensor& k, const Tensor& v, const std::vector<int32_t>& n_new, KVCache& cache, size_t layer) {
-  const int64_t B = k.size(0), T = k.size(1), row = k.size(2) * k.size(3);
-  for (int64_t b = 0; b < B; ++b) {
-    float* kd = cache.k[layer].data<float>() + (b * cache.capacity + cache.length[b]) * row;
-    float* vd = cache.v[layer].data<float>() + (b * cache.capacity + cache.length[b]) * row;
-    std::copy_n(k.data<float>() + b * T * row, n_new[b] * row, kd);
-    std::copy_n(v.data<float>() + b * T * row, n_new[b] * row, vd);
-  }
+// Writes the new keys and values [B, T, Hkv, hd] of each row into its cache slots after the past ones.
+void append_to_cache(const Tensor& k, const Tensor& v, const Tensor& past, const Tensor& n_new, KVCache& cache,
+                     size_t layer) {
+  ops::kv_cache_write(k, past, n_new, cache.k[layer]);
+  ops::kv_cache_write(v, past, n_new, cache.v[layer]);
 }
-
-Tensor past_lengths(const KVCache& cache) { return Tensor::from_vector(cache.length, Shape{cache.batch}); }
 }  // namespace
 
 // ---- GPT-2 ----------------------------------------------------------------------------------
@@ -168,12 +170,12 @@ class GPT2Block : public nn::Module {
     return h + mlp_proj.forward(ops::gelu(c_fc.forward(ln_2.forward(h))));
   }
 
-  Tensor forward_cached(const Tensor& x, const std::vector<int32_t>& n_new, KVCache& cache, size_t layer) const {
+  Tensor forward_cached(const Tensor& x, const Tensor& past, const Tensor& n_new, KVCache& cache, size_t layer) const {
     const int64_t B = x.size(0), T = x.size(1), C = x.size(2), hd = C / heads_;
     const std::vector<Tensor> qkv = ops::split(c_attn.forward(ln_1.forward(x)), -1, {C, C, C});
     const Shape heads{B, T, heads_, hd};
-    append_to_cache(qkv[1].view(heads), qkv[2].view(heads), n_new, cache, layer);
-    const Tensor y = ops::attention_cached(qkv[0].view(heads), cache.k[layer], cache.v[layer], past_lengths(cache));
+    append_to_cache(qkv[1].view(heads), qkv[2].view(heads), past, n_new, cache, layer);
+    const Tensor y = ops::attention_cached(qkv[0].view(heads), cache.k[layer], cache.v[layer], past);
     const Tensor h = x + attn_proj.forward(y.view(Shape{B, T, C}));
     return h + mlp_proj.forward(ops::gelu(c_fc.forward(ln_2.forward(h))));
   }
@@ -211,10 +213,10 @@ class GPT2 : public CausalLM {
   }
 
  protected:
-  Tensor hidden_cached(const Tensor& ids, const Tensor& positions, const std::vector<int32_t>& n_new,
+  Tensor hidden_cached(const Tensor& ids, const Tensor& positions, const Tensor& past, const Tensor& n_new,
                        KVCache& cache) override {
-    Tensor x = wte.forward(ids) + wpe.forward(positions);
-    for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward_cached(x, n_new, cache, l);
+    Tensor x = activations(wte.forward(ids) + wpe.forward(positions));
+    for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward_cached(x, past, n_new, cache, l);
     return x;
   }
   Tensor head(const Tensor& hidden) override { return output_head(ln_f.forward(hidden), wte.weight); }
@@ -261,14 +263,14 @@ class LlamaBlock : public nn::Module {
     return r + down_proj.forward(ops::swiglu(gate_proj.forward(m), up_proj.forward(m)));
   }
 
-  Tensor forward_cached(const Tensor& x, const Tensor& positions, const std::vector<int32_t>& n_new, KVCache& cache,
-                        size_t layer) const {
+  Tensor forward_cached(const Tensor& x, const Tensor& positions, const Tensor& past, const Tensor& n_new,
+                        KVCache& cache, size_t layer) const {
     const int64_t B = x.size(0), T = x.size(1), hd = config_.head_dim();
     const Tensor h = input_layernorm.forward(x);
     const Tensor q = ops::rope(q_proj.forward(h).view(Shape{B, T, config_.n_heads, hd}), positions, config_.rope_theta);
     const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope_theta);
-    append_to_cache(k, v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), n_new, cache, layer);
-    const Tensor y = ops::attention_cached(q, cache.k[layer], cache.v[layer], past_lengths(cache), 0.f, config_.sliding_window);
+    append_to_cache(k, v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), past, n_new, cache, layer);
+    const Tensor y = ops::attention_cached(q, cache.k[layer], cache.v[layer], past, 0.f, config_.sliding_window);
     const Tensor r = x + o_proj.forward(y.view(Shape{B, T, config_.n_heads * hd}));
     const Tensor m = post_attention_layernorm.forward(r);
     return r + down_proj.forward(ops::swiglu(gate_proj.forward(m), up_proj.forward(m)));
@@ -308,10 +310,10 @@ class Llama : public CausalLM {
   }
 
  protected:
-  Tensor hidden_cached(const Tensor& ids, const Tensor& positions, const std::vector<int32_t>& n_new,
+  Tensor hidden_cached(const Tensor& ids, const Tensor& positions, const Tensor& past, const Tensor& n_new,
                        KVCache& cache) override {
-    Tensor x = embed_tokens.forward(ids);
-    for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward_cached(x, positions, n_new, cache, l);
+    Tensor x = activations(embed_tokens.forward(ids));
+    for (size_t l = 0; l < blocks.size(); ++l) x = blocks[l]->forward_cached(x, positions, past, n_new, cache, l);
     return x;
   }
   Tensor head(const Tensor& hidden) override {

@@ -15,9 +15,11 @@ struct ForwardOptions {
   Tensor doc;        // i32 [B, T] document ids of packed sequences; default: one document per row
 };
 
-// Keys and values of every layer for up to `capacity` positions of `batch` sequences, for generation.
+// Keys and values of every layer for up to `capacity` positions of `batch` sequences, for generation,
+// on the model's device (CausalLM::make_cache picks device and dtype).
 struct KVCache {
-  KVCache(const ModelConfig& config, int64_t batch, int64_t capacity);
+  KVCache(const ModelConfig& config, int64_t batch, int64_t capacity, Device device = Device::cpu(),
+          DType dtype = DType::F32);
   std::vector<Tensor> k, v;     // per layer: [batch, capacity, n_kv_heads, head_dim]
   std::vector<int32_t> length;  // tokens cached per sequence
   int64_t batch, capacity;
@@ -34,9 +36,15 @@ class CausalLM : public nn::Module {
   // CUDA (the embeddings are cast once; parameters stay as they are: ops.h has the rule).
   void set_activation_dtype(DType dtype) { activation_dtype_ = dtype; }
   DType activation_dtype() const { return activation_dtype_; }
-  // Inference with a KV cache (call under NoGradGuard): row b of ids [B, T] holds n_new[b] <= T new
-  // tokens (the rest is padding), which are appended to the cache after its cached ones. Returns the
-  // logits [B, vocab] of each row's last new token (rows with n_new 0 return unspecified values).
+  // The device of the parameters (where forward runs).
+  Device device() const;
+  // A KV cache where this model runs: on its device, bf16 when it computes in bf16 (bf16 weights or
+  // activations), else f32.
+  KVCache make_cache(int64_t batch, int64_t capacity) const;
+  // Inference with a KV cache (call under NoGradGuard): row b of ids [B, T] (on any device) holds
+  // n_new[b] <= T new tokens (the rest is padding), which are appended to the cache after its cached
+  // ones. Returns the logits [B, vocab] of each row's last new token (rows with n_new 0 return
+  // unspecified values), on the model's device, f32 or bf16 as forward's.
   Tensor forward_cached(const Tensor& ids, const std::vector<int32_t>& n_new, KVCache& cache);
   // GPT-2 initialization: normal(0, 0.02) for matrices and embeddings, residual output projections
   // scaled by 1/sqrt(2·n_layers), zero biases, unit norm weights. Deterministic from the seed.
@@ -52,8 +60,9 @@ class CausalLM : public nn::Module {
   }
   ops::Q8Matrix head_q8_;
   // The architecture's part of forward_cached: hidden states [B, T, C] after the last block (before the
-  // final norm), given positions [B, T] and the cache, whose layer entries it fills.
-  virtual Tensor hidden_cached(const Tensor& ids, const Tensor& positions, const std::vector<int32_t>& n_new,
+  // final norm), given positions [B, T] and the cache, whose layer entries it fills after each row's
+  // past[b] cached tokens with its n_new[b] new ones (i32 [B]; all inputs on the model's device).
+  virtual Tensor hidden_cached(const Tensor& ids, const Tensor& positions, const Tensor& past, const Tensor& n_new,
                                KVCache& cache) = 0;
   // Final norm and output head of hidden rows [N, C] → logits [N, vocab].
   virtual Tensor head(const Tensor& hidden) = 0;

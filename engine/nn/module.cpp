@@ -84,6 +84,19 @@ void Module::to(Device device) {
   for (auto& [name, child] : children_) child->to(device);
 }
 
+void Module::to(DType dtype) {
+  NoGradGuard no_grad;
+  for (auto& [name, slot] : params_) {
+    if (!slot->defined() || !is_floating(slot->dtype()) || slot->dtype() == dtype) continue;
+    const bool requires_grad = slot->requires_grad();
+    Tensor converted = slot->detach().to(dtype);
+    converted.set_name(slot->name());
+    if (requires_grad) converted.set_requires_grad(true);
+    *slot = converted;
+  }
+  for (auto& [name, child] : children_) child->to(dtype);
+}
+
 void Module::quantize_q8() {
   for (auto& [name, child] : children_) child->quantize_q8();
 }

@@ -35,6 +35,9 @@ class Module {
   // Moves every parameter to `device` (a new leaf there, requires_grad as before; gradients dropped).
   // Modules hold parameters by slot, so every later forward uses the moved ones.
   void to(Device device);
+  // Converts every floating-point parameter to `dtype` (bf16 weights for inference on the GPU), the
+  // same way: new leaves, requires_grad as before, gradients dropped.
+  void to(DType dtype);
 
   void set_training(bool on);
   bool training() const { return training_; }

@@ -1,4 +1,5 @@
 // Neural-network ops: activations, softmax, norms, embedding, RoPE, attention, cross-entropy.
+#include <algorithm>
 #include <cmath>
 
 #include "engine/ops/op_util.h"
@@ -9,6 +10,7 @@
 
 #ifdef LLM_HAVE_CUDA
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_cached.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/fused.h"
 #endif
@@ -555,19 +557,81 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
 Tensor attention_cached(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& past_in, float scale,
                         int64_t window) {
   LLM_CHECK(!autograd::needs_grad({&q_in, &k_in, &v_in}), "attention_cached: inference only; run it under NoGradGuard");
-  Tensor q = cpu_f32(q_in, "attention_cached", "q"), k = cpu_f32(k_in, "attention_cached", "k_cache"),
-         v = cpu_f32(v_in, "attention_cached", "v_cache"), past = cpu_i32(past_in, "attention_cached", "past");
+  check_defined(q_in, "attention_cached", "q");
+  check_same_device(q_in, k_in, "attention_cached");
+  check_same_device(q_in, v_in, "attention_cached");
+  check_same_device(q_in, past_in, "attention_cached");
+  const bool on_cuda = q_in.device().is_cuda();
+  Tensor q = on_cuda ? float_input(q_in, "attention_cached", "q") : cpu_f32(q_in, "attention_cached", "q");
+  Tensor k = on_cuda ? float_input(k_in, "attention_cached", "k_cache") : cpu_f32(k_in, "attention_cached", "k_cache");
+  Tensor v = on_cuda ? float_input(v_in, "attention_cached", "v_cache") : cpu_f32(v_in, "attention_cached", "v_cache");
+  const Tensor past = on_cuda ? index_input(past_in, "attention_cached", "past") : cpu_i32(past_in, "attention_cached", "past");
   LLM_CHECK(q.dim() == 4 && k.dim() == 4, "attention_cached: q and the caches must be 4-D, got ", q.str(), " and ", k.str());
   const int64_t B = q.size(0), Tq = q.size(1), Hq = q.size(2), D = q.size(3), S = k.size(1), Hkv = k.size(2);
   check_shape(k, Shape{B, S, Hkv, D}, "attention_cached", "k_cache");
   check_shape(v, k.shape(), "attention_cached", "v_cache");
   check_shape(past, Shape{B}, "attention_cached", "past");
   LLM_CHECK(Hkv > 0 && Hq % Hkv == 0, "attention_cached: ", Hq, " query heads are not a multiple of ", Hkv, " kv heads");
+  const float sc = scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(D));
+  if (on_cuda) {
+    Tensor result;
+#ifdef LLM_HAVE_CUDA
+    check_dtype(v, k.dtype(), "attention_cached", "v_cache");
+    const Tensor qc = q.to(k.dtype());
+    const Tensor out = Tensor::empty(q.shape(), k.dtype(), q.device());
+    with_float_type(k.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      cuda::attention_cached_forward<T>(B, Tq, S, Hq, Hkv, D, ptr<T>(qc), ptr<T>(k), ptr<T>(v), ptr<int32_t>(past), sc,
+                                        ptr<T>(out), window, stream_of(q));
+    });
+    result = q.dtype() == DType::BF16 ? out.to(DType::BF16) : out;
+#endif
+    return result;
+  }
   Tensor out = Tensor::empty(q.shape());
   cpu::attention_cached_forward(B, Tq, S, Hq, Hkv, D, q.data<float>(), k.data<float>(), v.data<float>(),
-                                past.data<int32_t>(), scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(D)),
-                                out.data<float>(), window);
+                                past.data<int32_t>(), sc, out.data<float>(), window);
   return out;
+}
+
+void kv_cache_write(const Tensor& x_in, const Tensor& past_in, const Tensor& n_new_in, const Tensor& cache) {
+  LLM_CHECK(!autograd::needs_grad({&x_in}), "kv_cache_write: inference only; run it under NoGradGuard");
+  check_defined(cache, "kv_cache_write", "cache");
+  check_same_device(cache, x_in, "kv_cache_write");
+  check_same_device(cache, past_in, "kv_cache_write");
+  check_same_device(cache, n_new_in, "kv_cache_write");
+  LLM_CHECK(cache.dim() == 4 && cache.is_contiguous(), "kv_cache_write: the cache must be a contiguous [B, S, H, D] tensor, got ",
+            cache.str());
+  const int64_t B = cache.size(0), S = cache.size(1), row = cache.size(2) * cache.size(3);
+  LLM_CHECK(x_in.dim() == 4 && x_in.size(0) == B && x_in.size(2) == cache.size(2) && x_in.size(3) == cache.size(3),
+            "kv_cache_write: x ", x_in.str(), " does not fit the cache ", cache.str());
+  const int64_t T = x_in.size(1);
+  if (cache.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    const Tensor x = float_input(x_in, "kv_cache_write", "x").to(cache.dtype());
+    const Tensor past = index_input(past_in, "kv_cache_write", "past"), n_new = index_input(n_new_in, "kv_cache_write", "n_new");
+    check_shape(past, Shape{B}, "kv_cache_write", "past");
+    check_shape(n_new, Shape{B}, "kv_cache_write", "n_new");
+    with_float_type(cache.dtype(), [&](auto tag) {
+      using E = decltype(tag);
+      cuda::kv_cache_write<E>(B, T, S, row, ptr<E>(x), ptr<int32_t>(past), ptr<int32_t>(n_new), ptr<E>(cache),
+                              stream_of(cache));
+    });
+#endif
+  } else {
+    check_dtype(cache, DType::F32, "kv_cache_write", "cache");
+    const Tensor x = cpu_f32(x_in, "kv_cache_write", "x");
+    const Tensor past = cpu_i32(past_in, "kv_cache_write", "past"), n_new = cpu_i32(n_new_in, "kv_cache_write", "n_new");
+    check_shape(past, Shape{B}, "kv_cache_write", "past");
+    check_shape(n_new, Shape{B}, "kv_cache_write", "n_new");
+    for (int64_t b = 0; b < B; ++b) {
+      const int32_t p = past.data<int32_t>()[b], n = n_new.data<int32_t>()[b];
+      LLM_CHECK(p >= 0 && n >= 0 && n <= T && p + n <= S, "kv_cache_write: row ", b, " writes slots ", p, " .. ", p + n,
+                " of a cache of ", S, " (", T, " new positions)");
+      std::copy_n(x.data<float>() + b * T * row, n * row, cache.data<float>() + (b * S + p) * row);
+    }
+  }
+  cache.storage()->bump_version();
 }
 
 namespace {

@@ -18,7 +18,7 @@
 //   - reductions to statistics (sum, mean, cross_entropy, token_logprobs) return f32;
 //   - everything else returns its input's dtype, and every gradient has the dtype of the tensor it
 //     is the gradient of (leaves accumulate .grad on their device).
-// attention_cached, quantize_q8 and linear_q8 run on the CPU only (a clear error on CUDA).
+// quantize_q8 and linear_q8 run on the CPU only (a clear error on CUDA).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -104,9 +104,15 @@ const char* to_string(AttentionBackend backend);
 // Inference attention against a KV cache (not differentiable; no autograd recording allowed):
 // q [B, Tq, Hq, D], k_cache/v_cache [B, S, Hkv, D], past i32 [B] (tokens cached before these queries).
 // Query t of row b attends to cache slots 0 .. past[b] + t (the last `window` of them when window > 0).
-// scale <= 0 means 1/sqrt(D).
+// scale <= 0 means 1/sqrt(D). On CUDA q is read in the caches' dtype (f32 or bf16, fp32 softmax) and
+// the result is bf16 when q or the caches are.
 Tensor attention_cached(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& past,
                         float scale = 0.f, int64_t window = 0);
+// Inference, in place: new keys or values x [B, T, H, D] into cache [B, S, H, D] (contiguous), x[b, t]
+// into slot past[b] + t for t < n_new[b]; past and n_new are i32 [B] on the cache's device with
+// past[b] + n_new[b] <= S (checked on the CPU; on CUDA slots past S are never written). x is converted
+// to the cache's dtype. Not differentiable.
+void kv_cache_write(const Tensor& x, const Tensor& past, const Tensor& n_new, const Tensor& cache);
 // Weight-only int8 (Q8_0, kernels/cpu/quant.h) for inference: a [N, K] matrix as int8 blocks with
 // scales. linear_q8 is x·Wᵀ + bias with such a matrix (not differentiable).
 struct Q8Matrix {

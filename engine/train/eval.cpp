@@ -71,7 +71,9 @@ PerplexityResult evaluate_perplexity(models::CausalLM& model, const std::vector<
     const EvalWindow& win = windows[w];
     const int64_t L = win.end - win.begin;
     const std::vector<int32_t> chunk(ids.begin() + win.begin, ids.begin() + win.end);
-    const Tensor logits = model.forward(Tensor::from_vector(chunk, Shape{1, L})).contiguous();
+    // A model on the GPU sends each window's logits to the host once, as f32, for the fp64 softmax here.
+    const Tensor logits =
+        model.forward(Tensor::from_vector(chunk, Shape{1, L}).to(model.device())).to(Device::cpu()).to(DType::F32).contiguous();
     const float* lg = logits.data<float>();
     // Token t (absolute) is predicted by the logits at window position t - 1 - begin.
     for (int64_t t = win.score_begin; t < win.end; ++t) {

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 
+#include "engine/core/allocator.h"
 #include "engine/core/error.h"
 #include "engine/io/hdf5_file.h"
 #include "engine/io/llama2c.h"
@@ -42,14 +43,37 @@ std::unique_ptr<models::CausalLM> make_loaded_model(const io::LoadedModel& loade
 
 std::unique_ptr<models::CausalLM> load_model(const std::string& path) { return make_loaded_model(load_pretrained(path)); }
 
+Placement parse_placement(const std::string& device, const std::string& dtype) {
+  Placement p;
+  if (device == "cuda") p.device = Device::cuda(0);
+  else LLM_CHECK(device == "cpu", "--device: expected cpu or cuda, got \"", device, "\"");
+  if (dtype.empty()) p.dtype = p.device.is_cuda() ? DType::BF16 : DType::F32;
+  else if (dtype == "bf16") p.dtype = DType::BF16;
+  else LLM_CHECK(dtype == "f32", "--dtype: expected bf16 or f32, got \"", dtype, "\"");
+  return p;
+}
+
+void place(models::CausalLM& model, const Placement& where, bool quantized_q8) {
+  if (where.device.is_cpu()) {
+    LLM_CHECK(where.dtype == DType::F32, "--dtype bf16 needs --device cuda (the CPU computes in f32)");
+    return;
+  }
+  LLM_CHECK(!quantized_q8, "--quantize q8 is a CPU path; with --device cuda the weights are bf16 or f32");
+  LLM_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device is visible (or this build has no CUDA backend)");
+  model.to(where.device);
+  model.to(where.dtype);
+  model.set_activation_dtype(where.dtype);
+}
+
 InferenceModel load_inference_model(const std::string& path, const std::string& tokenizer_spec, bool quantize_q8,
-                                    const std::string& missing_tokenizer_hint) {
+                                    const std::string& missing_tokenizer_hint, const Placement& where) {
   const io::LoadedModel loaded = load_pretrained(path);
   const std::string spec = !tokenizer_spec.empty() ? tokenizer_spec : loaded.tokenizer;
   LLM_CHECK(!spec.empty(), path, ": no tokenizer came with the model; ", missing_tokenizer_hint);
   InferenceModel m;
   m.tokenizer = data::load_tokenizer(spec);
   m.model = make_loaded_model(loaded);
+  place(*m.model, where, quantize_q8);
   if (quantize_q8) m.model->quantize_q8();
   return m;
 }

@@ -20,14 +20,28 @@ io::LoadedModel load_pretrained(const std::string& path);
 std::unique_ptr<models::CausalLM> load_model(const std::string& path);
 std::unique_ptr<models::CausalLM> make_loaded_model(const io::LoadedModel& loaded);
 
-// What generation needs, as the tools and the SDK load it: the model (Q8 when quantize_q8) and its
-// tokenizer — tokenizer_spec when given, else the one that came with the model. Without either the
-// error names `path` and ends with `missing_tokenizer_hint` (how this caller supplies one).
+// Where an inference model runs: the CPU (f32), or the first GPU with weights, activations and KV
+// cache in bf16 or f32 (matmuls there read bf16 operands either way; f32 keeps everything else fp32).
+struct Placement {
+  Device device = Device::cpu();
+  DType dtype = DType::F32;
+};
+// The tools' --device (cpu or cuda) and --dtype (bf16 or f32; "" for the device's default: f32 on
+// the CPU, bf16 on cuda) values; errors name the flag.
+Placement parse_placement(const std::string& device, const std::string& dtype);
+// Moves a loaded model there. Clear errors for cuda without a CUDA build or a visible GPU, for bf16
+// on the CPU, and for Q8 weights (a CPU path) on cuda.
+void place(models::CausalLM& model, const Placement& where, bool quantized_q8);
+
+// What generation needs, as the tools and the SDK load it: the model (Q8 when quantize_q8, placed
+// where `where` says) and its tokenizer — tokenizer_spec when given, else the one that came with the
+// model. Without either the error names `path` and ends with `missing_tokenizer_hint` (how this
+// caller supplies one).
 struct InferenceModel {
   std::unique_ptr<models::CausalLM> model;
   std::unique_ptr<data::Tokenizer> tokenizer;
 };
 InferenceModel load_inference_model(const std::string& path, const std::string& tokenizer_spec, bool quantize_q8,
-                                    const std::string& missing_tokenizer_hint);
+                                    const std::string& missing_tokenizer_hint, const Placement& where = {});
 
 }  // namespace llm::train
