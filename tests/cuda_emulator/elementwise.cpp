@@ -56,8 +56,11 @@ void copy_strided(const StridedCopy& layout, int elem_size, const void* src, voi
   }
   const auto* s = static_cast<const unsigned char*>(src);
   auto* t = static_cast<unsigned char*>(dst);
-  emu::require_device(s + src_lo * elem_size, (src_hi - src_lo + 1) * elem_size, kFn, "src");
-  emu::require_device(t + dst_lo * elem_size, (dst_hi - dst_lo + 1) * elem_size, kFn, "dst");
+  const unsigned char *src_begin = s + src_lo * elem_size, *src_end = s + (src_hi + 1) * elem_size;
+  unsigned char *dst_begin = t + dst_lo * elem_size, *dst_end = t + (dst_hi + 1) * elem_size;
+  emu::require_device(src_begin, src_end - src_begin, kFn, "src");
+  emu::require_device(dst_begin, dst_end - dst_begin, kFn, "dst");
+  if (src_begin < dst_end && dst_begin < src_end) emu::fail(kFn, "src and dst overlap (the header forbids it)");
   for (int64_t i = 0; i < n; ++i) {
     int64_t rest = i, src_offset = 0, dst_offset = 0;
     for (int d = layout.ndim - 1; d >= 0; --d) {
