@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and tests need (only those missing), then configures and
-# builds into build/ (or build-asan/ with --sanitize). Idempotent and non-interactive.
-#   scripts/setup.sh [--sanitize] [--no-install] [extra cmake -D options...]
+# builds into build/ (or build-asan/ with --sanitize, build-cuda-emu/ with --cuda-emulator: the CUDA
+# code paths against the CPU emulation in tests/cuda_emulator). Idempotent and non-interactive.
+#   scripts/setup.sh [--sanitize | --cuda-emulator] [--no-install] [--target=NAME ...] [extra cmake -D options...]
+# --target=NAME (repeatable) builds only those targets instead of everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 sanitize=0
+emulator=0
 install=1
 cmake_args=()
+targets=()
 for arg in "$@"; do
   case "$arg" in
     --sanitize) sanitize=1 ;;
+    --cuda-emulator) emulator=1 ;;
     --no-install) install=0 ;;
+    --target=?*) targets+=(--target "${arg#--target=}") ;;
     -D*) cmake_args+=("$arg") ;;
     *) echo "error: scripts/setup.sh: unknown argument '$arg'" >&2; exit 2 ;;
   esac
@@ -55,7 +61,12 @@ if [ "$sanitize" = 1 ]; then
   # Debug-level optimisation keeps sanitizer reports readable and the build quick.
   cmake_args+=(-DLLM_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLLM_CUDA=OFF)
 fi
+if [ "$emulator" = 1 ]; then
+  [ "$sanitize" = 0 ] || { echo "error: scripts/setup.sh: --sanitize and --cuda-emulator are separate builds" >&2; exit 2; }
+  build_dir=build-cuda-emu
+  cmake_args+=(-DLLM_CUDA_EMULATOR=ON)
+fi
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B "$build_dir" "${cmake_args[@]}" >/dev/null
-cmake --build "$build_dir" -j "$jobs"
+cmake --build "$build_dir" -j "$jobs" "${targets[@]}"
 echo "setup: built into $build_dir/"

@@ -267,7 +267,8 @@ float Tensor::item() const {
 
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
-  Tensor host = to(Device::cpu()).contiguous().to(dtype_of<T>::value);
+  // Reading values is not a differentiable op: a device tensor that requires grad is copied detached.
+  Tensor host = detach().to(Device::cpu()).contiguous().to(dtype_of<T>::value);
   std::vector<T> out(numel());
   if (!out.empty()) std::memcpy(out.data(), host.raw_data(), out.size() * sizeof(T));
   return out;

@@ -11,7 +11,7 @@
 //     precision (a bf16 copy made inside the op, outside the graph) and compute its gradient from
 //     fp32 accumulators, returned in the parameter's own dtype; embedding returns rows in the table's
 //     dtype (models cast them to their activation dtype) and its table gradient the same way;
-//   - elementwise ops (add, sub, mul, swiglu) whose floating inputs mix bf16 and f32 cast the f32 ones
+//   - elementwise ops (add, sub, mul, swiglu) and cat whose floating inputs mix bf16 and f32 cast the f32 ones
 //     to bf16 through ops::cast, whose backward returns the gradient in f32;
 //   - matmul, linear and attention run on bf16 tensor cores: their result is bf16 when any floating
 //     input is bf16, f32 otherwise (an all-f32 graph stays f32, with products of bf16-rounded operands);

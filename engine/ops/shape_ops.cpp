@@ -254,8 +254,9 @@ struct CatBackward : Node {
 };
 }  // namespace
 
-Tensor cat(const std::vector<Tensor>& xs, int dim) {
-  LLM_CHECK(!xs.empty(), "cat: no tensors given");
+Tensor cat(const std::vector<Tensor>& given, int dim) {
+  LLM_CHECK(!given.empty(), "cat: no tensors given");
+  const std::vector<Tensor> xs = detail::promote(given, "cat");  // bf16 with f32 on CUDA: the mixed-precision rule
   check_defined(xs[0], "cat", "xs[0]");
   const int d = xs[0].shape().wrap_dim(dim);
   Shape shape = xs[0].shape();

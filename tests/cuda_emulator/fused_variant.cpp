@@ -1,0 +1,2 @@
+// The fused-kernel variant switch is plain host code: the emulator builds the real one.
+#include "kernels/cuda/fused_variant.cu"
