@@ -17,9 +17,10 @@ for arg in "$@"; do
     --cuda-emulator)
       build_dir=build-cuda-emu
       # Only these targets are built (the rest would be the CPU suite again), and only their tests run.
-      targets=(emulator_test ops_cuda_test train_cuda_test tensor_test device_config_test llm-train llm-data)
+      targets=(emulator_test ops_cuda_test train_cuda_test cuda_kv_cache_test generate_cuda_test tensor_test
+               device_config_test llm-train llm-data)
       setup_args+=(--cuda-emulator "${targets[@]/#/--target=}")
-      ctest_args+=(-R '^(CudaEmulator|OpsCuda|TrainCuda|Tensor|DeviceConfig)\.|^llm_train_cuda_emulated$') ;;
+      ctest_args+=(-R '^(CudaEmulator|OpsCuda|TrainCuda|CudaKVCache|GenerateCuda|Tensor|DeviceConfig)\.|^llm_train_cuda_emulated$') ;;
     *) echo "error: scripts/test.sh: unknown argument '$arg'" >&2; exit 2 ;;
   esac
 done
