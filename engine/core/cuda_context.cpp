@@ -3,6 +3,7 @@
 #include "engine/core/cuda_context.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -37,6 +38,13 @@ DeviceState& state(int device) {
   if (it != states->end()) return *it->second;
   auto* s = new DeviceState();
   check(cudaStreamCreate(&s->stream), "cudaStreamCreate");
+  // Kernel scratch (norm and bias gradients, the gradient norm, split decode attention) comes from
+  // cudaMallocAsync's pool; by default the pool hands memory back to the driver at every
+  // synchronization, which would make each training step allocate again. Keep it cached instead.
+  cudaMemPool_t pool;
+  check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+  uint64_t keep_all = UINT64_MAX;
+  check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all), "cudaMemPoolSetAttribute");
   check(cudaEventCreateWithFlags(&s->staging_free, cudaEventDisableTiming), "cudaEventCreate");
   check(cudaEventRecord(s->staging_free, s->stream), "cudaEventRecord");
   (*states)[device] = s;

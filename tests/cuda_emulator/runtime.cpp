@@ -111,6 +111,15 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
+// The stream-ordered pool: the emulated kernels take no scratch memory, so only its settings exist.
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
+  require_device_index(device, "cudaDeviceGetDefaultMemPool");
+  static int default_pool;
+  *pool = reinterpret_cast<cudaMemPool_t>(&default_pool);
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
+
 cudaError_t cudaGetLastError() {
   const cudaError_t err = last_error;
   last_error = cudaSuccess;
