@@ -1,20 +1,50 @@
 #!/usr/bin/env bash
 # The GPU check, for the bare, offline GPU machine (CUDA toolkit, CMake, a compiler; no -dev packages).
-#   here, once:       scripts/gpu_check.sh --fetch      downloads the .deb files the check needs into gpu-debs/
+#   here, once:       scripts/gpu_check.sh --fetch      downloads the Debian packages the check needs
+#                                                       into gpu-debs/ (about 22 MB; carry it along)
 #   on the GPU box:   scripts/gpu_check.sh [LOG]        unpacks them into a local prefix, builds for sm_90,
 #                                                       runs every CUDA test, the GPU benchmarks and the
 #                                                       NCCL communicator and GPU data-parallel training
 #                                                       under mpirun -np 1
 # The full log goes to LOG (or $GPU_CHECK_LOG, default gpu-check.log); the terminal gets one line per
 # stage and, last, the short table: test results and the benchmark rows.
+# A second, narrower run (the build directory is kept, so it rebuilds only what changed):
+#   GPU_CHECK_TESTS="cuda_gemm_test fused_test"   only these test programs
+#   GPU_CHECK_FILTER='*Gemm*'                      their --gtest_filter
+#   GPU_CHECK_SKIP="bench nccl"                    stages left out (bench, nccl)
+#   GPU_CHECK_SANITIZER=racecheck                  the tests under compute-sanitizer --tool racecheck
+#                                                  (memcheck, synccheck, initcheck); slow: filter them
 set -uo pipefail
 cd "$(dirname "$0")/.."
 debs=gpu-debs
 
+# The packages the upper layers build and run with, and their shared libraries' dependencies, less
+# what every Linux with a C++ compiler has (libc, libstdc++, libgcc, zlib). Debian 12 (bookworm).
+carried_packages=(
+  libgtest-dev                                   # the test suite (static libraries and headers)
+  libhdf5-dev libhdf5-103-1 libsz2 libaec0       # llm_io: HDF5 shards and checkpoints
+  libcurl4 libssl3 libnghttp2-14 libidn2-0 libunistring2 librtmp1 libgnutls30 libhogweed6 libnettle8
+  libgmp10 libp11-kit0 libffi8 libtasn1-6 libssh2-1 libpsl5 libgssapi-krb5-2 libkrb5-3 libk5crypto3
+  libkrb5support0 libcom-err2 libkeyutils1 libldap-2.5-0 libsasl2-2 libsasl2-modules-db libzstd1
+  libbrotli1                                     # ... libhdf5's own dependencies (through libcurl)
+  nlohmann-json3-dev                             # llm_io, llm_data: JSON
+  libyaml-cpp-dev libyaml-cpp0.7                 # llm_train: YAML recipes
+  libpcre2-dev libpcre2-8-0                      # llm_data: tokenizer regexes
+  libsentencepiece-dev libsentencepiece0         # llm_data: SentencePiece
+  pkg-config pkgconf pkgconf-bin libpkgconf3     # finds PCRE2 (llm-serve, which the check does not need, is left out)
+  libopenmpi-dev libopenmpi3 openmpi-bin openmpi-common  # llm_dist: MPI (NCCL's bootstrap), mpirun
+  libhwloc15 libudev1 libevent-core-2.1-7 libevent-pthreads-2.1-7 libpmix2 libmunge2 libfabric1
+  libibverbs1 librdmacm1 libnl-3-200 libnl-route-3-200 libpsm2-2 libpsm-infinipath1 libucx0 libnuma1
+  libatomic1 libuuid1                            # ... Open MPI's own dependencies
+)
+
 if [ "${1:-}" = "--fetch" ]; then
-  mkdir -p "$debs"
-  (cd "$debs" && apt-get download libgtest-dev googletest >/dev/null)
-  ls -1 "$debs"
+  rm -rf "$debs" && mkdir -p "$debs"
+  if ! (cd "$debs" && apt-get download "${carried_packages[@]}" >/dev/null 2>download.log); then
+    cat "$debs/download.log" >&2; echo "error: scripts/gpu_check.sh: apt-get download failed" >&2; exit 1
+  fi
+  rm -f "$debs/download.log"
+  echo "$(ls "$debs" | wc -l) packages, $(du -sh "$debs" | cut -f1) in $debs/"
   exit 0
 fi
 
@@ -27,14 +57,48 @@ stage machine
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: not available"
   nvcc --version | tail -1; echo "$(nproc) CPU cores"; } >>"$log" 2>&1
 
-prefix="$PWD/.gpu-prefix"
 cmake_args=(-DCMAKE_BUILD_TYPE=Release -DLLM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90)
-if ! [ -f /usr/include/gtest/gtest.h ]; then
-  [ -d "$debs" ] || { echo "error: scripts/gpu_check.sh: no GoogleTest here and no $debs/ (run --fetch on the dev machine)" >&2; exit 2; }
-  mkdir -p "$prefix"
-  for d in "$debs"/*.deb; do dpkg -x "$d" "$prefix"; done
-  cmake_args+=(-DGTest_ROOT="$prefix/usr" -DCMAKE_PREFIX_PATH="$prefix/usr")
+# Unpack the carried packages into a local prefix (never into /) and point CMake, the linker, the
+# loader and Open MPI at it. What the machine has itself is used where the packages are absent.
+if [ -d "$debs" ]; then
+  prefix="$PWD/.gpu-prefix"
+  rm -rf "$prefix" && mkdir -p "$prefix"
+  for d in "$debs"/*.deb; do dpkg -x "$d" "$prefix" || echo "warning: could not unpack $d" >>"$log"; done
+  usr="$prefix/usr"
+  libdir="$usr/lib/x86_64-linux-gnu"
+  carried_libs="$libdir:$libdir/openmpi/lib:$libdir/hdf5/serial:$prefix/lib/x86_64-linux-gnu"
+  # The carried programs run through wrappers that give them the carried libraries (the build's own
+  # tools, cmake and the compilers, keep the machine's), and Open MPI its relocated prefix.
+  mkdir -p "$prefix/bin"
+  for tool in pkgconf:pkg-config mpicxx.openmpi:mpicxx orterun:mpirun; do
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec %s "$@"\n' \
+      "$carried_libs" "$usr/bin/${tool%%:*}" >"$prefix/bin/${tool#*:}"
+    chmod +x "$prefix/bin/${tool#*:}"
+  done
+  cmake_args+=(-DCMAKE_PREFIX_PATH="$usr" -DGTest_ROOT="$usr" -DPKG_CONFIG_EXECUTABLE="$prefix/bin/pkg-config"
+               -DHDF5_C_INCLUDE_DIR="$usr/include/hdf5/serial"
+               -DMPI_CXX_COMPILER="$prefix/bin/mpicxx" -DMPIEXEC_EXECUTABLE="$prefix/bin/mpirun")
+  export PKG_CONFIG_PATH="$libdir/pkgconfig:$usr/share/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$prefix"
+  export PATH="$prefix/bin:$PATH"
+  export OPAL_PREFIX="$usr"        # Open MPI finds its components and help files under it,
+  export PMIX_MCA_mca_base_component_path="$libdir/pmix2/lib/pmix"  # and PMIx its components here
+  export OMPI_MCA_plm=isolated     # mpirun -np 1 starts the process itself (there may be no ssh)
+elif ! [ -f /usr/include/gtest/gtest.h ]; then
+  echo "error: scripts/gpu_check.sh: no GoogleTest here and no $debs/ (run --fetch on the dev machine)" >&2; exit 2
 fi
+# NCCL: the toolkit's copy, else the one PyTorch's pip packages bring (nvidia-nccl).
+if ! [ -f /usr/local/cuda/include/nccl.h ] && ! [ -f /usr/include/nccl.h ]; then
+  nccl_dir=$(python3 -c "import nvidia.nccl as n; print(list(n.__path__)[0])" 2>/dev/null)
+  if [ -n "$nccl_dir" ] && [ -f "$nccl_dir/include/nccl.h" ]; then
+    cmake_args+=(-DNCCL_INCLUDE_DIR="$nccl_dir/include" -DNCCL_LIBRARY="$(ls "$nccl_dir"/lib/libnccl.so* | head -1)")
+    carried_libs="${carried_libs:+$carried_libs:}$nccl_dir/lib"
+  fi
+fi
+# The linker resolves the carried libraries' own dependencies there. Nothing runs with the carried
+# libraries during the build (the compilers keep the machine's): the test programs are listed at
+# test time, not right after linking, and LD_LIBRARY_PATH names them only once the build is done.
+[ -n "${carried_libs:-}" ] && cmake_args+=("-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,$carried_libs"
+                                          -DCMAKE_GTEST_DISCOVER_TESTS_DISCOVERY_MODE=PRE_TEST)
 
 stage "build (sm_90)"
 cuda_tests=$(for f in tests/cuda/*_test.cpp; do basename "$f" .cpp; done)
@@ -61,14 +125,16 @@ if ! cmake --build build-gpu -j "$(nproc)" --target "${targets[@]}" >>"$log" 2>&
   echo "error: build failed (see $log):"; grep -E "error" "$log" | head -20; exit 1
 fi
 
+[ -n "${carried_libs:-}" ] && export LD_LIBRARY_PATH="$carried_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
 # The tensor-core kernels must really issue tensor-core instructions (HMMA in the SASS).
-hmma=$(cuobjdump -sass build-gpu/kernels/libllm_kernels_cuda.a 2>>"$log" | grep -c HMMA || true)
+hmma=$(command -v cuobjdump >/dev/null && { cuobjdump -sass build-gpu/kernels/libllm_kernels_cuda.a 2>>"$log" | grep -c HMMA || true; })
 
 # run_test NAME COMMAND...: runs a GoogleTest executable into the log; prints its one summary line.
 run_test() {
   local name=$1; shift
   echo "--- $name" >>"$log"
-  timeout 300 "$@" --gtest_color=no >"$log.part" 2>&1
+  timeout 300 "$@" --gtest_color=no ${GPU_CHECK_FILTER:+--gtest_filter="$GPU_CHECK_FILTER"} >"$log.part" 2>&1
   local rc=$?
   cat "$log.part" >>"$log"
   local passed failed skipped
@@ -78,23 +144,31 @@ run_test() {
   printf "%-26s passed %3s  skipped %2s  rc %3s  %s" "$name" "${passed:-0}" "$skipped" "$rc" "${failed:+FAILED: $failed}"
 }
 
-stage "CUDA tests"
+skipped() { [[ " ${GPU_CHECK_SKIP:-} " == *" $1 "* ]]; }
+sanitizer=()
+[ -n "${GPU_CHECK_SANITIZER:-}" ] && sanitizer=(compute-sanitizer --tool "$GPU_CHECK_SANITIZER" --error-exitcode 99)
+
+stage "CUDA tests${GPU_CHECK_SANITIZER:+ under compute-sanitizer --tool $GPU_CHECK_SANITIZER}"
 summary=("${upper_summary[@]}")
-for t in $cuda_tests $upper_tests; do
-  summary+=("$(run_test "$t" "build-gpu/tests/$t")")
+for t in ${GPU_CHECK_TESTS:-$cuda_tests $upper_tests}; do
+  summary+=("$(run_test "$t" "${sanitizer[@]}" "build-gpu/tests/$t")")
 done
 rm -f "$log.part"
 
-stage "benchmarks (llm-bench cuda)"
-timeout 300 build-gpu/tools/llm-bench cuda >"$log.bench" 2>&1
-cat "$log.bench" >>"$log"
+: >"$log.bench"
+if ! skipped bench; then
+  stage "benchmarks (llm-bench cuda)"
+  timeout 300 build-gpu/tools/llm-bench cuda >"$log.bench" 2>&1
+  cat "$log.bench" >>"$log"
+fi
 
 # The NCCL communicator end to end with world size 1 (it bootstraps over MPI, so it is built only
 # where an MPI library is installed: Debian's libopenmpi-dev openmpi-bin): its collectives, and GPU
 # training with DataParallel and with ZeRO-1 over it against plain GPU training, step for step.
-stage "NCCL under mpirun -np 1"
 nccl="not built (no MPI library on this machine)"
-if [ -x build-gpu/tests/nccl_test ] && command -v mpirun >/dev/null; then
+skipped nccl && nccl="skipped (GPU_CHECK_SKIP)"
+if ! skipped nccl && [ -x build-gpu/tests/nccl_test ] && command -v mpirun >/dev/null; then
+  stage "NCCL under mpirun -np 1"
   mpi=(mpirun --allow-run-as-root --oversubscribe -np 1)
   nccl=$(run_test nccl_test "${mpi[@]}" build-gpu/tests/nccl_test)
   # How close DataParallel and ZeRO-1 came to plain training (0 = bit for bit).
@@ -120,7 +194,7 @@ echo
 echo "CUDA tests:"
 printf '  %s\n' "${summary[@]}"
 echo "NCCL: $nccl"
-echo "HMMA instructions in libllm_kernels_cuda.a: ${hmma:-cuobjdump failed}"
+echo "HMMA instructions in libllm_kernels_cuda.a: ${hmma:-not counted (no cuobjdump)}"
 echo
 cat "$log.bench"
 rm -f "$log.bench"
