@@ -20,12 +20,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <initializer_list>
 #include <limits>
-#include <stdexcept>
-#include <string>
 
 #include "kernels/cuda/device_util.cuh"
+#include "kernels/cuda/host_checks.h"
 #include "kernels/cuda/ptx.cuh"
 
 namespace llm::cuda {
@@ -120,7 +118,7 @@ __global__ void delta_kernel(Params p) {
 
 // ---- simple kernels: one warp per row ------------------------------------------------------------
 
-constexpr int kSimpleMaxD = 256;
+constexpr int kSimpleMaxD = checks::kAttentionMaxHeadDim;
 constexpr int kPerLane = kSimpleMaxD / 32;  // lane l holds columns l, l + 32, ...
 constexpr int kSimpleWarps = 4;
 
@@ -772,30 +770,6 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(Params p) {
 
 // ---- host side ---------------------------------------------------------------------------------
 
-// Throws on shapes the kernels cannot take; false when there is nothing to compute.
-bool validate(const AttentionShape& s, const char* fn) {
-  const auto fail = [&](const std::string& why) { throw std::runtime_error(std::string(fn) + ": " + why); };
-  if (s.B < 0 || s.T < 0 || s.Hq < 0 || s.Hkv < 0 || s.D < 0 || s.window < 0) fail("negative size in the shape");
-  if (s.B == 0 || s.T == 0 || s.Hq == 0 || s.D == 0) return false;
-  if (s.Hkv == 0 || s.Hq % s.Hkv != 0)
-    fail("Hq (" + std::to_string(s.Hq) + ") must be a multiple of Hkv (" + std::to_string(s.Hkv) + ")");
-  if (s.D % 2 != 0 || s.D > kSimpleMaxD) fail("head dimension " + std::to_string(s.D) + ": must be even and at most 256");
-  constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
-  if (s.T > kMaxInt / 2 || s.B > 65535 || s.Hq > kMaxInt || s.window > kMaxInt)
-    fail("shape too large (T ≤ 2^30, B ≤ 65535)");
-  return true;
-}
-
-bool use_tensor_cores(AttentionKernel kernel, const AttentionShape& s, std::initializer_list<const void*> pointers,
-                      const char* fn) {
-  bool ok = s.D == 64 || s.D == 128;
-  for (const void* ptr : pointers) ok = ok && detail::aligned16(ptr);
-  if (kernel == AttentionKernel::kTensorCore && !ok)
-    throw std::runtime_error(std::string(fn) + ": the tensor-core kernel needs D = 64 or 128 (got " +
-                             std::to_string(s.D) + ") and 16-byte aligned tensors");
-  return kernel != AttentionKernel::kSimple && ok;
-}
-
 Params make_params(const AttentionShape& s, const bf16* q, const bf16* k, const bf16* v, float scale) {
   Params p{};
   p.B = static_cast<int>(s.B);
@@ -824,21 +798,17 @@ void allow_shared_memory(Kernel kernel, size_t bytes, const char* fn) {
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), fn);
 }
 
-// The backward workspace: Δ [B, Hq, T], then first() [B, T].
-size_t delta_bytes(const AttentionShape& s) { return (sizeof(float) * s.B * s.Hq * s.T + 255) / 256 * 256; }
-
 }  // namespace
 
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
                        float scale, bf16* out, float* lse, cudaStream_t stream, AttentionKernel kernel) {
   constexpr const char* kFn = "cuda::attention_forward";
-  if (!validate(shape, kFn)) return;
-  if (!q || !k || !v || !out || !lse) throw std::runtime_error("cuda::attention_forward: null tensor");
+  if (!checks::attention_args(shape, {q, k, v, out, lse}, kFn)) return;
   Params p = make_params(shape, q, k, v, scale);
   p.doc = doc;
   p.o = out;
   p.lse_out = lse;
-  if (use_tensor_cores(kernel, shape, {q, k, v, out}, kFn)) {
+  if (checks::attention_tensor_cores(kernel, shape, {q, k, v, out}, kFn)) {
     const unsigned int blocks = blocks_for(detail::ceil_div(shape.T, kTile) * shape.B * shape.Hq, 1, kFn);
     if (shape.D == 64) {
       allow_shared_memory(flash_forward_kernel<64>, forward_smem_bytes<64>(), kFn);
@@ -854,32 +824,24 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   }
 }
 
-size_t attention_backward_workspace_bytes(const AttentionShape& shape) {
-  if (shape.B <= 0 || shape.T <= 0 || shape.Hq <= 0 || shape.D <= 0) return 0;
-  return delta_bytes(shape) + sizeof(int32_t) * shape.B * shape.T;
-}
-
 void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
                         float scale, const bf16* out, const float* lse, const bf16* dout, bf16* dq, bf16* dk, bf16* dv,
                         void* workspace, cudaStream_t stream, AttentionKernel kernel) {
   constexpr const char* kFn = "cuda::attention_backward";
-  if (!validate(shape, kFn)) return;
-  if (!q || !k || !v || !out || !lse || !dout || !dq || !dk || !dv || !workspace)
-    throw std::runtime_error("cuda::attention_backward: null tensor or workspace");
-  if (reinterpret_cast<uintptr_t>(workspace) % alignof(float) != 0)
-    throw std::runtime_error("cuda::attention_backward: workspace is not 4-byte aligned");
+  if (!checks::attention_args(shape, {q, k, v, out, lse, dout, dq, dk, dv}, kFn, &workspace)) return;
   Params p = make_params(shape, q, k, v, scale);
   p.out = out;
   p.dout = dout;
   p.lse = lse;
   p.delta = static_cast<float*>(workspace);
-  int32_t* first_key = reinterpret_cast<int32_t*>(static_cast<unsigned char*>(workspace) + delta_bytes(shape));
+  const size_t first_key_offset = checks::attention_delta_bytes(shape);
+  int32_t* first_key = reinterpret_cast<int32_t*>(static_cast<unsigned char*>(workspace) + first_key_offset);
   p.first_key = first_key;
   p.dq = dq;
   p.dk = dk;
   p.dv = dv;
 
-  const bool tensor_cores = use_tensor_cores(kernel, shape, {q, k, v, dout, dq, dk, dv}, kFn);
+  const bool tensor_cores = checks::attention_tensor_cores(kernel, shape, {q, k, v, dout, dq, dk, dv}, kFn);
   constexpr int kWarpsPerBlock = 4;
   const dim3 first_grid(blocks_for(detail::ceil_div(shape.T, 32), kWarpsPerBlock, kFn), static_cast<unsigned int>(shape.B));
   first_keys_kernel<<<first_grid, kWarpsPerBlock * 32, 0, stream>>>(doc, p.T, p.window, first_key);

@@ -1,4 +1,4 @@
-// gemm(): argument checks, the reference kernel, the choice between backends (kAuto's timing and
+// gemm(): the reference kernel, the choice between backends (kAuto's timing and
 // cache), and bias_grad. The tensor-core kernel is in gemm_native.cu, the cuBLASLt path in
 // gemm_cublas.cu.
 #include <algorithm>
@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kernels/cuda/gemm_impl.cuh"
+#include "kernels/cuda/host_checks.h"
 
 namespace llm::cuda {
 
@@ -33,19 +34,6 @@ void* advance(void* p, int64_t elements, size_t element_bytes) {
 }
 
 [[noreturn]] void bad_argument(const std::string& what) { throw std::runtime_error("gemm: " + what); }
-
-void validate(const Gemm& g) {
-  auto dims = [&] {
-    return " (M " + std::to_string(g.M) + ", N " + std::to_string(g.N) + ", K " + std::to_string(g.K) + ")";
-  };
-  if (g.M < 1 || g.N < 1 || g.K < 1) bad_argument("M, N and K must be at least 1" + dims());
-  if (!g.A || !g.B || !g.C) bad_argument("A, B and C must not be null" + dims());
-  if (g.lda < (g.trans_a ? g.M : g.K)) bad_argument("lda " + std::to_string(g.lda) + " is too small" + dims());
-  if (g.ldb < (g.trans_b ? g.K : g.N)) bad_argument("ldb " + std::to_string(g.ldb) + " is too small" + dims());
-  if (g.ldc < g.N) bad_argument("ldc " + std::to_string(g.ldc) + " is too small" + dims());
-  if (g.batch < 1 || g.stride_a < 0 || g.stride_b < 0 || g.stride_c < 0)
-    bad_argument("batch must be at least 1 and strides non-negative");
-}
 
 __global__ void gemm_simple_kernel(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const bf16* A,
                                    int64_t lda, int64_t stride_a, const bf16* B, int64_t ldb, int64_t stride_b,
@@ -183,7 +171,7 @@ AutoKey auto_key(const Gemm& g) {
 
 GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream) {
   using namespace gemm_impl;
-  validate(g);
+  checks::gemm_args(g);
   static std::mutex mutex;
   static std::map<AutoKey, GemmBackend> chosen;
   std::lock_guard<std::mutex> lock(mutex);
@@ -206,7 +194,7 @@ GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream) {
 }
 
 void gemm(const Gemm& g, GemmBackend backend, cudaStream_t stream) {
-  gemm_impl::validate(g);
+  checks::gemm_args(g);
   if (backend == GemmBackend::kAuto) backend = gemm_auto_choice(g, stream);
   gemm_impl::run(g, backend, stream);
 }
@@ -245,9 +233,7 @@ __global__ void bias_grad_finish_kernel(int64_t N, int64_t chunks, const float* 
 }  // namespace
 
 void bias_grad(int64_t M, int64_t N, const bf16* dy, int64_t ldy, float* db, bool accumulate, cudaStream_t stream) {
-  if (M < 1 || N < 1 || ldy < N || !dy || !db)
-    throw std::runtime_error("bias_grad: need M, N ≥ 1, ldy ≥ N and non-null dy, db (M " + std::to_string(M) +
-                             ", N " + std::to_string(N) + ", ldy " + std::to_string(ldy) + ")");
+  checks::bias_grad_args(M, N, dy, ldy, db);
   const int64_t chunks = (M + kBiasRowsPerChunk - 1) / kBiasRowsPerChunk;
   if (chunks > 65535) throw std::runtime_error("bias_grad: M " + std::to_string(M) + " exceeds 16M rows");
   float* partial = nullptr;

@@ -2,11 +2,9 @@
 // accumulate), then the header's epilogue in its order, each stored value rounded once.
 #include "kernels/cuda/gemm.h"
 
-#include <stdexcept>
-#include <string>
-
 #include "kernels/cpu/fused.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cuda/host_checks.h"
 #include "tests/cuda_emulator/kernel_util.h"
 
 namespace llm::cuda {
@@ -24,22 +22,6 @@ const char* to_string(GemmBackend backend) {
 }
 
 namespace {
-
-[[noreturn]] void bad_argument(const std::string& what) { throw std::runtime_error("gemm: " + what); }
-
-// The same checks, in the same words, as the real gemm.
-void validate(const Gemm& g) {
-  auto dims = [&] {
-    return " (M " + std::to_string(g.M) + ", N " + std::to_string(g.N) + ", K " + std::to_string(g.K) + ")";
-  };
-  if (g.M < 1 || g.N < 1 || g.K < 1) bad_argument("M, N and K must be at least 1" + dims());
-  if (!g.A || !g.B || !g.C) bad_argument("A, B and C must not be null" + dims());
-  if (g.lda < (g.trans_a ? g.M : g.K)) bad_argument("lda " + std::to_string(g.lda) + " is too small" + dims());
-  if (g.ldb < (g.trans_b ? g.K : g.N)) bad_argument("ldb " + std::to_string(g.ldb) + " is too small" + dims());
-  if (g.ldc < g.N) bad_argument("ldc " + std::to_string(g.ldc) + " is too small" + dims());
-  if (g.batch < 1 || g.stride_a < 0 || g.stride_b < 0 || g.stride_c < 0)
-    bad_argument("batch must be at least 1 and strides non-negative");
-}
 
 // Elements spanned by `batch` matrices of rows × cols (leading dimension ld), `stride` apart.
 int64_t extent(int64_t batch, int64_t stride, int64_t rows, int64_t cols, int64_t ld) {
@@ -96,24 +78,21 @@ void run(const Gemm& g) {
 
 void gemm(const Gemm& g, GemmBackend, cudaStream_t stream) {
   emu::require_stream(stream, "cuda::gemm");
-  validate(g);
+  checks::gemm_args(g);
   if (g.c_fp32) run<float>(g);
   else run<bf16>(g);
 }
 
 GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream) {
   emu::require_stream(stream, "cuda::gemm_auto_choice");
-  validate(g);
+  checks::gemm_args(g);
   return GemmBackend::kNative;
 }
 
 void bias_grad(int64_t M, int64_t N, const bf16* dy, int64_t ldy, float* db, bool accumulate, cudaStream_t stream) {
   constexpr const char* kFn = "cuda::bias_grad";
   emu::require_stream(stream, kFn);
-  if (M < 1 || N < 1 || ldy < N || !dy || !db) {
-    throw std::runtime_error("bias_grad: need M, N ≥ 1, ldy ≥ N and non-null dy, db (M " + std::to_string(M) +
-                             ", N " + std::to_string(N) + ", ldy " + std::to_string(ldy) + ")");
-  }
+  checks::bias_grad_args(M, N, dy, ldy, db);
   emu::require(dy, (M - 1) * ldy + N, kFn, "dy");
   emu::require(db, N, kFn, "db");
   for (int64_t n = 0; n < N; ++n) {
