@@ -1,7 +1,7 @@
 // Whole models trained on CUDA follow the same training on the CPU: a small GPT-2 (head dim 32: the
 // simple attention kernels) and a small LLaMA with GQA (head dim 64: the tensor-core attention), from
 // the same initial weights on the same fixed batch, 20 AdamW steps with global-norm clipping, per-step
-// losses compared.
+// losses compared; and after the first step the device allocator takes nothing more from cudaMalloc.
 //
 // Tolerance: the CPU run is fp32 throughout; the GPU run has bf16 activations and bf16 matmul
 // operands with fp32 master weights, gradients and moments. bf16 keeps 8 significant bits (relative
@@ -13,9 +13,11 @@
 // more than that, so each step is allowed 4%; a broken kernel or a wrong gradient is far outside it
 // (the loss then stalls near ln(vocab) ≈ 4.6 or diverges, while these runs reach 1.3 to 1.9), and
 // the GPU run must also learn (final loss below 0.7 of the first).
+#include <cstdint>
 #include <string>
 #include <vector>
 
+#include "engine/core/allocator.h"
 #include "engine/models/transformer.h"
 #include "engine/ops/ops.h"
 #include "optim/adamw.h"
@@ -27,24 +29,31 @@ namespace {
 constexpr int kSteps = 20;
 constexpr double kLossTolerance = 4e-2;
 
-// Per-step losses of `steps` AdamW updates on one fixed batch, the model on `device`.
-std::vector<double> train(const models::ModelConfig& config, Device device, DType activations, const Tensor& ids,
-                          const Tensor& targets) {
+struct Run {
+  std::vector<double> losses;
+  std::vector<uint64_t> system_allocs;  // blocks the device's allocator took from the system, per step
+};
+
+// `kSteps` AdamW updates on one fixed batch, the model on `device`.
+Run train(const models::ModelConfig& config, Device device, DType activations, const Tensor& ids,
+          const Tensor& targets) {
   auto model = models::make_model(config, 1234);
   model->to(device);
   model->set_activation_dtype(activations);
   optim::AdamW optimizer(model->named_parameters(), optim::AdamWConfig{});
   const Tensor x = ids.to(device), y = targets.to(device);
-  std::vector<double> losses;
+  Run run;
   for (int step = 0; step < kSteps; ++step) {
+    const uint64_t allocs_before = allocator_for(device).stats().system_allocs;
     optimizer.zero_grad();
     const Tensor loss = ops::cross_entropy(model->forward(x), y);
-    losses.push_back(loss.item());
+    run.losses.push_back(loss.item());
     loss.backward();
     const double norm = optim::grad_norm(model->parameters());
     optimizer.step(1e-3f, optim::clip_scale(norm, 1.0));
+    run.system_allocs.push_back(allocator_for(device).stats().system_allocs - allocs_before);
   }
-  return losses;
+  return run;
 }
 
 void expect_same_training(const std::string& what, const models::ModelConfig& config) {
@@ -57,10 +66,11 @@ void expect_same_training(const std::string& what, const models::ModelConfig& co
       out.push_back(tokens[size_t(b * (T + 1) + t + 1)]);
     }
   const Tensor ids = Tensor::from_vector(in, Shape{B, T}), targets = Tensor::from_vector(out, Shape{B, T});
-  const std::vector<double> cpu = train(config, Device::cpu(), DType::F32, ids, targets);
+  const std::vector<double> cpu = train(config, Device::cpu(), DType::F32, ids, targets).losses;
   for (DType act : {DType::BF16, DType::F32}) {
     const std::string run = what + " on cuda with " + dtype_name(act) + " activations";
-    const std::vector<double> gpu = train(config, Device::cuda(), act, ids, targets);
+    const Run gpu_run = train(config, Device::cuda(), act, ids, targets);
+    const std::vector<double>& gpu = gpu_run.losses;
     std::string table;
     for (int s = 0; s < kSteps; ++s)
       table += "\n  step " + std::to_string(s + 1) + ": cuda " + std::to_string(gpu[size_t(s)]) + ", cpu " +
@@ -69,6 +79,11 @@ void expect_same_training(const std::string& what, const models::ModelConfig& co
       EXPECT_NEAR(gpu[size_t(s)], cpu[size_t(s)], kLossTolerance * cpu[size_t(s)])
           << run << ": loss differs first at step " << s + 1 << table;
     EXPECT_LT(gpu.back(), 0.7 * gpu.front()) << run << ": did not learn the batch" << table;
+    // The caching allocator serves every step after the first (which makes the gradients, moments
+    // and activations) from its cache: no cudaMalloc inside the training loop.
+    for (int s = 1; s < kSteps; ++s)
+      EXPECT_EQ(gpu_run.system_allocs[size_t(s)], 0u)
+          << run << ": step " << s + 1 << " took " << gpu_run.system_allocs[size_t(s)] << " blocks from cudaMalloc";
   }
 }
 
