@@ -63,7 +63,11 @@ cmake_args=(-DCMAKE_BUILD_TYPE=Release -DLLM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=
 if [ -d "$debs" ]; then
   prefix="$PWD/.gpu-prefix"
   rm -rf "$prefix" && mkdir -p "$prefix"
-  for d in "$debs"/*.deb; do dpkg -x "$d" "$prefix" || echo "warning: could not unpack $d" >>"$log"; done
+  for d in "$debs"/*.deb; do
+    if command -v dpkg >/dev/null; then dpkg -x "$d" "$prefix"
+    else ar p "$d" data.tar.xz | tar -xJ -C "$prefix"  # no dpkg: a .deb is an ar archive
+    fi || echo "warning: could not unpack $d" >>"$log"
+  done
   usr="$prefix/usr"
   libdir="$usr/lib/x86_64-linux-gnu"
   carried_libs="$libdir:$libdir/openmpi/lib:$libdir/hdf5/serial:$prefix/lib/x86_64-linux-gnu"
