@@ -135,10 +135,12 @@ fi
 hmma=$(command -v cuobjdump >/dev/null && { cuobjdump -sass build-gpu/kernels/libllm_kernels_cuda.a 2>>"$log" | grep -c HMMA || true; })
 
 # run_test NAME COMMAND...: runs a GoogleTest executable into the log; prints its one summary line.
+# Each program gets 120 s (GPU_CHECK_TEST_TIMEOUT; rc 124 in the table): a hung kernel must not eat
+# the whole 8-minute budget.
 run_test() {
   local name=$1; shift
   echo "--- $name" >>"$log"
-  timeout 300 "$@" --gtest_color=no ${GPU_CHECK_FILTER:+--gtest_filter="$GPU_CHECK_FILTER"} >"$log.part" 2>&1
+  timeout "${GPU_CHECK_TEST_TIMEOUT:-120}" "$@" --gtest_color=no ${GPU_CHECK_FILTER:+--gtest_filter="$GPU_CHECK_FILTER"} >"$log.part" 2>&1
   local rc=$?
   cat "$log.part" >>"$log"
   local passed failed skipped
@@ -162,7 +164,7 @@ rm -f "$log.part"
 : >"$log.bench"
 if ! skipped bench; then
   stage "benchmarks (llm-bench cuda)"
-  timeout 300 build-gpu/tools/llm-bench cuda >"$log.bench" 2>&1
+  timeout 240 build-gpu/tools/llm-bench cuda >"$log.bench" 2>&1
   cat "$log.bench" >>"$log"
 fi
 
@@ -183,7 +185,7 @@ if ! skipped nccl && [ -x build-gpu/tests/nccl_test ] && command -v mpirun >/dev
   "${mpi[@]}" build-gpu/tools/llm-bench allreduce --backend nccl >>"$log" 2>&1 || nccl="$nccl; allreduce bench failed"
   if [ "$train_e2e" = 1 ]; then
     echo "--- tests/dist/gpu_train.sh" >>"$log"
-    timeout 300 sh tests/dist/gpu_train.sh build-gpu/tools/llm-data build-gpu/tools/llm-train \
+    timeout 180 sh tests/dist/gpu_train.sh build-gpu/tools/llm-data build-gpu/tools/llm-train \
       build-gpu/tests/dist_compare_runs "$PWD" >>"$log" 2>&1 && nccl="$nccl
   llm-train on cuda under mpirun -np 1 (plain, ZeRO-1, ZeRO-1 resumed) = one process: passed" || nccl="$nccl
   llm-train on cuda under mpirun -np 1 (plain, ZeRO-1, ZeRO-1 resumed) = one process: FAILED (see the log)"
