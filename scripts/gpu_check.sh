@@ -62,7 +62,7 @@ if ! cmake --build build-gpu -j "$(nproc)" --target "${targets[@]}" >>"$log" 2>&
 fi
 
 # The tensor-core kernels must really issue tensor-core instructions (HMMA in the SASS).
-hmma=$(cuobjdump -sass build-gpu/kernels/libllm_kernels_cuda.a 2>>"$log" | grep -c HMMA || true)
+hmma=$(cuobjdump -sass build-gpu/kernels/libllm_kernels_cuda.a 2>>"$log" | grep -c HMMA || true); hgmma=$(cuobjdump -sass build-gpu/kernels/libllm_kernels_cuda.a 2>>"$log" | grep -c HGMMA || true)
 
 # run_test NAME COMMAND...: runs a GoogleTest executable into the log; prints its one summary line.
 run_test() {
@@ -120,7 +120,7 @@ echo
 echo "CUDA tests:"
 printf '  %s\n' "${summary[@]}"
 echo "NCCL: $nccl"
-echo "HMMA instructions in libllm_kernels_cuda.a: ${hmma:-cuobjdump failed}"
+echo "HMMA instructions in libllm_kernels_cuda.a: ${hmma:-cuobjdump failed}, HGMMA (wgmma): ${hgmma:-cuobjdump failed}"
 echo
 cat "$log.bench"
 rm -f "$log.bench"
