@@ -14,7 +14,10 @@
 // distance 2. The barrier of iteration kt comes after every warpgroup's wait for tile kt-2, so the
 // stage that tile kt+2 overwrites, (kt+2) % 4 = (kt-2) % 4, has no reader left.
 //
-// Elements past M, N or K are zero-filled by cp.async's src-size, as in gemm_native.cu.
+// Elements past M, N or K are zero-filled by cp.async's src-size, as in gemm_native.cu, whose
+// alignment rules (native_fast_supported) apply unchanged. The kernel body exists only in sm_90a code
+// (wgmma has no plain sm_90 form); the host launches it only when LLM_GEMM_WGMMA says that code was
+// built (kernels/CMakeLists.txt) and the device is compute capability 9.0.
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -29,8 +32,8 @@ namespace {
 
 constexpr int kBM = 128, kBN = 256, kBK = 64;
 constexpr int kStages = 4;
-constexpr int kThreads = 256;               // 2 warpgroups, each 64 rows of the block tile
-constexpr int kRowBytes = kBK * 2;          // one tile row: 64 bf16 along K
+constexpr int kThreads = 256;                 // 2 warpgroups, each 64 rows of the block tile
+constexpr int kRowBytes = kBK * 2;            // one tile row: 64 bf16 along K
 constexpr int kTileABytes = kBM * kRowBytes;  // 16 KB
 constexpr int kTileBBytes = kBN * kRowBytes;  // 32 KB
 constexpr int kStageBytes = kTileABytes + kTileBBytes;
