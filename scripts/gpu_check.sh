@@ -2,7 +2,7 @@
 # The GPU check, for the bare, offline GPU machine (CUDA toolkit, CMake, a compiler; no -dev packages).
 #   here, once:       scripts/gpu_check.sh --fetch      downloads the Debian packages the check needs
 #                                                       into gpu-debs/ (about 22 MB; carry it along)
-#   on the GPU box:   scripts/gpu_check.sh [LOG]        unpacks them into a local prefix, builds for sm_90,
+#   on the GPU box:   scripts/gpu_check.sh [LOG]        unpacks them into a local prefix, builds for sm_90a,
 #                                                       runs every CUDA test, the GPU benchmarks and the
 #                                                       NCCL communicator and GPU data-parallel training
 #                                                       under mpirun -np 1
@@ -57,7 +57,7 @@ stage machine
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: not available"
   nvcc --version | tail -1; echo "$(nproc) CPU cores"; } >>"$log" 2>&1
 
-cmake_args=(-DCMAKE_BUILD_TYPE=Release -DLLM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90)
+cmake_args=(-DCMAKE_BUILD_TYPE=Release -DLLM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a)
 # Unpack the carried packages into a local prefix (never into /) and point CMake, the linker, the
 # loader and Open MPI at it. What the machine has itself is used where the packages are absent.
 if [ -d "$debs" ]; then
@@ -104,7 +104,7 @@ fi
 [ -n "${carried_libs:-}" ] && cmake_args+=("-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,$carried_libs"
                                           -DCMAKE_GTEST_DISCOVER_TESTS_DISCOVERY_MODE=PRE_TEST)
 
-stage "build (sm_90)"
+stage "build (sm_90a)"
 cuda_tests=$(for f in tests/cuda/*_test.cpp; do basename "$f" .cpp; done)
 targets=(llm-bench $cuda_tests)
 upper_summary=()
@@ -132,7 +132,8 @@ fi
 [ -n "${carried_libs:-}" ] && export LD_LIBRARY_PATH="$carried_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 # The tensor-core kernels must really issue tensor-core instructions (HMMA in the SASS).
-hmma=$(command -v cuobjdump >/dev/null && { cuobjdump -sass build-gpu/kernels/libllm_kernels_cuda.a 2>>"$log" | grep -c HMMA || true; })
+sass=$(command -v cuobjdump >/dev/null && cuobjdump -sass build-gpu/kernels/libllm_kernels_cuda.a 2>>"$log")
+hmma=$([ -n "$sass" ] && grep -c HMMA <<<"$sass"); hgmma=$([ -n "$sass" ] && grep -c HGMMA <<<"$sass")
 
 # run_test NAME COMMAND...: runs a GoogleTest executable into the log; prints its one summary line.
 # Each program gets 120 s (GPU_CHECK_TEST_TIMEOUT; rc 124 in the table): a hung kernel must not eat
@@ -200,7 +201,7 @@ echo
 echo "CUDA tests:"
 printf '  %s\n' "${summary[@]}"
 echo "NCCL: $nccl"
-echo "HMMA instructions in libllm_kernels_cuda.a: ${hmma:-not counted (no cuobjdump)}"
+echo "HMMA instructions in libllm_kernels_cuda.a: ${hmma:-not counted (no cuobjdump)}, HGMMA (wgmma): ${hgmma:-not counted}"
 echo
 cat "$log.bench"
 rm -f "$log.bench"

@@ -1,6 +1,6 @@
-// gemm(): the reference kernel, the choice between backends (kAuto's timing and
-// cache), and bias_grad. The tensor-core kernel is in gemm_native.cu, the cuBLASLt path in
-// gemm_cublas.cu.
+// gemm(): the reference kernel, the choice between backends (kAuto's timing and cache), and
+// bias_grad. The tensor-core kernels are in gemm_native.cu (mma.sync) and gemm_wgmma.cu (Hopper),
+// the cuBLASLt path in gemm_cublas.cu; the argument checks in host_checks.cpp.
 #include <algorithm>
 #include <array>
 #include <map>
@@ -117,7 +117,9 @@ void run(const Gemm& g, GemmBackend backend, cudaStream_t stream) {
       if (gemm_cublas(g, stream)) return;
       [[fallthrough]];  // the one epilogue combination cuBLASLt cannot express (see gemm_cublas.cu)
     case GemmBackend::kNative:
-      if (native_fast_supported(g))
+      if (wgmma_usable(g))
+        gemm_wgmma(g, stream);
+      else if (native_fast_supported(g))
         gemm_native_fast(g, stream);
       else
         gemm_simple(g, stream);
@@ -160,10 +162,11 @@ float time_backend(const Gemm& g, GemmBackend backend, cudaStream_t stream) {
   return ms;
 }
 
-using AutoKey = std::array<int64_t, 13>;
+using AutoKey = std::array<int64_t, 14>;
 AutoKey auto_key(const Gemm& g) {
   return {g.trans_a, g.trans_b, g.M, g.N, g.K, g.batch, g.c_fp32, g.bias != nullptr, g.gelu,
-          g.gelu && g.pre_gelu != nullptr, g.beta != 0.f, g.residual != nullptr, native_fast_supported(g)};
+          g.gelu && g.pre_gelu != nullptr, g.beta != 0.f, g.residual != nullptr, native_fast_supported(g),
+          wgmma_usable(g)};
 }
 
 }  // namespace

@@ -51,6 +51,15 @@ void gemm(const Gemm& g, GemmBackend backend, cudaStream_t stream);
 // The backend kAuto settled on for g's shape (timing it now if this shape is new).
 GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream);
 
+// kNative's NT products (trans_a false, trans_b true: x·Wᵀ) run on Hopper's wgmma kernel when it was
+// compiled in (CUDA architectures with 90a) and the device is compute capability 9.0, else (and for
+// operands the wgmma kernel cannot load) on the mma.sync kernel. The switch is process-wide; it starts
+// on, or off when the environment variable LLM_CUDA_WGMMA=0 is set. Tests use it to check both kernels.
+void set_gemm_wgmma(bool enabled);
+bool gemm_wgmma_enabled();
+// Whether the wgmma kernel can run here at all (compiled in, device 9.0), whatever the switch says.
+bool gemm_wgmma_available();
+
 // db[n] (= db[n] when accumulate) + sum over the M rows of dy[m, n] (bf16 M×N, leading dim ldy): the
 // bias gradient of a linear layer, deterministic (fixed reduction order).
 void bias_grad(int64_t M, int64_t N, const bf16* dy, int64_t ldy, float* db, bool accumulate, cudaStream_t stream);

@@ -31,6 +31,11 @@ void gemm_simple(const Gemm& g, cudaStream_t stream);
 // The tensor-core kernel; only for shapes where native_fast_supported(g).
 bool native_fast_supported(const Gemm& g);
 void gemm_native_fast(const Gemm& g, cudaStream_t stream);
+// Hopper's wgmma kernel for the NT case (A M×K, B N×K); only where wgmma_usable(g): g is NT, meets
+// native_fast_supported's alignment rules, the kernel was compiled in (sm_90a), the current device
+// is compute capability 9.0 and the switch in gemm.h is on.
+bool wgmma_usable(const Gemm& g);
+void gemm_wgmma(const Gemm& g, cudaStream_t stream);
 // cuBLASLt; returns false (having launched nothing) when it cannot express g.
 bool gemm_cublas(const Gemm& g, cudaStream_t stream);
 // C = epilogue(P) where P (C's type, ldc, stride_c) holds the product: the part of the epilogue
@@ -64,6 +69,20 @@ __device__ __forceinline__ void finish_one(const Epilogue& e, int64_t idx, int64
   if (e.beta != 0.f) v += e.beta * to_f32(static_cast<const T*>(e.C)[idx]);
   if (e.residual) v += to_f32(static_cast<const T*>(e.residual)[idx]);
   static_cast<T*>(e.C)[idx] = from_f32<T>(v);
+}
+
+// The (block row, block column) of C this block computes, for a grid of gridDim.y × gridDim.x tiles.
+// Blocks start in launch order (x fastest). Walking the tiles in bands of kBandRows block rows,
+// column by column within a band, keeps a band's A rows and a few B columns in L2 together
+// instead of streaming all of B once per block row. A bijection on the grid's tiles.
+__device__ __forceinline__ void banded_tile(int64_t& tile_m, int64_t& tile_n) {
+  constexpr int64_t kBandRows = 8;
+  const int64_t grid_n = gridDim.x, grid_m = gridDim.y;
+  const int64_t linear = static_cast<int64_t>(blockIdx.y) * grid_n + blockIdx.x;
+  const int64_t band = linear / (kBandRows * grid_n), in_band = linear % (kBandRows * grid_n);
+  const int64_t band_rows = grid_m - band * kBandRows < kBandRows ? grid_m - band * kBandRows : kBandRows;
+  tile_m = band * kBandRows + in_band % band_rows;
+  tile_n = in_band / band_rows;
 }
 
 // Element (m, n) of batch item z.

@@ -82,15 +82,9 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_mma_kernel(Args args) {
   const int64_t z = blockIdx.z;
   const bf16* A = args.A + z * args.stride_a;
   const bf16* B = args.B + z * args.stride_b;
-  // Blocks start in launch order (x fastest). Walking the tiles in bands of kBandRows block rows,
-  // column by column within a band, keeps a band's A rows and a few B columns in L2 together
-  // instead of streaming all of B once per block row. A bijection on the grid's tiles.
-  constexpr int64_t kBandRows = 8;
-  const int64_t grid_n = gridDim.x, grid_m = gridDim.y;
-  const int64_t linear = static_cast<int64_t>(blockIdx.y) * grid_n + blockIdx.x;
-  const int64_t band = linear / (kBandRows * grid_n), in_band = linear % (kBandRows * grid_n);
-  const int64_t band_rows = grid_m - band * kBandRows < kBandRows ? grid_m - band * kBandRows : kBandRows;
-  const int64_t m0 = (band * kBandRows + in_band % band_rows) * kBM, n0 = (in_band / band_rows) * kBN;
+  int64_t tile_m, tile_n;
+  banded_tile(tile_m, tile_n);
+  const int64_t m0 = tile_m * kBM, n0 = tile_n * kBN;
   const int64_t num_k_tiles = (args.K + kBK - 1) / kBK;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

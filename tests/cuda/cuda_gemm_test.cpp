@@ -1,9 +1,11 @@
 // kernels/cuda/gemm.h against the CPU kernels (cpu::sgemm, cpu::gelu_forward) on the same
-// bf16-rounded inputs, for every backend: the reference kernel (simple), the tensor-core kernel
-// (native), cuBLASLt and auto. Each failure names the backend, the case and the first wrong element.
+// bf16-rounded inputs, for every backend: the reference kernel (simple), the tensor-core kernels
+// (native: mma.sync, and wgmma for NT products on Hopper), cuBLASLt and auto. Each failure names the
+// backend, the case and the first wrong element.
 #include "kernels/cuda/gemm.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <sstream>
@@ -48,7 +50,11 @@ int64_t ldb_of(const Case& c) {
 
 std::string describe(const Case& c, GemmBackend backend) {
   std::ostringstream s;
-  s << "backend " << cuda::to_string(backend) << ", " << (c.ta ? "T" : "N") << (c.tb ? "T" : "N") << ", M " << c.M
+  s << "backend " << cuda::to_string(backend);
+  // kNative's NT products have two tensor-core kernels (gemm.h): say which one this run could use.
+  if (backend == GemmBackend::kNative && !c.ta && c.tb)
+    s << (cuda::gemm_wgmma_enabled() && cuda::gemm_wgmma_available() ? " (wgmma kernel)" : " (mma.sync kernel)");
+  s << ", " << (c.ta ? "T" : "N") << (c.tb ? "T" : "N") << ", M " << c.M
     << " N " << c.N << " K " << c.K << ", batch " << c.batch << (c.share_b ? " (shared B)" : "") << ", out "
     << (c.c_fp32 ? "fp32" : "bf16") << ", alpha " << c.alpha << " beta " << c.beta << (c.bias ? ", bias" : "")
     << (c.gelu ? ", gelu" : "") << (c.pre_gelu ? "+pre_gelu" : "") << (c.residual ? ", residual" : "")
@@ -248,6 +254,65 @@ TEST(CudaGemm, EveryEpilogue) {
       c.tb = false, c.ta = true, c.M = 64, c.N = 31, c.K = 19;  // ldc 31: no vector stores, no GELU_AUX
       check_all_backends(c);
     }
+  }
+}
+
+// kNative's NT products (x·Wᵀ) through both of its tensor-core kernels, each against the CPU: Hopper's
+// wgmma kernel (forced on; this half is skipped, saying so, where it cannot run) and the mma.sync
+// kernel (forced off). Sizes off the 128×256×64 tile grid, K below 64, batches, every epilogue.
+TEST(CudaGemm, NativeNtOnBothKernels) {
+  LLM_SKIP_WITHOUT_GPU();
+  struct RestoreSwitch {
+    bool was = cuda::gemm_wgmma_enabled();
+    ~RestoreSwitch() { cuda::set_gemm_wgmma(was); }
+  } restore;
+  std::vector<Case> cases;
+  const int64_t sizes[][3] = {{1, 1, 1},       {3, 5, 7},       {17, 33, 9},    {64, 64, 64},   {128, 256, 64},
+                              {127, 129, 257}, {129, 257, 65},  {200, 300, 8},  {257, 520, 200}, {1000, 770, 3072}};
+  for (const auto& s : sizes)
+    for (bool fp32 : {false, true}) {
+      if (fp32 && s[2] > 1024) continue;  // fp32 at 1e-4: K as in the other tests, the order of sums differs
+      Case c;
+      c.tb = true, c.M = s[0], c.N = s[1], c.K = s[2], c.c_fp32 = fp32;
+      cases.push_back(c);
+    }
+  for (bool share_b : {false, true}) {
+    Case c;
+    c.tb = true, c.M = 65, c.N = 136, c.K = 72, c.batch = 3, c.gap = 24, c.share_b = share_b, c.bias = true;
+    c.residual = true;
+    cases.push_back(c);
+  }
+  Case attn;  // 12 heads of (T×64)·(64×T)ᵀ, fp32 scores
+  attn.tb = true, attn.M = 100, attn.N = 100, attn.K = 64, attn.batch = 12, attn.c_fp32 = true, attn.alpha = 0.125f;
+  cases.push_back(attn);
+  for (bool fp32 : {false, true}) {
+    std::vector<Case> epilogues(11);
+    epilogues[0].bias = true;
+    epilogues[1].bias = true, epilogues[1].gelu = true, epilogues[1].pre_gelu = true;
+    epilogues[2].gelu = true;
+    epilogues[3].gelu = true, epilogues[3].pre_gelu = true;
+    epilogues[4].beta = 1.f;
+    epilogues[5].beta = 0.5f, epilogues[5].alpha = -2.f, epilogues[5].bias = true;
+    epilogues[6].residual = true;
+    epilogues[7].residual = true, epilogues[7].beta = 0.75f, epilogues[7].bias = true;
+    epilogues[8].gelu = true, epilogues[8].bias = true, epilogues[8].residual = true;
+    epilogues[9].gelu = true, epilogues[9].bias = true, epilogues[9].pre_gelu = true, epilogues[9].beta = 1.f;
+    epilogues[10].residual_is_c = true, epilogues[10].bias = true;
+    for (Case c : epilogues) {
+      c.tb = true, c.M = 129, c.N = 264, c.K = 100, c.c_fp32 = fp32;
+      cases.push_back(c);
+      c.pad_c = 1;  // odd ldc: the epilogue's scalar stores
+      cases.push_back(c);
+    }
+  }
+  for (bool wgmma : {true, false}) {
+    if (wgmma && !cuda::gemm_wgmma_available()) {
+      std::printf("[ SKIPPED  ] the wgmma kernel half of CudaGemm.NativeNtOnBothKernels: not compiled in (CUDA "
+                  "architectures without 90a) or the device is not compute capability 9.0\n");
+      continue;
+    }
+    cuda::set_gemm_wgmma(wgmma);
+    for (const Case& c : cases) check_case(c, GemmBackend::kNative);
   }
 }
 

@@ -1,6 +1,7 @@
-// `llm-bench cuda` gemm section: the native tensor-core kernel against cuBLASLt, in TFLOP/s, at
-// 4096³ and at every product of a GPT-2 124M training step with B·T = 8·1024 tokens (forward x·Wᵀ
-// with its epilogue, backward dX = dY·W and dW += dYᵀ·X in fp32).
+// `llm-bench cuda` gemm section: the native tensor-core kernels against cuBLASLt, in TFLOP/s, at
+// 4096³ (on Hopper once per native kernel: wgmma and mma.sync) and at every product of a GPT-2 124M
+// training step with B·T = 8·1024 tokens (forward x·Wᵀ with its epilogue, backward dX = dY·W and
+// dW += dYᵀ·X in fp32).
 #include <memory>
 #include <random>
 #include <string>
@@ -92,10 +93,20 @@ void bench_gemm() {
       return flop / (ms * 1e-3) / 1e12;
     };
     const double cublas = tflops(cuda::GemmBackend::kCublas);
-    const double native = tflops(cuda::GemmBackend::kNative);
     const std::string shape = std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
     print_row(s.name, shape, "cublas", cublas, "TFLOP/s");
-    print_row(s.name, shape, "native", native, "TFLOP/s", cublas);
+    if (&s == &shapes.front() && cuda::gemm_wgmma_available()) {
+      // The square NT product on both of kNative's tensor-core kernels; the other rows use the default.
+      const bool was = cuda::gemm_wgmma_enabled();
+      for (bool wgmma : {true, false}) {
+        cuda::set_gemm_wgmma(wgmma);
+        print_row(s.name, shape, wgmma ? "native (wgmma)" : "native (mma.sync)", tflops(cuda::GemmBackend::kNative),
+                  "TFLOP/s", cublas);
+      }
+      cuda::set_gemm_wgmma(was);
+    } else {
+      print_row(s.name, shape, "native", tflops(cuda::GemmBackend::kNative), "TFLOP/s", cublas);
+    }
   }
   cuda::check(cudaStreamDestroy(stream), "bench gemm (stream)");
 }
