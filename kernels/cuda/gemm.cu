@@ -3,6 +3,8 @@
 // the cuBLASLt path in gemm_cublas.cu; the argument checks in host_checks.cpp.
 #include <algorithm>
 #include <array>
+#include <cstdio>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -162,6 +164,42 @@ float time_backend(const Gemm& g, GemmBackend backend, cudaStream_t stream) {
   return ms;
 }
 
+// Largest |x - y| and largest |y| over n elements, accumulated as float bits into out[0] and out[1]
+// (non-negative floats order as their bit patterns, and a NaN difference above every number).
+template <class T>
+__global__ void max_difference_kernel(const T* x, const T* y, int64_t n, unsigned int* out) {
+  float diff = 0.f, ref = 0.f;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x) {
+    const float a = to_f32(x[i]), b = to_f32(y[i]);
+    const float d = fabsf(a - b);
+    if (d > diff || d != d) diff = d;  // a NaN stays
+    ref = fmaxf(ref, fabsf(b));
+  }
+  atomicMax(out, __float_as_uint(diff));
+  atomicMax(out + 1, __float_as_uint(ref));
+}
+
+// Whether two results of the same product (extent elements of C's type) agree to within bf16
+// rounding: a largest difference of at most 2% of the largest |reference| element (an output rounded
+// to bf16 differs by 0.4% at most; a wrong kernel is off by the size of the values themselves).
+bool results_agree(const Gemm& g, const void* x, const void* reference, int64_t extent, cudaStream_t stream,
+                   float& diff, float& scale) {
+  TempBuffer out(2 * sizeof(unsigned int), stream);
+  check(cudaMemsetAsync(out.ptr, 0, 2 * sizeof(unsigned int), stream), "gemm auto (comparison)");
+  auto* bits = static_cast<unsigned int*>(out.ptr);
+  if (g.c_fp32)
+    max_difference_kernel<<<256, 256, 0, stream>>>(static_cast<const float*>(x), static_cast<const float*>(reference), extent, bits);
+  else
+    max_difference_kernel<<<256, 256, 0, stream>>>(static_cast<const bf16*>(x), static_cast<const bf16*>(reference), extent, bits);
+  check_launch("gemm auto (comparison)");
+  unsigned int host[2] = {0, 0};
+  check(cudaMemcpyAsync(host, bits, sizeof(host), cudaMemcpyDeviceToHost, stream), "gemm auto (comparison)");
+  check(cudaStreamSynchronize(stream), "gemm auto (comparison)");
+  std::memcpy(&diff, &host[0], sizeof(float));
+  std::memcpy(&scale, &host[1], sizeof(float));
+  return diff <= 2e-2f * scale;  // false for a NaN difference
+}
+
 using AutoKey = std::array<int64_t, 14>;
 AutoKey auto_key(const Gemm& g) {
   return {g.trans_a, g.trans_b, g.M, g.N, g.K, g.batch, g.c_fp32, g.bias != nullptr, g.gelu,
@@ -181,17 +219,32 @@ GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream) {
   const AutoKey key = auto_key(g);
   if (auto it = chosen.find(key); it != chosen.end()) return it->second;
 
-  // Time on copies of the outputs, so that the caller's C (which beta or residual may read) and
-  // pre_gelu are untouched; the timed results are thrown away.
+  // Time on zeroed copies of the output, one per backend, so that the caller's C (which beta or
+  // residual may read) and pre_gelu are untouched; both backends then compute the same values.
   const int64_t extent = (g.batch - 1) * g.stride_c + (g.M - 1) * g.ldc + g.N;
-  TempBuffer c(extent * element_size(g), stream);
-  TempBuffer pre(g.gelu && g.pre_gelu ? extent * element_size(g) : 0, stream);
+  const size_t bytes = static_cast<size_t>(extent) * element_size(g);
+  TempBuffer c_native(bytes, stream), c_cublas(bytes, stream);
+  TempBuffer pre(g.gelu && g.pre_gelu ? bytes : 0, stream);
+  check(cudaMemsetAsync(c_native.ptr, 0, bytes, stream), "gemm auto (timing buffer)");
+  check(cudaMemsetAsync(c_cublas.ptr, 0, bytes, stream), "gemm auto (timing buffer)");
   Gemm timed = g;
-  timed.C = c.ptr;
   if (g.gelu && g.pre_gelu) timed.pre_gelu = pre.ptr;
+  timed.C = c_native.ptr;
   const float native_ms = time_backend(timed, GemmBackend::kNative, stream);
+  timed.C = c_cublas.ptr;
   const float cublas_ms = time_backend(timed, GemmBackend::kCublas, stream);
-  const GemmBackend best = native_ms <= cublas_ms ? GemmBackend::kNative : GemmBackend::kCublas;
+  GemmBackend best = native_ms <= cublas_ms ? GemmBackend::kNative : GemmBackend::kCublas;
+  // A faster kernel that computes something else must not win: the native result is checked against
+  // cuBLAS's once per shape, and a disagreement keeps cuBLAS (with one line on stderr).
+  float diff = 0.f, scale = 0.f;
+  if (best == GemmBackend::kNative && !results_agree(g, c_native.ptr, c_cublas.ptr, extent, stream, diff, scale)) {
+    std::fprintf(stderr,
+                 "warning: gemm auto: the native kernel's result differs from cuBLAS's (largest difference %g, "
+                 "largest |C| %g) for M %lld, N %lld, K %lld%s: using cuBLAS for this shape\n",
+                 diff, scale, static_cast<long long>(g.M), static_cast<long long>(g.N), static_cast<long long>(g.K),
+                 wgmma_usable(g) ? " (wgmma kernel)" : "");
+    best = GemmBackend::kCublas;
+  }
   chosen[key] = best;
   return best;
 }
