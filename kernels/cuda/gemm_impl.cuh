@@ -1,9 +1,12 @@
-// Shared by the gemm implementations (gemm.cu, gemm_native.cu, gemm_cublas.cu), not by callers:
-// the per-element epilogue of kernels/cuda/gemm.h in one place, and the entry points of each path.
+// Shared by the gemm implementations (gemm.cu, gemm_native.cu, gemm_wgmma.cu, gemm_cublas.cu), not
+// by callers: the per-element epilogue of kernels/cuda/gemm.h in one place, and each path's entry.
 #pragma once
 #include <cstdint>
 
 #include "kernels/cuda/gemm.h"
+#ifdef __CUDACC__
+#include "kernels/cuda/device_util.cuh"
+#endif
 
 namespace llm::cuda::gemm_impl {
 
@@ -52,11 +55,8 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return x / (1.f + expf(-2.f * u));
 }
 
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
-template <class T> __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
+using detail::from_f32;
+using detail::to_f32;
 
 template <class T>
 __device__ __forceinline__ void finish_one(const Epilogue& e, int64_t idx, int64_t n, float acc) {
