@@ -1,6 +1,7 @@
 // Shared by the gemm implementations (gemm.cu, gemm_native.cu, gemm_wgmma.cu, gemm_cublas.cu), not
 // by callers: the per-element epilogue of kernels/cuda/gemm.h in one place, and each path's entry.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/gemm.h"
@@ -72,6 +73,34 @@ __device__ __forceinline__ void finish_one(const Epilogue& e, int64_t idx, int64
 }
 
 // The (block row, block column) of C this block computes, for a grid of gridDim.y × gridDim.x tiles.
+// The operands of a tiled tensor-core kernel (gemm_native.cu, gemm_wgmma.cu).
+struct TileArgs {
+  const bf16* A;
+  const bf16* B;
+  int64_t lda, ldb, stride_a, stride_b;
+  int64_t M, N, K;
+  Epilogue ep;
+};
+
+// Launches `kernel` over g's bm×bn block tiles with `smem` bytes of dynamic shared memory, the batch
+// along z in chunks of at most kMaxGridZ items; `what` names the kernel in errors.
+template <class Kernel>
+void launch_tiles(Kernel kernel, const Gemm& g, int64_t bm, int64_t bn, int threads, int smem, cudaStream_t stream,
+                  const char* what) {
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), what);
+  const TileArgs args{g.A, g.B, g.lda, g.ldb, g.stride_a, g.stride_b, g.M, g.N, g.K, make_epilogue(g)};
+  for (int64_t first = 0; first < g.batch; first += kMaxGridZ) {
+    const dim3 grid(static_cast<unsigned>((g.N + bn - 1) / bn), static_cast<unsigned>((g.M + bm - 1) / bm),
+                    static_cast<unsigned>(std::min<int64_t>(g.batch - first, kMaxGridZ)));
+    TileArgs chunk = args;
+    chunk.A += first * g.stride_a;
+    chunk.B += first * g.stride_b;
+    chunk.ep = shift_batch(args.ep, first);
+    kernel<<<grid, threads, smem, stream>>>(chunk);
+    check_launch(what);
+  }
+}
+
 // Blocks start in launch order (x fastest). Walking the tiles in bands of kBandRows block rows,
 // column by column within a band, keeps a band's A rows and a few B columns in L2 together
 // instead of streaming all of B once per block row. A bijection on the grid's tiles.

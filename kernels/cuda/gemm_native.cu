@@ -34,14 +34,6 @@ struct Tile {
 };
 static_assert(Tile<true>::kChunks == 2 * kThreads && Tile<false>::kChunks == 2 * kThreads, "2 copies per thread");
 
-struct Args {
-  const bf16* A;
-  const bf16* B;
-  int64_t lda, ldb, stride_a, stride_b;
-  int64_t M, N, K;
-  Epilogue ep;
-};
-
 using ptx::cp_async_16;
 using ptx::cp_async_commit;
 using ptx::cp_async_wait;
@@ -72,7 +64,7 @@ __device__ __forceinline__ void load_tile(bf16* tile, const bf16* X, int64_t ld,
 }
 
 template <bool kAKMajor, bool kBKMajor>
-__global__ void __launch_bounds__(kThreads, 2) gemm_mma_kernel(Args args) {
+__global__ void __launch_bounds__(kThreads, 2) gemm_mma_kernel(TileArgs args) {
   using TA = Tile<kAKMajor>;
   using TB = Tile<kBKMajor>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -176,20 +168,7 @@ template <bool kAKMajor, bool kBKMajor>
 void launch(const Gemm& g, cudaStream_t stream) {
   auto kernel = gemm_mma_kernel<kAKMajor, kBKMajor>;
   const int smem = kStages * (Tile<kAKMajor>::kElems + Tile<kBKMajor>::kElems) * static_cast<int>(sizeof(bf16));
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-        "gemm native (shared memory attribute)");
-  Args args{g.A, g.B, g.lda, g.ldb, g.stride_a, g.stride_b, g.M, g.N, g.K, make_epilogue(g)};
-  const dim3 block(kThreads);
-  for (int64_t first = 0; first < g.batch; first += kMaxGridZ) {
-    const dim3 grid(static_cast<unsigned>((g.N + kBN - 1) / kBN), static_cast<unsigned>((g.M + kBM - 1) / kBM),
-                    static_cast<unsigned>(std::min<int64_t>(g.batch - first, kMaxGridZ)));
-    Args chunk = args;
-    chunk.A += first * g.stride_a;
-    chunk.B += first * g.stride_b;
-    chunk.ep = shift_batch(args.ep, first);
-    kernel<<<grid, block, smem, stream>>>(chunk);
-    check_launch("gemm native (tensor-core kernel)");
-  }
+  launch_tiles(kernel, g, kBM, kBN, kThreads, smem, stream, "gemm native (tensor-core kernel)");
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }

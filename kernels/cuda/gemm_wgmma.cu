@@ -40,14 +40,6 @@ constexpr int kStageBytes = kTileABytes + kTileBBytes;
 constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + room to align the base to 1024 bytes
 static_assert(kTileABytes % 1024 == 0 && kStageBytes % 1024 == 0, "tiles must start on 1024-byte boundaries");
 
-struct Args {
-  const bf16* A;
-  const bf16* B;
-  int64_t lda, ldb, stride_a, stride_b;
-  int64_t M, N, K;
-  Epilogue ep;
-};
-
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 using ptx::cp_async_16;
 using ptx::cp_async_commit;
@@ -72,7 +64,7 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const bf16* X, int64_t 
 }
 #endif
 
-__global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(Args args) {
+__global__ void __launch_bounds__(kThreads, 1) gemm_wgmma_kernel(TileArgs args) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   const uint32_t smem = (ptx::smem_address(smem_raw) + 1023) & ~uint32_t{1023};
@@ -177,19 +169,7 @@ bool wgmma_usable(const Gemm& g) {
 }
 
 void gemm_wgmma(const Gemm& g, cudaStream_t stream) {
-  check(cudaFuncSetAttribute(gemm_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),
-        "gemm native (wgmma kernel shared memory attribute)");
-  Args args{g.A, g.B, g.lda, g.ldb, g.stride_a, g.stride_b, g.M, g.N, g.K, make_epilogue(g)};
-  for (int64_t first = 0; first < g.batch; first += kMaxGridZ) {
-    const dim3 grid(static_cast<unsigned>((g.N + kBN - 1) / kBN), static_cast<unsigned>((g.M + kBM - 1) / kBM),
-                    static_cast<unsigned>(std::min<int64_t>(g.batch - first, kMaxGridZ)));
-    Args chunk = args;
-    chunk.A += first * g.stride_a;
-    chunk.B += first * g.stride_b;
-    chunk.ep = shift_batch(args.ep, first);
-    gemm_wgmma_kernel<<<grid, kThreads, kSmemBytes, stream>>>(chunk);
-    check_launch("gemm native (wgmma kernel)");
-  }
+  launch_tiles(gemm_wgmma_kernel, g, kBM, kBN, kThreads, kSmemBytes, stream, "gemm native (wgmma kernel)");
 }
 
 }  // namespace gemm_impl
