@@ -1,13 +1,14 @@
 // llm-bench: times the engine's kernels on the shapes a model really runs, against a ceiling.
 //
 //   llm-bench kernels [--threads N] [--json]
-//   llm-bench train --config FILE.yaml [--batch B] [--seq T] [--steps N] [--threads N] [--zero] [--json]
+//   llm-bench train --config FILE.yaml [--batch B] [--seq T] [--steps N] [--threads N] [--zero] [--profile] [--json]
 //   llm-bench generate [--shape llama-110m|gpt2-124m] [--prompt P] [--gen G] [--threads N] [--json]
 //   llm-bench allreduce [--backend auto|mpi|nccl] [--json]     (under mpirun -np N for N > 1)
 //   llm-bench cuda                                              (GPU kernels and training; CUDA builds)
 //
 // Under mpirun, `train` runs data parallel: --batch is per rank, the world size is a column, and
-// only rank 0 prints.
+// only rank 0 prints. `train --profile` then runs two more steps under engine/core/profile.h and
+// prints where their time went, per op (rank 0's).
 //
 // Each section (gemm, attention) is one function that measures its cases and hands rows to a Reporter,
 // which prints either an aligned table or one JSON object per line.
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "engine/core/allocator.h"
+#include "engine/core/profile.h"
 #include "engine/dist/communicator.h"
 #include "engine/dist/data_parallel.h"
 #include "engine/models/transformer.h"
@@ -53,6 +55,7 @@ struct Options {
   int64_t batch = 0, seq = 0;  // 0: the config's
   int steps = 5;
   bool zero = false;  // ZeRO-1 instead of AdamW + DataParallel
+  bool profile = false;  // train: also print where two more steps spent their time
   // allreduce
   std::string backend = "auto";
   // generate
@@ -311,6 +314,18 @@ int run_train(const Options& o) {
         waits.push_back(dp ? dp->last_wait_seconds() : 0.0);
       }
     }
+    std::vector<llm::profile::Row> profile;
+    constexpr int kProfiledSteps = 2;
+    if (o.profile) {
+      llm::profile::start(llm::Device::cpu());
+      for (int i = 0; i < kProfiledSteps; ++i) {
+        comm->barrier();
+        llm::profile::mark("(between steps)");
+        if (zero) llm::train::training_step(*model, *zero, batch, 1e-4f, cfg.grad_clip, nullptr);
+        else llm::train::training_step(*model, *opt, batch, 1e-4f, cfg.grad_clip, nullptr, dp.get());
+      }
+      profile = llm::profile::stop();
+    }
     // Rank 0's median step; the machine-wide ceiling is every rank's (they measured at once).
     const double s = median(times), wait = median(waits), tps = double(world * B * T) / s;
     const double world_ceiling = comm->all_reduce_value(ceiling, llm::dist::ReduceOp::Sum);
@@ -331,6 +346,16 @@ int run_train(const Options& o) {
       std::printf("  %.1f ms/step (%.1f ms waiting for gradient all-reduce)  %.0f tokens/s  MFU %.1f%% of the %.0f GFLOP/s "
                   "GEMM ceiling  peak RSS %.2f GiB (all ranks)\n",
                   s * 1e3, wait * 1e3, tps, 100 * mfu, world_ceiling * 1e-9, peak_gb);
+    }
+    if (o.profile) {
+      if (o.json) {
+        for (const auto& r : profile)
+          std::printf("{\"op\":\"train_profile\",\"name\":\"%s\",\"calls_per_step\":%.1f,\"ms_per_step\":%.3f}\n",
+                      r.name.c_str(), double(r.calls) / kProfiledSteps, r.seconds * 1e3 / kProfiledSteps);
+      } else {
+        std::printf("  where the time goes (%d profiled steps, rank 0):\n%s", kProfiledSteps,
+                    llm::profile::format(profile, kProfiledSteps).c_str());
+      }
     }
   } catch (const llm::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
@@ -478,7 +503,7 @@ int run_allreduce(const Options& o) {
 int usage_error(const std::string& message) {
   std::fprintf(stderr,
                "error: %s (usage: llm-bench kernels [--threads N] [--json] | llm-bench train --config FILE [--batch B] "
-               "[--seq T] [--steps N] [--threads N] [--zero] [--json] | llm-bench generate [--shape llama-110m|gpt2-124m] "
+               "[--seq T] [--steps N] [--threads N] [--zero] [--profile] [--json] | llm-bench generate [--shape llama-110m|gpt2-124m] "
                "[--prompt P] [--gen G] [--quantize q8] [--threads N] [--json] | llm-bench allreduce [--backend auto|mpi|nccl] "
                "[--json] | llm-bench cuda)\n",
                message.c_str());
@@ -564,6 +589,8 @@ int main(int argc, char** argv) {
       options.seq = n;
     } else if (command == "train" && arg == "--zero") {
       options.zero = true;
+    } else if (command == "train" && arg == "--profile") {
+      options.profile = true;
     } else if (command == "train" && arg == "--steps") {
       if (!integer(i, "--steps", 1, 100000, &n)) return usage_error("--steps: expected a positive integer");
       options.steps = int(n);

@@ -4,6 +4,7 @@
 #include <queue>
 #include <unordered_map>
 
+#include "engine/core/profile.h"
 #include "kernels/cpu/elementwise.h"
 
 namespace llm::autograd {
@@ -28,6 +29,16 @@ Tensor sum_gradients(const Tensor& a, const Tensor& b) {
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
   cpu::add(out.numel(), ac.data<float>(), bc.data<float>(), out.data<float>());
   return out;
+}
+
+// A node's op for the profile: "Linear fwd" for LinearBackward's forward, "Linear bwd" for the node.
+void mark_op(const Node& node, const char* direction) {
+  if (!profile::running()) return;
+  std::string name = node.name();
+  const std::string suffix = "Backward";
+  if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+    name.resize(name.size() - suffix.size());
+  profile::mark(name + direction);
 }
 
 // True when nothing else refers to t or its memory, so it can become .grad without a copy.
@@ -110,6 +121,7 @@ void record(const std::shared_ptr<Node>& node, const std::vector<const Tensor*>&
     impl->grad_fn = node;
     impl->output_nr = static_cast<int>(i);
   }
+  mark_op(*node, " fwd");
 }
 
 void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph) {
@@ -175,6 +187,7 @@ void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph)
     std::vector<Tensor> grads_out;
     if (any_gradient) {
       grads_out = node->apply(std::move(grads_in));
+      mark_op(*node, " bwd");
       LLM_CHECK(grads_out.empty() || grads_out.size() == node->next_edges.size(), "internal: ", node->name(),
                 " returned ", grads_out.size(), " gradients for ", node->next_edges.size(), " inputs");
     }

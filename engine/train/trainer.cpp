@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/tokenizer.h"
+#include "engine/core/profile.h"
 #include "engine/generate/generate.h"
 #include "engine/io/lora_adapter.h"
 #include "engine/train/checkpoint.h"
@@ -436,19 +437,23 @@ data::Batch on_device(const data::Batch& b, Device device) {
 // sees the same value, so all stop together on a non-finite one).
 double accumulate_gradients(models::CausalLM& model, const std::vector<data::Batch>& micro_batches,
                             dist::Communicator* comm, const std::function<void()>& before_last_backward) {
-  double loss_sum = 0;
   const float inv_accum = 1.f / static_cast<float>(micro_batches.size());
   const Device device = model_device(model);
+  // The losses are read after the last backward: reading one sooner would make the host wait for
+  // the device between forward and backward.
+  std::vector<Tensor> losses;
   for (size_t i = 0; i < micro_batches.size(); ++i) {
     const data::Batch batch = on_device(micro_batches[i], device);
     models::ForwardOptions options;
     options.doc = batch.doc;
     options.positions = batch.positions;
     const Tensor loss = ops::cross_entropy(model.forward(batch.inputs, options), batch.targets);
-    loss_sum += loss.item();
+    losses.push_back(loss.detach());
     if (i + 1 == micro_batches.size() && before_last_backward) before_last_backward();
     (micro_batches.size() == 1 ? loss : ops::scale(loss, inv_accum)).backward();
   }
+  double loss_sum = 0;
+  for (const Tensor& l : losses) loss_sum += l.item();
   double loss = loss_sum / static_cast<double>(micro_batches.size());
   if (comm && comm->world_size() > 1) loss = comm->all_reduce_value(loss, dist::ReduceOp::Average);
   LLM_CHECK(std::isfinite(loss), "the loss is ", loss, "; stopping (the last checkpoint is kept as it was). Lower "
@@ -464,13 +469,19 @@ void check_grad_norm(double norm) {
 double training_step(models::CausalLM& model, optim::AdamW& optimizer, const std::vector<data::Batch>& micro_batches,
                      float lr, float grad_clip, double* grad_norm, dist::DataParallel* dp) {
   optimizer.zero_grad();
+  profile::mark("zero grad");
   const double loss = accumulate_gradients(model, micro_batches, dp ? &dp->communicator() : nullptr, [dp] {
     if (dp) dp->sync_next_backward();
   });
-  if (dp) dp->finish();  // every rank now holds the same averaged gradients
+  if (dp) {
+    dp->finish();  // every rank now holds the same averaged gradients
+    profile::mark("gradient all-reduce (wait)");
+  }
   const double norm = optim::grad_norm(model.parameters());
+  profile::mark("gradient norm");
   check_grad_norm(norm);
   optimizer.step(lr, optim::clip_scale(norm, grad_clip));
+  profile::mark("AdamW step");
   if (grad_norm) *grad_norm = norm;
   return loss;
 }
@@ -478,10 +489,13 @@ double training_step(models::CausalLM& model, optim::AdamW& optimizer, const std
 double training_step(models::CausalLM& model, optim::ZeroAdamW& optimizer, const std::vector<data::Batch>& micro_batches,
                      float lr, float grad_clip, double* grad_norm) {
   optimizer.zero_grad();
+  profile::mark("zero grad");
   const double loss = accumulate_gradients(model, micro_batches, &optimizer.communicator(), nullptr);
   const double norm = optimizer.sync_gradients();
+  profile::mark("gradient reduce-scatter + norm");
   check_grad_norm(norm);
   optimizer.step(lr, optim::clip_scale(norm, grad_clip));
+  profile::mark("AdamW step (ZeRO-1, all-gather)");
   if (grad_norm) *grad_norm = norm;
   return loss;
 }
