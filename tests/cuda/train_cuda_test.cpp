@@ -14,10 +14,12 @@
 // (the loss then stalls near ln(vocab) ≈ 4.6 or diverges, while these runs reach 1.3 to 1.9), and
 // the GPU run must also learn (final loss below 0.7 of the first).
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "engine/core/allocator.h"
+#include "engine/core/profile.h"
 #include "engine/models/transformer.h"
 #include "engine/ops/ops.h"
 #include "optim/adamw.h"
@@ -114,6 +116,41 @@ TEST(TrainCuda, LlamaFollowsTheCpuRun) {
   c.hidden_dim = 200;
   c.tie_embeddings = false;
   expect_same_training("llama (head dim 64, GQA 2:1)", c);
+}
+
+// The op profile on the device: events on the stream, one row per op, each forward and backward
+// of the model's 9 linear layers (2 blocks × qkv, proj, fc, proj, and the tied output head) counted once.
+TEST(TrainCuda, OpProfileCoversADeviceStep) {
+  LLM_SKIP_WITHOUT_GPU();
+  models::ModelConfig c;
+  c.arch = models::Arch::GPT2;
+  c.vocab_size = 97;
+  c.max_seq_len = 64;
+  c.dim = 64;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.n_kv_heads = 2;
+  c.hidden_dim = 256;
+  auto model = models::make_model(c, 7);
+  model->to(Device::cuda());
+  model->set_activation_dtype(DType::BF16);
+  optim::AdamW optimizer(model->named_parameters(), optim::AdamWConfig{});
+  const Tensor x = Tensor::from_vector(random_ints(2 * 16, 3, 0, 97), Shape{2, 16}).to(Device::cuda());
+  profile::start(Device::cuda());
+  optimizer.zero_grad();
+  ops::cross_entropy(model->forward(x), x).backward();
+  optimizer.step(1e-3f, 1.0f);
+  profile::mark("AdamW step");
+  const std::vector<profile::Row> rows = profile::stop();
+  std::map<std::string, profile::Row> by_name;
+  for (const profile::Row& r : rows) {
+    EXPECT_GE(r.seconds, 0.0) << r.name;
+    by_name[r.name] = r;
+  }
+  EXPECT_EQ(by_name["Linear fwd"].calls, 9);
+  EXPECT_EQ(by_name["Linear bwd"].calls, 9);
+  EXPECT_EQ(by_name["Attention bwd"].calls, 2);
+  EXPECT_EQ(by_name["AdamW step"].calls, 1);
 }
 
 }  // namespace
