@@ -58,10 +58,28 @@ cuda::GemmBackend gemm_backend() {
 // computes its gradient in t's dtype itself).
 Tensor bf16_operand(const Tensor& t) { return t.detach().contiguous().to(DType::BF16); }
 
+// Whether t, as rows of its last dimension, is a matrix a GEMM reads in place: each row contiguous,
+// rows in order a fixed stride apart (every dimension above the last two packed), 16-byte aligned.
+// Besides contiguous tensors, that is the row-padded gradient cross_entropy returns on CUDA.
+bool gemm_rows(const Tensor& t) {
+  if (t.dim() < 2 || t.stride(-1) != 1 || t.stride(-2) < t.size(-1) || t.stride(-2) % 8 != 0) return false;
+  for (int d = 0; d + 2 < t.dim(); ++d)
+    if (t.stride(d) != t.stride(d + 1) * t.size(d + 1)) return false;
+  return true;
+}
+// A linear layer's output gradient as its backward GEMMs' operand: bf16 rows read in place where
+// gemm_rows allows (the row stride is then t.stride(-2)), else a contiguous bf16 copy.
+Tensor bf16_rows_operand(const Tensor& t) {
+  return t.dtype() == DType::BF16 && gemm_rows(t) ? t.detach() : bf16_operand(t);
+}
+int64_t row_stride(const Tensor& t) { return t.dim() >= 2 ? t.stride(-2) : t.size(-1); }
+
 // C (new, contiguous, out_dtype) = op(A)·op(B) for `batch` products of contiguous operands, A and B
-// bf16 (stride_b 0: B shared), plus an optional fp32 bias row.
+// bf16 (stride_b 0: B shared), plus an optional fp32 bias row. lda > 0: A's rows are that many
+// elements apart (a single product of row-padded A), else A is dense.
 Tensor cuda_gemm(const Tensor& A, const Tensor& B, bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K,
-                 bool b_shared, const Shape& out_shape, DType out_dtype, const Tensor& bias = Tensor()) {
+                 bool b_shared, const Shape& out_shape, DType out_dtype, const Tensor& bias = Tensor(),
+                 int64_t lda = 0) {
   Tensor C = Tensor::empty(out_shape, out_dtype, A.device());
   cuda::Gemm g;
   g.trans_a = ta;
@@ -70,7 +88,7 @@ Tensor cuda_gemm(const Tensor& A, const Tensor& B, bool ta, bool tb, int64_t bat
   g.N = N;
   g.K = K;
   g.A = detail::ptr<cuda::bf16>(A);
-  g.lda = ta ? M : K;
+  g.lda = lda > 0 ? lda : ta ? M : K;
   g.B = detail::ptr<cuda::bf16>(B);
   g.ldb = tb ? K : N;
   g.C = C.raw_data();
@@ -227,9 +245,9 @@ struct LinearBackward : Node {
   bool has_bias = false;
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
     const Tensor xv = x.get(*this), wv = w.get(*this);
+    if (g[0].device().is_cuda()) return cuda_apply(xv, wv, g[0]);
     const int64_t in = wv.size(1), out = wv.size(0), rows = xv.numel() / in;
     const Tensor gc = g[0].contiguous();
-    if (gc.device().is_cuda()) return cuda_apply(xv, wv, gc);
     Tensor dx, dw, db;
     if (next_edges[0].fn) {  // dx = dy · W
       dx = Tensor::empty(xv.shape());
@@ -250,16 +268,19 @@ struct LinearBackward : Node {
   // dx in x's dtype, dW in W's (fp32 accumulators written as fp32 for f32 master weights), the bias
   // gradient fp32 (converted to the bias's dtype).
   std::vector<Tensor> cuda_apply([[maybe_unused]] const Tensor& xv, [[maybe_unused]] const Tensor& wv,
-                                 [[maybe_unused]] const Tensor& gc) {
+                                 [[maybe_unused]] const Tensor& gy) {
     std::vector<Tensor> grads(has_bias ? 3 : 2);
 #ifdef LLM_HAVE_CUDA
     const int64_t in = wv.size(1), out = wv.size(0), rows = xv.numel() / in;
-    const Tensor G = bf16_operand(gc);
-    if (next_edges[0].fn) grads[0] = cuda_gemm(G, bf16_operand(wv), false, false, 1, rows, in, out, false, xv.shape(), xv.dtype());
-    if (next_edges[1].fn) grads[1] = cuda_gemm(G, bf16_operand(xv), true, false, 1, out, in, rows, false, wv.shape(), wv.dtype());
+    const Tensor G = bf16_rows_operand(gy);
+    const int64_t ldg = row_stride(G);
+    if (next_edges[0].fn)
+      grads[0] = cuda_gemm(G, bf16_operand(wv), false, false, 1, rows, in, out, false, xv.shape(), xv.dtype(), Tensor(), ldg);
+    if (next_edges[1].fn)
+      grads[1] = cuda_gemm(G, bf16_operand(xv), true, false, 1, out, in, rows, false, wv.shape(), wv.dtype(), Tensor(), ldg);
     if (has_bias && next_edges[2].fn) {
-      Tensor db = Tensor::empty(Shape{out}, DType::F32, gc.device());
-      cuda::bias_grad(rows, out, detail::ptr<cuda::bf16>(G), out, detail::ptr<float>(db), false, detail::stream_of(gc));
+      Tensor db = Tensor::empty(Shape{out}, DType::F32, gy.device());
+      cuda::bias_grad(rows, out, detail::ptr<cuda::bf16>(G), ldg, detail::ptr<float>(db), false, detail::stream_of(gy));
       grads[2] = db.to(bias_dtype);
     }
 #endif

@@ -668,23 +668,36 @@ int64_t cross_entropy_rows(const Tensor& logits, const Tensor& targets, int32_t 
   return counted;
 }
 
-// dlogits = dloss · (softmax(logits) − onehot(targets)) in the logits' dtype; dloss f32 [N].
+// dlogits = dloss · (softmax(logits) − onehot(targets)) in the logits' dtype; dloss f32 [N]. On CUDA
+// a vocabulary that is not a multiple of 8 (GPT-2's 50257) gets rows padded to one: a view whose rows
+// are 16-byte aligned, so the output head's backward GEMMs read it on their tensor-core paths instead
+// of a copy or the unaligned fallback.
 Tensor cross_entropy_grad(const Tensor& logits, const Tensor& targets, int32_t ignore_index, const Tensor& lse,
                           const Tensor& dloss) {
   const int64_t V = logits.size(-1), N = logits.numel() / V;
-  Tensor dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
   if (logits.device().is_cuda()) {
+    Tensor dlogits;
 #ifdef LLM_HAVE_CUDA
+    const int64_t ld = (V + 7) / 8 * 8;
+    if (ld == V) {
+      dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+    } else {
+      std::vector<int64_t> padded = logits.shape().vec();
+      padded.back() = ld;
+      const Tensor rows = Tensor::empty(Shape(padded), logits.dtype(), logits.device());
+      dlogits = detail::make_view(rows, logits.shape(), rows.strides(), 0);
+    }
     with_float_type(logits.dtype(), [&](auto tag) {
       using T = decltype(tag);
       cuda::cross_entropy_backward<T>(N, V, ptr<T>(logits), ptr<int32_t>(targets), ignore_index, ptr<float>(lse),
-                                      ptr<float>(dloss), ptr<T>(dlogits), stream_of(logits));
+                                      ptr<float>(dloss), ptr<T>(dlogits), ld, stream_of(logits));
     });
 #endif
-  } else {
-    cpu::cross_entropy_backward(N, V, logits.data<float>(), targets.data<int32_t>(), ignore_index, lse.data<float>(),
-                                dloss.data<float>(), dlogits.data<float>());
+    return dlogits;
   }
+  Tensor dlogits = Tensor::empty(logits.shape());
+  cpu::cross_entropy_backward(N, V, logits.data<float>(), targets.data<int32_t>(), ignore_index, lse.data<float>(),
+                              dloss.data<float>(), dlogits.data<float>());
   return dlogits;
 }
 

@@ -59,11 +59,13 @@ template <class T> void softmax_backward(int64_t N, int64_t C, const T* y, const
 template <class T>
 void cross_entropy_forward(int64_t N, int64_t V, const T* logits, const int32_t* targets, int32_t ignore_index,
                            float* losses, float* lse, cudaStream_t stream);
-// dlogits[i] = dloss[i] · (softmax(logits[i]) − onehot(targets[i])), zero rows where ignored;
-// dlogits may equal logits (overwritten in place, each element read once and written once).
+// dlogits[i] = dloss[i] · (softmax(logits[i]) − onehot(targets[i])), zero rows where ignored. Rows
+// of dlogits are ld_dlogits ≥ V elements apart (the elements past V untouched): a row length that is a
+// multiple of 8 keeps every row 16-byte aligned for the GEMMs that read the gradient next. dlogits
+// may equal logits when ld_dlogits == V (overwritten in place, each element read once and written once).
 template <class T>
 void cross_entropy_backward(int64_t N, int64_t V, const T* logits, const int32_t* targets, int32_t ignore_index,
-                            const float* lse, const float* dloss, T* dlogits, cudaStream_t stream);
+                            const float* lse, const float* dloss, T* dlogits, int64_t ld_dlogits, cudaStream_t stream);
 
 // ---- embedding: table [V, C] ----------------------------------------------------------------
 template <class T>

@@ -121,10 +121,10 @@ __global__ void __launch_bounds__(1024) cross_entropy_forward_fast(int64_t V, co
 template <class T, int W>
 __global__ void __launch_bounds__(1024)
     cross_entropy_backward_fast(int64_t V, const T* logits, const int32_t* targets, int32_t ignore_index,
-                                const float* lse, const float* dloss, T* dlogits) {
+                                const float* lse, const float* dloss, T* dlogits, int64_t ldd) {
   const int64_t row = blockIdx.x, packs = V / W;
   const T* xr = logits + row * V;
-  T* dr = dlogits + row * V;
+  T* dr = dlogits + row * ldd;
   const int32_t t = targets[row];
   if (t == ignore_index) {
     float zeros[W];
@@ -195,11 +195,11 @@ __global__ void cross_entropy_forward_simple(int64_t N, int64_t V, const T* logi
 template <class T>
 __global__ void cross_entropy_backward_simple(int64_t N, int64_t V, const T* logits, const int32_t* targets,
                                               int32_t ignore_index, const float* lse, const float* dloss,
-                                              T* dlogits) {
+                                              T* dlogits, int64_t ldd) {
   const int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (row >= N) return;
   const T* xr = logits + row * V;
-  T* dr = dlogits + row * V;
+  T* dr = dlogits + row * ldd;
   const int32_t t = targets[row];
   const float l = lse[row], d = dloss[row];
   for (int64_t c = 0; c < V; ++c) {
@@ -264,20 +264,23 @@ void cross_entropy_forward(int64_t N, int64_t V, const T* logits, const int32_t*
 
 template <class T>
 void cross_entropy_backward(int64_t N, int64_t V, const T* logits, const int32_t* targets, int32_t ignore_index,
-                            const float* lse, const float* dloss, T* dlogits, cudaStream_t stream) {
+                            const float* lse, const float* dloss, T* dlogits, int64_t ld_dlogits,
+                            cudaStream_t stream) {
   constexpr const char* kName = "cuda::cross_entropy_backward";
   require_rows(N, V, kName);
+  require(ld_dlogits >= V, kName, "the row stride of dlogits must be at least V");
+  require(dlogits != logits || ld_dlogits == V, kName, "in place needs the row stride of dlogits to be V");
   if (N == 0) return;
   constexpr int W = kVecWidth<T>;
   if (fused_variant() == FusedVariant::kSimple)
     cross_entropy_backward_simple<T><<<simple_blocks(N), kSimpleThreads, 0, stream>>>(
-        N, V, logits, targets, ignore_index, lse, dloss, dlogits);
-  else if (packable<T>(V, {logits, dlogits}))
+        N, V, logits, targets, ignore_index, lse, dloss, dlogits, ld_dlogits);
+  else if (packable<T>(V, {logits, dlogits}) && ld_dlogits % W == 0)
     cross_entropy_backward_fast<T, W><<<unsigned(N), row_block_threads(V / W), 0, stream>>>(
-        V, logits, targets, ignore_index, lse, dloss, dlogits);
+        V, logits, targets, ignore_index, lse, dloss, dlogits, ld_dlogits);
   else
     cross_entropy_backward_fast<T, 1><<<unsigned(N), row_block_threads(V), 0, stream>>>(
-        V, logits, targets, ignore_index, lse, dloss, dlogits);
+        V, logits, targets, ignore_index, lse, dloss, dlogits, ld_dlogits);
   check_launch(kName);
 }
 
@@ -287,7 +290,7 @@ void cross_entropy_backward(int64_t N, int64_t V, const T* logits, const int32_t
   template void cross_entropy_forward<T>(int64_t, int64_t, const T*, const int32_t*, int32_t, float*, float*,      \
                                          cudaStream_t);                                                            \
   template void cross_entropy_backward<T>(int64_t, int64_t, const T*, const int32_t*, int32_t, const float*,       \
-                                          const float*, T*, cudaStream_t);
+                                          const float*, T*, int64_t, cudaStream_t);
 LLM_INSTANTIATE_SOFTMAX(float)
 LLM_INSTANTIATE_SOFTMAX(bf16)
 #undef LLM_INSTANTIATE_SOFTMAX

@@ -310,11 +310,25 @@ void check_cross_entropy(int64_t N, int64_t V) {
 
   d_lse.upload(lse);  // identical inputs for the backward
   cuda::cross_entropy_backward<T>(N, V, d_logits.get(), d_targets.get(), kIgnore, d_lse.get(), d_dloss.get(),
-                                  d_dlogits.get(), nullptr);
+                                  d_dlogits.get(), V, nullptr);
   expect_close("cross_entropy_backward", download_floats(d_dlogits), dlogits, kTol<T>, V);
+  // Into rows padded to a multiple of 8 (+8): the row elements as above, the padding left as it was.
+  const int64_t ld = (V + 7) / 8 * 8 + 8;
+  Dev<T> d_padded(size_t(N * ld));
+  cuda::cross_entropy_backward<T>(N, V, d_logits.get(), d_targets.get(), kIgnore, d_lse.get(), d_dloss.get(),
+                                  d_padded.get(), ld, nullptr);
+  const std::vector<float> padded = download_floats(d_padded);
+  std::vector<float> rows_of_padded;
+  size_t padding_touched = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    rows_of_padded.insert(rows_of_padded.end(), padded.begin() + i * ld, padded.begin() + i * ld + V);
+    for (int64_t c = V; c < ld; ++c) padding_touched += !std::isnan(padded[size_t(i * ld + c)]);
+  }
+  expect_close("cross_entropy_backward into padded rows", rows_of_padded, dlogits, kTol<T>, V);
+  EXPECT_EQ(padding_touched, 0u) << "cross_entropy_backward wrote past V in padded rows (ld " << ld << ")";
   // In place: the gradient overwrites the logits (ignored rows must become zeros).
   cuda::cross_entropy_backward<T>(N, V, d_logits.get(), d_targets.get(), kIgnore, d_lse.get(), d_dloss.get(),
-                                  d_logits.get(), nullptr);
+                                  d_logits.get(), V, nullptr);
   expect_close("cross_entropy_backward in place", download_floats(d_logits), dlogits, kTol<T>, V);
 }
 

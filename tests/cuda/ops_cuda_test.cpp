@@ -173,6 +173,15 @@ TEST(OpsCuda, EmbeddingRopeCrossEntropy) {
                  {values({2, 3, 1000}, 4, -2.f, 2.f), targets});
   match_cpu_both("token_logprobs", [&](const V& in) { return ops::token_logprobs(in[0], in[1]); },
                  {values({2, 3, 1000}, 5, -2.f, 2.f), targets});
+  // A vocabulary that is no multiple of 8: on the device the logits' gradient has padded rows, which
+  // the output head's backward reads in place (and a leaf's .grad gets as a dense copy).
+  const Tensor odd_targets = ids({4, -100, 0, 2, 996, 7}, Shape{2, 3});
+  match_cpu_both("cross_entropy, odd vocabulary", [&](const V& in) { return ops::cross_entropy(in[0], in[1]); },
+                 {values({2, 3, 997}, 6, -2.f, 2.f), odd_targets});
+  match_cpu_both("output head + cross_entropy, odd vocabulary",
+                 [&](const V& in) { return ops::cross_entropy(ops::linear(in[0], in[1], in[2]), in[3]); },
+                 {values({2, 3, 40}, 7), values({997, 40}, 8, -0.3f, 0.3f), values({997}, 9), odd_targets},
+                 kBf16Tol);  // the GEMMs read bf16 operands
 }
 
 TEST(OpsCuda, Attention) {

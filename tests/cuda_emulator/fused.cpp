@@ -167,15 +167,19 @@ void cross_entropy_forward(int64_t N, int64_t V, const T* logits, const int32_t*
 
 template <class T>
 void cross_entropy_backward(int64_t N, int64_t V, const T* logits, const int32_t* targets, int32_t ignore_index,
-                            const float* lse, const float* dloss, T* dlogits, cudaStream_t stream) {
+                            const float* lse, const float* dloss, T* dlogits, int64_t ld_dlogits,
+                            cudaStream_t stream) {
   constexpr const char* kFn = "cuda::cross_entropy_backward";
   emu::require_stream(stream, kFn);
+  if (ld_dlogits < V || (static_cast<const void*>(dlogits) == logits && ld_dlogits != V))
+    throw std::runtime_error(std::string(kFn) + ": bad row stride of dlogits");
   const auto lf = emu::read(logits, N * V, kFn, "logits"), lsef = emu::read(lse, N, kFn, "lse"),
              dlf = emu::read(dloss, N, kFn, "dloss");
   emu::require(targets, N, kFn, "targets");
   auto df = buffer(N * V);
   cpu::cross_entropy_backward(N, V, lf.data(), targets, ignore_index, lsef.data(), dlf.data(), df.data());
-  emu::write(df, dlogits, kFn, "dlogits");
+  for (int64_t i = 0; i < N; ++i)  // row by row: the elements between rows stay as they were
+    emu::write(std::vector<float>(df.begin() + i * V, df.begin() + (i + 1) * V), dlogits + i * ld_dlogits, kFn, "dlogits");
 }
 
 // ---- embedding ---------------------------------------------------------------------------------
@@ -276,7 +280,7 @@ void clip_scale(const float* sumsq_device, float max_norm, float* scale_device, 
   template void cross_entropy_forward<T>(int64_t, int64_t, const T*, const int32_t*, int32_t, float*, float*,       \
                                          cudaStream_t);                                                             \
   template void cross_entropy_backward<T>(int64_t, int64_t, const T*, const int32_t*, int32_t, const float*,        \
-                                          const float*, T*, cudaStream_t);                                          \
+                                          const float*, T*, int64_t, cudaStream_t);                                          \
   template void embedding_forward<T>(int64_t, int64_t, const int32_t*, const T*, T*, cudaStream_t);                 \
   template void embedding_backward<T>(int64_t, int64_t, int64_t, const int32_t*, const T*, float*, cudaStream_t);
 LLM_INSTANTIATE(float)

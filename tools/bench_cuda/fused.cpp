@@ -87,7 +87,7 @@ void bench_fused() {
     }, stream);
     // In place, as training uses it (the values drift from run to run; the traffic does not).
     row("xent bwd", shape, 2 * bytes, [&] {
-      cuda::cross_entropy_backward<bf16>(N, V, logits.ptr, targets.ptr, -100, lse.ptr, dloss.ptr, logits.ptr, stream);
+      cuda::cross_entropy_backward<bf16>(N, V, logits.ptr, targets.ptr, -100, lse.ptr, dloss.ptr, logits.ptr, V, stream);
     }, stream);
   }
   {
