@@ -166,8 +166,8 @@ class GPT2Block : public nn::Module {
     const std::vector<Tensor> qkv = ops::split(c_attn.forward(ln_1.forward(x)), -1, {C, C, C});
     const Shape heads{B, T, heads_, hd};
     const Tensor y = ops::attention(qkv[0].view(heads), qkv[1].view(heads), qkv[2].view(heads), doc);
-    const Tensor h = x + attn_proj.forward(y.view(Shape{B, T, C}));
-    return h + mlp_proj.forward(ops::gelu(c_fc.forward(ln_2.forward(h))));
+    const Tensor h = attn_proj.forward_residual(y.view(Shape{B, T, C}), x);
+    return mlp_proj.forward_residual(c_fc.forward_gelu(ln_2.forward(h)), h);
   }
 
   Tensor forward_cached(const Tensor& x, const Tensor& past, const Tensor& n_new, KVCache& cache, size_t layer) const {
@@ -176,8 +176,8 @@ class GPT2Block : public nn::Module {
     const Shape heads{B, T, heads_, hd};
     append_to_cache(qkv[1].view(heads), qkv[2].view(heads), past, n_new, cache, layer);
     const Tensor y = ops::attention_cached(qkv[0].view(heads), cache.k[layer], cache.v[layer], past);
-    const Tensor h = x + attn_proj.forward(y.view(Shape{B, T, C}));
-    return h + mlp_proj.forward(ops::gelu(c_fc.forward(ln_2.forward(h))));
+    const Tensor h = attn_proj.forward_residual(y.view(Shape{B, T, C}), x);
+    return mlp_proj.forward_residual(c_fc.forward_gelu(ln_2.forward(h)), h);
   }
 
   nn::LayerNorm ln_1;
@@ -258,9 +258,9 @@ class LlamaBlock : public nn::Module {
     const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope_theta);
     const Tensor v = v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd});
     const Tensor y = ops::attention(q, k, v, doc, 0.f, config_.sliding_window).view(Shape{B, T, config_.n_heads * hd});
-    const Tensor r = x + o_proj.forward(y);
+    const Tensor r = o_proj.forward_residual(y, x);
     const Tensor m = post_attention_layernorm.forward(r);
-    return r + down_proj.forward(ops::swiglu(gate_proj.forward(m), up_proj.forward(m)));
+    return down_proj.forward_residual(ops::swiglu(gate_proj.forward(m), up_proj.forward(m)), r);
   }
 
   Tensor forward_cached(const Tensor& x, const Tensor& positions, const Tensor& past, const Tensor& n_new,
@@ -271,9 +271,9 @@ class LlamaBlock : public nn::Module {
     const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope_theta);
     append_to_cache(k, v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), past, n_new, cache, layer);
     const Tensor y = ops::attention_cached(q, cache.k[layer], cache.v[layer], past, 0.f, config_.sliding_window);
-    const Tensor r = x + o_proj.forward(y.view(Shape{B, T, config_.n_heads * hd}));
+    const Tensor r = o_proj.forward_residual(y.view(Shape{B, T, config_.n_heads * hd}), x);
     const Tensor m = post_attention_layernorm.forward(r);
-    return r + down_proj.forward(ops::swiglu(gate_proj.forward(m), up_proj.forward(m)));
+    return down_proj.forward_residual(ops::swiglu(gate_proj.forward(m), up_proj.forward(m)), r);
   }
 
   nn::RMSNorm input_layernorm;

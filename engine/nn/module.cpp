@@ -128,6 +128,14 @@ Tensor Linear::forward(const Tensor& x) const {
   return y + ops::linear(h * lora.scale, lora.B);
 }
 
+Tensor Linear::forward_gelu(const Tensor& x) const {
+  return q8.defined() || lora.defined() ? ops::gelu(forward(x)) : ops::linear_gelu(x, weight, bias);
+}
+
+Tensor Linear::forward_residual(const Tensor& x, const Tensor& residual) const {
+  return q8.defined() || lora.defined() ? residual + forward(x) : ops::linear_residual(x, weight, bias, residual);
+}
+
 Embedding::Embedding(int64_t vocab, int64_t dim) {
   weight = Tensor::zeros(Shape{vocab, dim});
   register_parameter("weight", &weight);

@@ -74,6 +74,10 @@ class Linear : public Module {
  public:
   Linear(int64_t in, int64_t out, bool bias);
   Tensor forward(const Tensor& x) const;
+  // gelu(forward(x)) and residual + forward(x): one fused op (ops::linear_gelu / linear_residual)
+  // where the layer is plain, i.e. has neither a Q8 copy nor an adapter.
+  Tensor forward_gelu(const Tensor& x) const;
+  Tensor forward_residual(const Tensor& x, const Tensor& residual) const;
   // Layers whose input width is not a multiple of the 32-value block stay in fp32. An adapter keeps
   // working on top of the quantized weight (its own matrices stay fp32).
   void quantize_q8() override {

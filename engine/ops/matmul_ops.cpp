@@ -1,11 +1,13 @@
-// matmul (plain, transposed, batched) and linear.
+// matmul (plain, transposed, batched) and linear (alone, or fused with gelu or a residual add).
 #include "engine/ops/op_util.h"
 #include "engine/ops/ops.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/fused.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/quant.h"
 
 #ifdef LLM_HAVE_CUDA
+#include "kernels/cuda/fused.h"
 #include "kernels/cuda/gemm.h"
 #endif
 
@@ -74,12 +76,21 @@ Tensor bf16_rows_operand(const Tensor& t) {
 }
 int64_t row_stride(const Tensor& t) { return t.dim() >= 2 ? t.stride(-2) : t.size(-1); }
 
-// C (new, contiguous, out_dtype) = op(A)·op(B) for `batch` products of contiguous operands, A and B
-// bf16 (stride_b 0: B shared), plus an optional fp32 bias row. lda > 0: A's rows are that many
+// What cuda_gemm adds to the product (gemm.h's epilogue): an fp32 bias row, gelu (keeping the value
+// before it in *pre_gelu), a residual of C's shape and dtype; lda > 0: A's rows are that many
 // elements apart (a single product of row-padded A), else A is dense.
+struct GemmExtras {
+  Tensor bias;
+  bool gelu = false;
+  Tensor* pre_gelu = nullptr;
+  Tensor residual;
+  int64_t lda = 0;
+};
+
+// C (new, contiguous, out_dtype) = op(A)·op(B) for `batch` products of contiguous operands, A and B
+// bf16 (stride_b 0: B shared), with the extras' epilogue.
 Tensor cuda_gemm(const Tensor& A, const Tensor& B, bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K,
-                 bool b_shared, const Shape& out_shape, DType out_dtype, const Tensor& bias = Tensor(),
-                 int64_t lda = 0) {
+                 bool b_shared, const Shape& out_shape, DType out_dtype, const GemmExtras& extras = {}) {
   Tensor C = Tensor::empty(out_shape, out_dtype, A.device());
   cuda::Gemm g;
   g.trans_a = ta;
@@ -88,17 +99,25 @@ Tensor cuda_gemm(const Tensor& A, const Tensor& B, bool ta, bool tb, int64_t bat
   g.N = N;
   g.K = K;
   g.A = detail::ptr<cuda::bf16>(A);
-  g.lda = lda > 0 ? lda : ta ? M : K;
+  g.lda = extras.lda > 0 ? extras.lda : ta ? M : K;
   g.B = detail::ptr<cuda::bf16>(B);
   g.ldb = tb ? K : N;
   g.C = C.raw_data();
   g.ldc = N;
   g.c_fp32 = out_dtype == DType::F32;
-  g.bias = bias.defined() ? detail::ptr<float>(bias) : nullptr;
+  g.bias = extras.bias.defined() ? detail::ptr<float>(extras.bias) : nullptr;
+  g.gelu = extras.gelu;
+  if (extras.pre_gelu) {
+    *extras.pre_gelu = Tensor::empty(out_shape, out_dtype, A.device());
+    g.pre_gelu = extras.pre_gelu->raw_data();
+  }
+  g.residual = extras.residual.defined() ? extras.residual.raw_data() : nullptr;
   g.batch = batch;
   g.stride_a = M * K;
   g.stride_b = b_shared ? 0 : K * N;
   g.stride_c = M * N;
+  LLM_CHECK(K > 0 || (!extras.bias.defined() && !extras.gelu && !extras.residual.defined()),
+            "internal: an empty product with an epilogue");
   if (M > 0 && N > 0 && batch > 0) {
     if (K == 0) C.zero_();
     else cuda::gemm(g, gemm_backend(), detail::stream_of(A));
@@ -240,14 +259,38 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool trans_a, bool trans_b
 }
 
 namespace {
+// y = x·Wᵀ + bias, then optionally gelu (keeping pre = the value before it) and + residual. Inputs in
+// order x, w, [bias], [residual].
 struct LinearBackward : Node {
-  SavedTensor x, w;
-  bool has_bias = false;
+  SavedTensor x, w, pre;
+  bool has_bias = false, gelu = false, has_residual = false;
+  DType bias_dtype = DType::F32, residual_dtype = DType::F32;
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
     const Tensor xv = x.get(*this), wv = w.get(*this);
-    if (g[0].device().is_cuda()) return cuda_apply(xv, wv, g[0]);
+    // The residual's gradient is the output's; gelu's backward turns the output's into pre's.
+    const Tensor gy = gelu ? gelu_grad(pre.get(*this), g[0]) : g[0];
+    std::vector<Tensor> grads = gy.device().is_cuda() ? cuda_apply(xv, wv, gy) : cpu_apply(xv, wv, gy);
+    if (has_residual) grads.push_back(g[0].to(residual_dtype));
+    return grads;
+  }
+  static Tensor gelu_grad(const Tensor& pv, const Tensor& gy) {
+    const Tensor gc = gy.contiguous().to(pv.dtype());
+    Tensor d = Tensor::empty(pv.shape(), pv.dtype(), pv.device());
+    if (pv.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+      detail::with_float_type(pv.dtype(), [&](auto t) {
+        using T = decltype(t);
+        cuda::gelu_backward<T>(pv.numel(), detail::ptr<T>(pv), detail::ptr<T>(gc), detail::ptr<T>(d), detail::stream_of(pv));
+      });
+#endif
+    } else {
+      cpu::gelu_backward(pv.numel(), pv.data<float>(), gc.data<float>(), d.data<float>());
+    }
+    return d;
+  }
+  std::vector<Tensor> cpu_apply(const Tensor& xv, const Tensor& wv, const Tensor& gy) {
     const int64_t in = wv.size(1), out = wv.size(0), rows = xv.numel() / in;
-    const Tensor gc = g[0].contiguous();
+    const Tensor gc = gy.contiguous();
     Tensor dx, dw, db;
     if (next_edges[0].fn) {  // dx = dy · W
       dx = Tensor::empty(xv.shape());
@@ -273,63 +316,98 @@ struct LinearBackward : Node {
 #ifdef LLM_HAVE_CUDA
     const int64_t in = wv.size(1), out = wv.size(0), rows = xv.numel() / in;
     const Tensor G = bf16_rows_operand(gy);
-    const int64_t ldg = row_stride(G);
+    GemmExtras rows_of_g;
+    rows_of_g.lda = row_stride(G);
     if (next_edges[0].fn)
-      grads[0] = cuda_gemm(G, bf16_operand(wv), false, false, 1, rows, in, out, false, xv.shape(), xv.dtype(), Tensor(), ldg);
+      grads[0] = cuda_gemm(G, bf16_operand(wv), false, false, 1, rows, in, out, false, xv.shape(), xv.dtype(), rows_of_g);
     if (next_edges[1].fn)
-      grads[1] = cuda_gemm(G, bf16_operand(xv), true, false, 1, out, in, rows, false, wv.shape(), wv.dtype(), Tensor(), ldg);
+      grads[1] = cuda_gemm(G, bf16_operand(xv), true, false, 1, out, in, rows, false, wv.shape(), wv.dtype(), rows_of_g);
     if (has_bias && next_edges[2].fn) {
       Tensor db = Tensor::empty(Shape{out}, DType::F32, gy.device());
-      cuda::bias_grad(rows, out, detail::ptr<cuda::bf16>(G), ldg, detail::ptr<float>(db), false, detail::stream_of(gy));
+      cuda::bias_grad(rows, out, detail::ptr<cuda::bf16>(G), rows_of_g.lda, detail::ptr<float>(db), false,
+                      detail::stream_of(gy));
       grads[2] = db.to(bias_dtype);
     }
 #endif
     return grads;
   }
-  DType bias_dtype = DType::F32;
-  std::vector<SavedTensor*> saved() override { return {&x, &w}; }
-  std::string name() const override { return "LinearBackward"; }
+  std::vector<SavedTensor*> saved() override { return {&x, &w, &pre}; }
+  std::string name() const override { return gelu ? "LinearGeluBackward" : has_residual ? "LinearResidualBackward" : "LinearBackward"; }
 };
-}  // namespace
 
-Tensor linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in) {
-  check_defined(x_in, "linear", "x");
-  check_defined(w_in, "linear", "weight");
-  check_same_device(x_in, w_in, "linear");
-  if (bias_in.defined()) check_same_device(x_in, bias_in, "linear");
-  Tensor x = float_input(x_in, "linear", "x"), w = float_input(w_in, "linear", "weight");
-  LLM_CHECK(w.dim() == 2, "linear: weight must be 2-D [out, in], got ", w.str());
-  LLM_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "linear: input ", x.shape().str(), " has last dimension ",
+// linear, linear_gelu and linear_residual: y = x·Wᵀ + bias, gelu'd when `gelu`, plus the residual
+// when given (gelu and residual are not combined). On CUDA both are the GEMM's epilogue.
+Tensor fused_linear(const Tensor& x_in, const Tensor& w_in, const Tensor& bias_in, bool gelu, const Tensor& residual_in,
+                    const char* op) {
+  check_defined(x_in, op, "x");
+  check_defined(w_in, op, "weight");
+  check_same_device(x_in, w_in, op);
+  if (bias_in.defined()) check_same_device(x_in, bias_in, op);
+  Tensor x = float_input(x_in, op, "x"), w = float_input(w_in, op, "weight");
+  LLM_CHECK(w.dim() == 2, op, ": weight must be 2-D [out, in], got ", w.str());
+  LLM_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), op, ": input ", x.shape().str(), " has last dimension ",
             x.dim() ? x.size(-1) : 0, ", but the weight ", w.shape().str(), " expects ", w.size(1));
   const int64_t in = w.size(1), out = w.size(0), rows = x.numel() / in;
   Tensor bias;
   if (bias_in.defined()) {
-    bias = float_input(bias_in, "linear", "bias");
-    check_shape(bias, Shape{out}, "linear", "bias");
+    bias = float_input(bias_in, op, "bias");
+    check_shape(bias, Shape{out}, op, "bias");
   }
   std::vector<int64_t> shape = x.shape().vec();
   shape.back() = out;
-  Tensor y;
+  Tensor residual;
+  if (residual_in.defined()) {
+    check_same_device(x_in, residual_in, op);
+    residual = float_input(residual_in, op, "residual");
+    check_shape(residual, Shape(shape), op, "residual");
+  }
+  Tensor y, pre;
   if (x.device().is_cuda()) {
 #ifdef LLM_HAVE_CUDA
     // y = x·Wᵀ + bias with the fp32 bias in the epilogue; W read as bf16 (an f32 master cast here).
-    y = cuda_gemm(bf16_operand(x), bf16_operand(w), false, true, 1, rows, out, in, false, Shape(shape), product_dtype(x, w),
-                  bias.defined() ? bias.detach().to(DType::F32) : Tensor());
+    GemmExtras e;
+    e.bias = bias.defined() ? bias.detach().to(DType::F32) : Tensor();
+    e.gelu = gelu;
+    e.pre_gelu = gelu ? &pre : nullptr;
+    const DType y_dtype = product_dtype(x, w);
+    if (residual.defined()) e.residual = residual.detach().contiguous().to(y_dtype);
+    y = cuda_gemm(bf16_operand(x), bf16_operand(w), false, true, 1, rows, out, in, false, Shape(shape), y_dtype, e);
 #endif
   } else {
     y = Tensor::empty(Shape(shape));
     cpu::sgemm(false, true, rows, out, in, 1.f, x.data<float>(), in, w.data<float>(), in, 0.f, y.data<float>(), out,
                bias.defined() ? bias.data<float>() : nullptr);
+    if (gelu) {
+      pre = y;
+      y = Tensor::empty(Shape(shape));
+      cpu::gelu_forward(y.numel(), pre.data<float>(), y.data<float>());
+    }
+    if (residual.defined()) cpu::add(y.numel(), y.data<float>(), residual.contiguous().data<float>(), y.data<float>());
   }
   std::vector<const Tensor*> inputs{&x_in, &w_in};
   if (bias_in.defined()) inputs.push_back(&bias_in);
+  if (residual_in.defined()) inputs.push_back(&residual_in);
   record_op<LinearBackward>(inputs, {&y}, [&](LinearBackward& n) {
     n.x = SavedTensor(x);
     n.w = SavedTensor(w);
+    n.pre = SavedTensor(pre);
     n.has_bias = bias_in.defined();
+    n.gelu = gelu;
+    n.has_residual = residual_in.defined();
     n.bias_dtype = bias_in.defined() ? bias_in.dtype() : DType::F32;
+    n.residual_dtype = residual_in.defined() ? residual_in.dtype() : DType::F32;
   });
   return y;
+}
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) { return fused_linear(x, w, bias, false, Tensor(), "linear"); }
+Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  return fused_linear(x, w, bias, true, Tensor(), "linear_gelu");
+}
+Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual) {
+  check_defined(residual, "linear_residual", "residual");
+  return fused_linear(x, w, bias, false, residual, "linear_residual");
 }
 
 Q8Matrix quantize_q8(const Tensor& w_in) {

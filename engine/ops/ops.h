@@ -65,6 +65,11 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed, bool training = true);
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // x [..., in] · wᵀ (w [out, in], as nn.Linear) + bias [out] (optional) → [..., out].
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
+// A linear layer fused with what follows it in a transformer block (one op, on CUDA one GEMM with
+// the rest in its epilogue): gelu(x·Wᵀ + bias), and residual + x·Wᵀ + bias (residual of the output's
+// shape; its gradient is the output's).
+Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
+Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& residual);
 // Which GEMM runs matmul and linear on CUDA, process-wide (config `kernels.matmul`): the hand-written
 // tensor-core kernel, cuBLASLt, auto (each shape timed once, the faster kept), or the simple
 // reference kernel (slow; the fallback should a fast one misbehave). No effect on the CPU.

@@ -131,19 +131,7 @@ void run(const Gemm& g, GemmBackend backend, cudaStream_t stream) {
   bad_argument("kAuto must be resolved before running");
 }
 
-// Stream-ordered scratch memory for kAuto's timing runs (none when bytes is 0).
-struct TempBuffer {
-  void* ptr = nullptr;
-  cudaStream_t stream;
-  TempBuffer(size_t bytes, cudaStream_t s) : stream(s) {
-    if (bytes) check(cudaMallocAsync(&ptr, bytes, s), "gemm auto (timing buffer)");
-  }
-  ~TempBuffer() {
-    if (ptr) cudaFreeAsync(ptr, stream);
-  }
-  TempBuffer(const TempBuffer&) = delete;
-  TempBuffer& operator=(const TempBuffer&) = delete;
-};
+using detail::StreamScratch;
 
 // Milliseconds for `reps` runs of g on `backend`, after one untimed run (cuBLASLt's algorithm choice).
 float time_backend(const Gemm& g, GemmBackend backend, cudaStream_t stream) {
@@ -184,9 +172,9 @@ __global__ void max_difference_kernel(const T* x, const T* y, int64_t n, unsigne
 // to bf16 differs by 0.4% at most; a wrong kernel is off by the size of the values themselves).
 bool results_agree(const Gemm& g, const void* x, const void* reference, int64_t extent, cudaStream_t stream,
                    float& diff, float& scale) {
-  TempBuffer out(2 * sizeof(unsigned int), stream);
-  check(cudaMemsetAsync(out.ptr, 0, 2 * sizeof(unsigned int), stream), "gemm auto (comparison)");
-  auto* bits = static_cast<unsigned int*>(out.ptr);
+  StreamScratch out(2 * sizeof(unsigned int), stream, "gemm auto (comparison)");
+  auto* bits = out.as<unsigned int>();
+  check(cudaMemsetAsync(bits, 0, 2 * sizeof(unsigned int), stream), "gemm auto (comparison)");
   if (g.c_fp32)
     max_difference_kernel<<<256, 256, 0, stream>>>(static_cast<const float*>(x), static_cast<const float*>(reference), extent, bits);
   else
@@ -223,21 +211,21 @@ GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream) {
   // residual may read) and pre_gelu are untouched; both backends then compute the same values.
   const int64_t extent = (g.batch - 1) * g.stride_c + (g.M - 1) * g.ldc + g.N;
   const size_t bytes = static_cast<size_t>(extent) * element_size(g);
-  TempBuffer c_native(bytes, stream), c_cublas(bytes, stream);
-  TempBuffer pre(g.gelu && g.pre_gelu ? bytes : 0, stream);
-  check(cudaMemsetAsync(c_native.ptr, 0, bytes, stream), "gemm auto (timing buffer)");
-  check(cudaMemsetAsync(c_cublas.ptr, 0, bytes, stream), "gemm auto (timing buffer)");
+  StreamScratch c_native(bytes, stream, "gemm auto (timing buffer)"), c_cublas(bytes, stream, "gemm auto (timing buffer)");
+  StreamScratch pre(g.gelu && g.pre_gelu ? bytes : 0, stream, "gemm auto (timing buffer)");
+  check(cudaMemsetAsync(c_native.as<void>(), 0, bytes, stream), "gemm auto (timing buffer)");
+  check(cudaMemsetAsync(c_cublas.as<void>(), 0, bytes, stream), "gemm auto (timing buffer)");
   Gemm timed = g;
-  if (g.gelu && g.pre_gelu) timed.pre_gelu = pre.ptr;
-  timed.C = c_native.ptr;
+  if (g.gelu && g.pre_gelu) timed.pre_gelu = pre.as<void>();
+  timed.C = c_native.as<void>();
   const float native_ms = time_backend(timed, GemmBackend::kNative, stream);
-  timed.C = c_cublas.ptr;
+  timed.C = c_cublas.as<void>();
   const float cublas_ms = time_backend(timed, GemmBackend::kCublas, stream);
   GemmBackend best = native_ms <= cublas_ms ? GemmBackend::kNative : GemmBackend::kCublas;
   // A faster kernel that computes something else must not win: the native result is checked against
   // cuBLAS's once per shape, and a disagreement keeps cuBLAS (with one line on stderr).
   float diff = 0.f, scale = 0.f;
-  if (best == GemmBackend::kNative && !results_agree(g, c_native.ptr, c_cublas.ptr, extent, stream, diff, scale)) {
+  if (best == GemmBackend::kNative && !results_agree(g, c_native.as<void>(), c_cublas.as<void>(), extent, stream, diff, scale)) {
     std::fprintf(stderr,
                  "warning: gemm auto: the native kernel's result differs from cuBLAS's (largest difference %g, "
                  "largest |C| %g) for M %lld, N %lld, K %lld%s: using cuBLAS for this shape\n",
@@ -292,15 +280,14 @@ void bias_grad(int64_t M, int64_t N, const bf16* dy, int64_t ldy, float* db, boo
   checks::bias_grad_args(M, N, dy, ldy, db);
   const int64_t chunks = (M + kBiasRowsPerChunk - 1) / kBiasRowsPerChunk;
   if (chunks > 65535) throw std::runtime_error("bias_grad: M " + std::to_string(M) + " exceeds 16M rows");
-  float* partial = nullptr;
-  check(cudaMallocAsync(&partial, static_cast<size_t>(chunks * N) * sizeof(float), stream), "bias_grad (workspace)");
+  detail::StreamScratch scratch(static_cast<size_t>(chunks * N) * sizeof(float), stream, "bias_grad (workspace)");
+  float* partial = scratch.as<float>();
   const dim3 grid(static_cast<unsigned>((N + kBiasCols - 1) / kBiasCols), static_cast<unsigned>(chunks));
   bias_grad_partial_kernel<<<grid, dim3(kBiasCols, kBiasRowThreads), 0, stream>>>(M, N, dy, ldy, partial);
   check_launch("bias_grad (column sums)");
   bias_grad_finish_kernel<<<static_cast<unsigned>((N + 255) / 256), 256, 0, stream>>>(N, chunks, partial, db,
                                                                                       accumulate);
   check_launch("bias_grad (sum of chunks)");
-  check(cudaFreeAsync(partial, stream), "bias_grad (workspace)");
 }
 
 }  // namespace llm::cuda

@@ -137,6 +137,17 @@ TEST(OpsCuda, MatmulAndLinear) {
     match_cpu("linear bf16 " + xs.str(), [](const V& v) { return ops::linear(v[0], v[1], v[2]); }, in, mixed, kBf16Tol);
     match_cpu("linear without bias " + xs.str(), [](const V& v) { return ops::linear(v[0], v[1]); }, {in[0], in[1]},
               {BF16, F32}, kBf16Tol);
+    // gelu and the residual in the GEMM's epilogue.
+    match_cpu("linear_gelu f32 " + xs.str(), [](const V& v) { return ops::linear_gelu(v[0], v[1], v[2]); }, in, f32, kBf16Tol);
+    match_cpu("linear_gelu bf16 " + xs.str(), [](const V& v) { return ops::linear_gelu(v[0], v[1], v[2]); }, in, mixed,
+              kBf16Tol);
+    std::vector<int64_t> ys = xs.vec();
+    ys.back() = 129;
+    const V with_residual{in[0], in[1], in[2], values(Shape(ys), 10)};
+    match_cpu("linear_residual f32 " + xs.str(), [](const V& v) { return ops::linear_residual(v[0], v[1], v[2], v[3]); },
+              with_residual, {F32, F32, F32, F32}, kBf16Tol);
+    match_cpu("linear_residual bf16 " + xs.str(), [](const V& v) { return ops::linear_residual(v[0], v[1], v[2], v[3]); },
+              with_residual, {BF16, F32, F32, BF16}, kBf16Tol);
   }
 }
 

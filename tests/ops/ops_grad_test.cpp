@@ -51,6 +51,26 @@ TEST(OpsGrad, Matmul) {
   gradcheck([](const V& in) { return ops::linear(in[0], in[1], in[2]); },
             {param(Shape{2, 3, 7}, 7), param(Shape{5, 7}, 8), param(Shape{5}, 9)});
   gradcheck([](const V& in) { return ops::linear(in[0], in[1]); }, {param(Shape{3, 7}, 10), param(Shape{1, 7}, 11)});
+  gradcheck([](const V& in) { return ops::linear_gelu(in[0], in[1], in[2]); },
+            {param(Shape{2, 3, 7}, 12), param(Shape{5, 7}, 13), param(Shape{5}, 14)});
+  gradcheck([](const V& in) { return ops::linear_residual(in[0], in[1], in[2], in[3]); },
+            {param(Shape{2, 3, 7}, 15), param(Shape{5, 7}, 16), param(Shape{5}, 17), param(Shape{2, 3, 5}, 18)});
+  gradcheck([](const V& in) { return ops::linear_residual(in[0], in[1], Tensor(), in[2]); },
+            {param(Shape{3, 7}, 19), param(Shape{5, 7}, 20), param(Shape{3, 5}, 21)});
+}
+
+TEST(OpsGrad, FusedLinearsEqualTheirParts) {
+  const Tensor x = param(Shape{2, 3, 7}, 22), w = param(Shape{5, 7}, 23), b = param(Shape{5}, 24),
+               r = param(Shape{2, 3, 5}, 25);
+  const auto expect_equal = [](const Tensor& got, const Tensor& want, const char* what) {
+    const auto g = got.to_vector<float>(), e = want.to_vector<float>();
+    ASSERT_EQ(g.size(), e.size()) << what;
+    for (size_t i = 0; i < g.size(); ++i) EXPECT_NEAR(g[i], e[i], 1e-6) << what << " element " << i;
+  };
+  expect_equal(ops::linear_gelu(x, w, b), ops::gelu(ops::linear(x, w, b)), "linear_gelu");
+  expect_equal(ops::linear_residual(x, w, b, r), r + ops::linear(x, w, b), "linear_residual");
+  EXPECT_NE(testing::error_of([&] { ops::linear_residual(x, w, b, param(Shape{2, 3, 4}, 26)); }).find("residual"),
+            std::string::npos);
 }
 
 TEST(OpsGrad, Activations) {
