@@ -12,6 +12,8 @@
 //    rows in registers and walk the query tiles of every query head of the group that see the keys;
 //    then dQ by one block per (batch, head, 64 queries) walking the key tiles as the forward does.
 //    Every output has one owner: no atomics, deterministic results.
+//    On Hopper the forward runs attention_wgmma.cu's warpgroup kernel instead when it is compiled in
+//    and its self-check passed (attention_impl.cuh); this file's forward stays the fallback.
 //
 // Masks. Query t sees keys [first(t), t], first(t) = max(start of t's document run, t - window + 1).
 // first() never decreases along t, so the keys a query tile sees and the queries a key tile is seen by
@@ -20,8 +22,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
+#include "kernels/cuda/attention_impl.cuh"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/host_checks.h"
 #include "kernels/cuda/ptx.cuh"
@@ -39,39 +41,9 @@ const char* to_string(AttentionKernel kernel) {
 
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr unsigned kFullMask = 0xffffffffu;
+using namespace attention_impl;
 
-// ---- masks -------------------------------------------------------------------------------------
-
-// Warp-collective: lane i returns first(t0 + i) for t0 + i < T, and T for rows past the end (they
-// see nothing). doc_row is the batch row's [T] document ids, or null; t0 < T.
-__device__ int warp_first_keys(const int32_t* doc_row, int T, int window, int t0) {
-  const int lane = threadIdx.x & 31;
-  int first = 0;
-  if (doc_row) {
-    // The run holding t0 begins at the last position p ≤ t0 with p == 0 or doc[p] != doc[p - 1]:
-    // look back 32 positions at a time (the lowest lane that finds one has the highest position).
-    int run_start = 0;
-    for (int hi = t0; hi > 0; hi -= 32) {
-      const int p = hi - lane;
-      const unsigned found = __ballot_sync(kFullMask, p > 0 && doc_row[p] != doc_row[p - 1]);
-      if (found) {
-        run_start = hi - (__ffs(found) - 1);
-        break;
-      }
-    }
-    // Runs that begin in (t0, t0 + lane]: the latest one is lane i's.
-    const int p = t0 + lane;
-    const unsigned begins = __ballot_sync(kFullMask, lane > 0 && p < T && doc_row[p] != doc_row[p - 1]);
-    const unsigned upto_me = begins & (kFullMask >> (31 - lane));
-    first = upto_me ? t0 + 31 - __clz(upto_me) : run_start;
-  }
-  const int t = t0 + lane;
-  if (window > 0) first = max(first, t - window + 1);
-  return t < T ? first : T;
-}
+// ---- masks (warp_first_keys: attention_impl.cuh) -------------------------------------------------
 
 // first(t) for every query of every batch row, into starts[B, T]: one warp per 32 queries.
 __global__ void first_keys_kernel(const int32_t* doc, int T, int window, int32_t* starts) {
@@ -82,24 +54,6 @@ __global__ void first_keys_kernel(const int32_t* doc, int T, int window, int32_t
   const int t = t0 + (threadIdx.x & 31);
   if (t < T) starts[static_cast<int64_t>(b) * T + t] = first;
 }
-
-// ---- shared parameters -------------------------------------------------------------------------
-
-struct Params {
-  int B, T, Hq, Hkv, D, group, window;
-  float scale;
-  const bf16 *q, *k, *v, *out, *dout;
-  const int32_t* doc;  // forward: document ids (or null)
-  const int32_t* first_key;  // backward: first(t) per [B, T] (in the workspace)
-  const float* lse;
-  float* lse_out;
-  float* delta;  // [B, Hq, T]
-  bf16 *o, *dq, *dk, *dv;
-
-  __device__ int64_t q_row(int b, int t, int h) const { return ((static_cast<int64_t>(b) * T + t) * Hq + h) * D; }
-  __device__ int64_t kv_row(int b, int t, int h) const { return ((static_cast<int64_t>(b) * T + t) * Hkv + h) * D; }
-  __device__ int64_t stat(int b, int h, int t) const { return (static_cast<int64_t>(b) * Hq + h) * T + t; }
-};
 
 // Sum over the warp, the same bits in every lane.
 __device__ __forceinline__ float warp_sum(float x) { return detail::warp_reduce(x, detail::Add{}); }
@@ -786,19 +740,24 @@ Params make_params(const AttentionShape& s, const bf16* q, const bf16* k, const 
   return p;
 }
 
-// Blocks of per_block items each for n items, within a grid's x dimension.
-unsigned int blocks_for(int64_t n, int64_t per_block, const char* fn) {
-  const int64_t blocks = detail::ceil_div(n, per_block);
-  detail::require(blocks <= std::numeric_limits<int>::max(), fn, "shape too large for one launch");
-  return static_cast<unsigned int>(blocks);
-}
-
-template <class Kernel>
-void allow_shared_memory(Kernel kernel, size_t bytes, const char* fn) {
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), fn);
-}
-
 }  // namespace
+
+namespace attention_impl {
+
+void flash_forward(const Params& p, cudaStream_t stream) {
+  constexpr const char* kFn = "cuda::attention_forward (tensor-core kernel)";
+  const unsigned int blocks = blocks_for(detail::ceil_div(p.T, kTile) * p.B * p.Hq, 1, kFn);
+  if (p.D == 64) {
+    allow_shared_memory(flash_forward_kernel<64>, forward_smem_bytes<64>(), kFn);
+    flash_forward_kernel<64><<<blocks, kThreads, forward_smem_bytes<64>(), stream>>>(p);
+  } else {
+    allow_shared_memory(flash_forward_kernel<128>, forward_smem_bytes<128>(), kFn);
+    flash_forward_kernel<128><<<blocks, kThreads, forward_smem_bytes<128>(), stream>>>(p);
+  }
+  check_launch(kFn);
+}
+
+}  // namespace attention_impl
 
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
                        float scale, bf16* out, float* lse, cudaStream_t stream, AttentionKernel kernel) {
@@ -809,15 +768,10 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   p.o = out;
   p.lse_out = lse;
   if (checks::attention_tensor_cores(kernel, shape, {q, k, v, out}, kFn)) {
-    const unsigned int blocks = blocks_for(detail::ceil_div(shape.T, kTile) * shape.B * shape.Hq, 1, kFn);
-    if (shape.D == 64) {
-      allow_shared_memory(flash_forward_kernel<64>, forward_smem_bytes<64>(), kFn);
-      flash_forward_kernel<64><<<blocks, kThreads, forward_smem_bytes<64>(), stream>>>(p);
-    } else {
-      allow_shared_memory(flash_forward_kernel<128>, forward_smem_bytes<128>(), kFn);
-      flash_forward_kernel<128><<<blocks, kThreads, forward_smem_bytes<128>(), stream>>>(p);
-    }
-    check_launch("cuda::attention_forward (tensor-core kernel)");
+    if (forward_wgmma_usable(shape.D))
+      flash_forward_wgmma(p, stream);
+    else
+      flash_forward(p, stream);
   } else {
     simple_forward_kernel<<<blocks_for(shape.B * shape.T * shape.Hq, kSimpleWarps, kFn), kSimpleWarps * 32, 0, stream>>>(p);
     check_launch("cuda::attention_forward (simple kernel)");
