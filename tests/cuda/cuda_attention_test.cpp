@@ -4,6 +4,7 @@
 // grouped-query heads (Hkv = 4, 2, 1), packed documents, sliding windows and both together, at
 // sequence lengths around the 64-wide tiles.
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <sstream>
@@ -188,6 +189,85 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                            return "D" + std::to_string(std::get<0>(case_info.param)) + "_T" +
                                   std::to_string(std::get<1>(case_info.param));
                          });
+
+// The wgmma forward's self-check (attention.h) passes: the switch is still on after the first forward of
+// each D. Defined before every other test of this file so it runs first, on a process where nothing
+// has forced the switch yet.
+TEST(CudaAttention, WgmmaForwardPassesItsSelfCheck) {
+  LLM_SKIP_WITHOUT_GPU();
+  if (!cuda::attention_wgmma_available())
+    GTEST_SKIP() << "the wgmma forward is not compiled in (CUDA architectures without 90a) or the device is not "
+                    "compute capability 9.0";
+  if (!cuda::attention_wgmma_enabled()) GTEST_SKIP() << "LLM_CUDA_WGMMA=0 turned the wgmma kernels off";
+  for (int64_t D : {64, 128}) {
+    const cuda::AttentionShape s{1, 130, 2, 1, D, 0};
+    DeviceBuffer<bf16> q(testing::to_bf16(testing::random_floats(130 * 2 * D, 21)));
+    DeviceBuffer<bf16> kv(testing::to_bf16(testing::random_floats(130 * D, 22))), out(130 * 2 * D);
+    DeviceBuffer<float> lse(2 * 130);
+    cuda::attention_forward(s, q.get(), kv.get(), kv.get(), nullptr, 0.125f, out.get(), lse.get(), nullptr,
+                            AttentionKernel::kTensorCore);
+    EXPECT_TRUE(cuda::attention_wgmma_enabled())
+        << "the wgmma forward (D=" << D << ") failed its self-check against the mma.sync kernel and turned "
+        << "itself off: its stderr line says by how much";
+  }
+}
+
+// The tensor-core forward on each of its kernels, wgmma (Hopper) and mma.sync, against the CPU: sequence
+// lengths around the wgmma kernel's 128-query blocks and 128-key tiles, grouped heads, documents,
+// windows.
+TEST(CudaAttention, TensorCoreForwardOnBothKernels) {
+  LLM_SKIP_WITHOUT_GPU();
+  struct RestoreSwitch {
+    bool was = cuda::attention_wgmma_enabled();
+    ~RestoreSwitch() { cuda::set_attention_wgmma(was); }
+  } restore;
+  for (bool wgmma : {true, false}) {
+    if (wgmma && !cuda::attention_wgmma_available()) {
+      std::printf("[ SKIPPED  ] the wgmma kernel half of CudaAttention.TensorCoreForwardOnBothKernels: not "
+                  "compiled in (CUDA architectures without 90a) or the device is not compute capability 9.0\n");
+      continue;
+    }
+    const char* path = wgmma ? "wgmma" : "mma.sync";
+    for (int64_t D : {64, 128})
+      for (int64_t T : {1, 17, 127, 129, 257, 1000})
+        for (int64_t Hkv : {4, 2, 1})
+          for (const Mask& m : kMasks) {
+            const cpu::AttentionShape s{2, T, 4, Hkv, D, m.window};
+            const uint64_t seed = static_cast<uint64_t>(D * 1000 + T * 10 + Hkv) + 7;
+            const auto q = testing::round_bf16(testing::random_floats(s.B * T * s.Hq * D, seed, -2.f, 2.f));
+            const auto k = testing::round_bf16(testing::random_floats(s.B * T * Hkv * D, seed + 1));
+            const auto v = testing::round_bf16(testing::random_floats(s.B * T * Hkv * D, seed + 2));
+            const std::vector<int32_t> docs = m.docs ? make_docs(s.B, T) : std::vector<int32_t>{};
+            const float scale = 1.f / std::sqrt(static_cast<float>(D));
+            std::vector<float> out(q.size()), lse(s.B * s.Hq * T);
+            cpu::attention_forward(s, q.data(), k.data(), v.data(), m.docs ? docs.data() : nullptr, scale, out.data(),
+                                   lse.data());
+
+            const cuda::AttentionShape gs{s.B, T, s.Hq, Hkv, D, m.window};
+            DeviceBuffer<bf16> dq(testing::to_bf16(q)), dk(testing::to_bf16(k)), dv(testing::to_bf16(v));
+            DeviceBuffer<int32_t> ddoc(docs.empty() ? std::vector<int32_t>{0} : docs);
+            DeviceBuffer<bf16> dout(q.size());
+            DeviceBuffer<float> dlse(lse.size());
+            dout.poison();
+            dlse.poison();
+            cuda::set_attention_wgmma(wgmma);
+            const std::string what = std::string(path) + " forward, " + describe(AttentionKernel::kTensorCore, s, m);
+            try {
+              cuda::attention_forward(gs, dq.get(), dk.get(), dv.get(), m.docs ? ddoc.get() : nullptr, scale,
+                                      dout.get(), dlse.get(), nullptr, AttentionKernel::kTensorCore);
+              cuda::check(cudaDeviceSynchronize(), "attention forward");
+            } catch (const std::exception& e) {
+              FAIL() << what << ": " << e.what();  // a failed launch leaves the device unusable: stop here
+            }
+            if (wgmma && !cuda::attention_wgmma_enabled())  // this was the first wgmma forward of this D
+              ADD_FAILURE() << what << ": the self-check turned the wgmma kernel off (see its stderr line); this "
+                            << "shape ran on mma.sync, the following ones test the wgmma kernel itself";
+            const std::vector<int64_t> q_dims{s.B, T, s.Hq, D}, lse_dims{s.B, s.Hq, T};
+            EXPECT_TENSOR_NEAR(what, testing::to_float(dout.download()), out, q_dims, "bthd", kBf16Tol);
+            EXPECT_TENSOR_NEAR(what, dlse.download(), lse, lse_dims, "bht", kLseTol);
+          }
+  }
+}
 
 TEST(CudaAttention, TensorCoreBackwardIsDeterministic) {
   LLM_SKIP_WITHOUT_GPU();

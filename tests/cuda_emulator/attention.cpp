@@ -28,6 +28,10 @@ cpu::AttentionShape cpu_shape(const AttentionShape& s) { return {s.B, s.T, s.Hq,
 
 }  // namespace
 
+// The emulator has one implementation of the forward; there is no wgmma kernel to run (its switch is
+// the real one, gemm_wgmma_switch.cpp).
+bool attention_wgmma_available() { return false; }
+
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
                        float scale, bf16* out, float* lse, cudaStream_t stream, AttentionKernel kernel) {
   constexpr const char* kFn = "cuda::attention_forward";
