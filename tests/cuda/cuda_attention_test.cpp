@@ -221,37 +221,39 @@ TEST(CudaAttention, TensorCoreForwardOnBothKernels) {
     bool was = cuda::attention_wgmma_enabled();
     ~RestoreSwitch() { cuda::set_attention_wgmma(was); }
   } restore;
-  for (bool wgmma : {true, false}) {
-    if (wgmma && !cuda::attention_wgmma_available()) {
-      std::printf("[ SKIPPED  ] the wgmma kernel half of CudaAttention.TensorCoreForwardOnBothKernels: not "
-                  "compiled in (CUDA architectures without 90a) or the device is not compute capability 9.0\n");
-      continue;
-    }
-    const char* path = wgmma ? "wgmma" : "mma.sync";
-    for (int64_t D : {64, 128})
-      for (int64_t T : {1, 17, 127, 129, 257, 1000})
-        for (int64_t Hkv : {4, 2, 1})
-          for (const Mask& m : kMasks) {
-            const cpu::AttentionShape s{2, T, 4, Hkv, D, m.window};
-            const uint64_t seed = static_cast<uint64_t>(D * 1000 + T * 10 + Hkv) + 7;
-            const auto q = testing::round_bf16(testing::random_floats(s.B * T * s.Hq * D, seed, -2.f, 2.f));
-            const auto k = testing::round_bf16(testing::random_floats(s.B * T * Hkv * D, seed + 1));
-            const auto v = testing::round_bf16(testing::random_floats(s.B * T * Hkv * D, seed + 2));
-            const std::vector<int32_t> docs = m.docs ? make_docs(s.B, T) : std::vector<int32_t>{};
-            const float scale = 1.f / std::sqrt(static_cast<float>(D));
-            std::vector<float> out(q.size()), lse(s.B * s.Hq * T);
-            cpu::attention_forward(s, q.data(), k.data(), v.data(), m.docs ? docs.data() : nullptr, scale, out.data(),
-                                   lse.data());
+  std::vector<bool> paths{false};  // wgmma on?
+  if (cuda::attention_wgmma_available())
+    paths.push_back(true);
+  else
+    std::printf("[ SKIPPED  ] the wgmma kernel half of CudaAttention.TensorCoreForwardOnBothKernels: not compiled "
+                "in (CUDA architectures without 90a) or the device is not compute capability 9.0\n");
+  for (int64_t D : {64, 128})
+    for (int64_t T : {1, 17, 127, 129, 257, 1000})
+      for (int64_t Hkv : {4, 2, 1})
+        for (const Mask& m : kMasks) {
+          const cpu::AttentionShape s{2, T, 4, Hkv, D, m.window};
+          const uint64_t seed = static_cast<uint64_t>(D * 1000 + T * 10 + Hkv) + 7;
+          const auto q = testing::round_bf16(testing::random_floats(s.B * T * s.Hq * D, seed, -2.f, 2.f));
+          const auto k = testing::round_bf16(testing::random_floats(s.B * T * Hkv * D, seed + 1));
+          const auto v = testing::round_bf16(testing::random_floats(s.B * T * Hkv * D, seed + 2));
+          const std::vector<int32_t> docs = m.docs ? make_docs(s.B, T) : std::vector<int32_t>{};
+          const float scale = 1.f / std::sqrt(static_cast<float>(D));
+          std::vector<float> out(q.size()), lse(s.B * s.Hq * T);
+          cpu::attention_forward(s, q.data(), k.data(), v.data(), m.docs ? docs.data() : nullptr, scale, out.data(),
+                                 lse.data());
+          const std::vector<int64_t> q_dims{s.B, T, s.Hq, D}, lse_dims{s.B, s.Hq, T};
 
-            const cuda::AttentionShape gs{s.B, T, s.Hq, Hkv, D, m.window};
-            DeviceBuffer<bf16> dq(testing::to_bf16(q)), dk(testing::to_bf16(k)), dv(testing::to_bf16(v));
-            DeviceBuffer<int32_t> ddoc(docs.empty() ? std::vector<int32_t>{0} : docs);
-            DeviceBuffer<bf16> dout(q.size());
-            DeviceBuffer<float> dlse(lse.size());
+          const cuda::AttentionShape gs{s.B, T, s.Hq, Hkv, D, m.window};
+          DeviceBuffer<bf16> dq(testing::to_bf16(q)), dk(testing::to_bf16(k)), dv(testing::to_bf16(v));
+          DeviceBuffer<int32_t> ddoc(docs.empty() ? std::vector<int32_t>{0} : docs);
+          DeviceBuffer<bf16> dout(q.size());
+          DeviceBuffer<float> dlse(lse.size());
+          for (bool wgmma : paths) {
+            const std::string what = std::string(wgmma ? "wgmma" : "mma.sync") + " forward, " +
+                                     describe(AttentionKernel::kTensorCore, s, m);
             dout.poison();
             dlse.poison();
             cuda::set_attention_wgmma(wgmma);
-            const std::string what = std::string(path) + " forward, " + describe(AttentionKernel::kTensorCore, s, m);
             try {
               cuda::attention_forward(gs, dq.get(), dk.get(), dv.get(), m.docs ? ddoc.get() : nullptr, scale,
                                       dout.get(), dlse.get(), nullptr, AttentionKernel::kTensorCore);
@@ -262,11 +264,11 @@ TEST(CudaAttention, TensorCoreForwardOnBothKernels) {
             if (wgmma && !cuda::attention_wgmma_enabled())  // this was the first wgmma forward of this D
               ADD_FAILURE() << what << ": the self-check turned the wgmma kernel off (see its stderr line); this "
                             << "shape ran on mma.sync, the following ones test the wgmma kernel itself";
-            const std::vector<int64_t> q_dims{s.B, T, s.Hq, D}, lse_dims{s.B, s.Hq, T};
-            EXPECT_TENSOR_NEAR(what, testing::to_float(dout.download()), out, q_dims, "bthd", kBf16Tol);
-            EXPECT_TENSOR_NEAR(what, dlse.download(), lse, lse_dims, "bht", kLseTol);
+            const std::vector<float> gpu_out = testing::to_float(dout.download()), gpu_lse = dlse.download();
+            EXPECT_TENSOR_NEAR(what, gpu_out, out, q_dims, "bthd", kBf16Tol);
+            EXPECT_TENSOR_NEAR(what, gpu_lse, lse, lse_dims, "bht", kLseTol);
           }
-  }
+        }
 }
 
 TEST(CudaAttention, TensorCoreBackwardIsDeterministic) {
