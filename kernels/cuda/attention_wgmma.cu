@@ -3,18 +3,20 @@
 // of each key tile on wgmma.
 //
 // One block per (batch row, query head, 128 queries): two warpgroups of 64 query rows each. The Q
-// tile is copied into shared memory once; key tiles of 128 keys (K and V) are double-buffered with
-// cp.async, as attention.cu's forward does with its 64-key tiles. Per key tile, each warpgroup that
-// sees some key of it:
+// tile is copied into shared memory once; key tiles of 128 keys (K and V) go through a ring of three
+// stages with cp.async. Per key tile, each warpgroup computes:
 //   S = Q·Kᵀ    wgmma m64n128k16, D/16 k-steps, both operands from shared memory, K-major: Q's rows
 //               are queries and K's rows keys, each with its d values contiguous (the GEMM's NT case,
 //               gemm_wgmma.cu, with the same 128-byte swizzle tiles and descriptor).
 //   softmax     online in fp32 on the accumulators, which have mma.m16n8k16's C layout per warp
 //               (thread: rows g, g + 8 of its warp's 16, columns 8j + 2c + {0, 1}; g = lane / 4,
-//               c = lane % 4), row max and sum over the quad's 4 lanes; masks only on tiles that
-//               need them (attention.cu's first(t) rule).
+//               c = lane % 4), row max and sum over the quad's 4 lanes; the mask of attention.cu's
+//               first(t) rule, skipped (by a select) on tiles every row sees whole.
 //   O += P·V    wgmma m64n64k16 per 64 columns of d, A = P from registers: mma.m16n8k16's A layout
 //               per warp, so P's accumulators pair up into it exactly as in attention.cu. B = V.
+// Both warpgroups walk all the block's key tiles, also one a warpgroup sees nothing of (a window or
+// document start between its rows and the other's: all masked, P = 0), so that the sequence of wgmma
+// never depends on data; ptxas serializes wgmma that a divergent path separates from its wait.
 //
 // V. The tile is stored exactly like K: row = key, its 64-column halves of d each a 128-byte swizzled
 // row. For P·V that is B = V stored K×N with N (= d) contiguous: MN-major, which wgmma reads with
@@ -26,11 +28,13 @@
 // wgmma_desc_mn_sw128_n64). The swizzle itself is a function of the address bits alone, the same
 // for both majors.
 //
-// Ordering. Per tile: cp.async of the next tile into the other stage (free: the previous iteration
-// ended with a barrier after every warpgroup's wgmma_wait), wait for this tile's group, fence it into
-// the async proxy, barrier; S (commit, wait), softmax, P·V (commit, wait), barrier. The wait right
-// after each product keeps the design simple to verify; the two warpgroups overlap each other's
-// softmax and products.
+// Ordering (iteration j, tile j in stage j % 3). Wait for tile j's copies (the newest group), fence
+// them into the async proxy, barrier; start tile j + 1's copies into the stage of tile j - 2, whose
+// last reader, the P·V of tile j - 2, every warpgroup waited for in iteration j - 1. Then per
+// warpgroup: issue S of tile j, issue the P·V of tile j - 1 (its P kept as A fragments, its V in stage
+// (j - 1) % 3), wait for S only (wait_group 1) and run the softmax while that P·V is on the tensor
+// cores, wait for it (wait_group 0), rescale O and pack P of tile j. The last tile's P·V follows the
+// loop. Iteration j reads only stages j % 3 (K) and (j - 1) % 3 (V), never the one being filled.
 //
 // The kernel body exists only in sm_90a code (wgmma has no plain sm_90 form); the host launches it
 // only when LLM_GEMM_WGMMA says that code was built and the device is compute capability 9.0, and,
@@ -63,10 +67,11 @@ static_assert(kBM == 128 && kBN == 128, "the tiles are 128 rows of D/64 sub-tile
 // A Q, K or V tile: D/64 sub-tiles of 128 rows × 64 columns, each 1024-byte aligned.
 template <int D>
 constexpr int kTileBytes = kSubTileBytes * (D / 64);
-// Q, then K and V of two stages, + room to align the base to 1024 bytes.
+constexpr int kStages = 3;  // K and V tiles in flight: being copied, read by S, read by P·V
+// Q, then K and V of each stage, + room to align the base to 1024 bytes.
 template <int D>
 constexpr size_t smem_bytes() {
-  return 5 * kTileBytes<D> + 1024;
+  return (1 + 2 * kStages) * kTileBytes<D> + 1024;
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -116,8 +121,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
   const int warpgroup = static_cast<int>(threadIdx.x / 128), warp = static_cast<int>(threadIdx.x % 128) / 32;
   const int lane = static_cast<int>(threadIdx.x % 32), g = lane / 4, c = lane % 4;
   const int wg0 = warpgroup * 64, r0 = t0 + wg0;
-  const bool wg_active = r0 < p.T;  // warpgroup-uniform, as every wgmma needs
-  const int first_min = first_s[wg0], first_max = first_s[wg0 + 63];  // first() never decreases
+  const int first_max = first_s[wg0 + 63];  // first() never decreases
   const int row_lo = r0 + warp * 16 + g;
   const int first_lo = first_s[wg0 + warp * 16 + g], first_hi = first_s[wg0 + warp * 16 + g + 8];
 
@@ -138,104 +142,140 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
   // Running max (log2 units) and this thread's partial row sums, rows row_lo and row_lo + 8.
   float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
 
-  for (int tile = tile_begin; tile < tile_end; ++tile) {
-    const int stage = (tile - tile_begin) & 1;
-    if (tile + 1 < tile_end) {  // the other stage was last read before the previous iteration's barrier
-      load_tile<D>(k_tile(stage ^ 1), k_rows, kv_stride, (tile + 1) * kBN, p.T);
-      load_tile<D>(v_tile(stage ^ 1), v_rows, kv_stride, (tile + 1) * kBN, p.T);
+  // S = Q·Kᵀ of the tile in `stage`: k-step kk reads d 16kk .. 16kk + 15, 32 bytes into the rows of
+  // sub-tile kk / 4; this warpgroup's A is its 64 rows of Q (8 swizzle atoms), B all 128 keys.
+  float s[kBN / 2];
+  auto issue_s = [&](int stage) {
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t a = q_tile + (kk / 4) * kSubTileBytes + wg0 * kRowBytes + (kk % 4) * 32;
+      const uint32_t bk = k_tile(stage) + (kk / 4) * kSubTileBytes + (kk % 4) * 32;
+      ptx::wgmma_m64n128k16_bf16(s, ptx::wgmma_desc_k_sw128(a), ptx::wgmma_desc_k_sw128(bk), kk > 0);
     }
-    ptx::cp_async_commit();  // possibly empty, so that "all but the newest" is always this tile's group
-    ptx::cp_async_wait<1>();
-    ptx::fence_proxy_async_shared();
-    __syncthreads();
-
-    const int k0 = tile * kBN;
-    if (wg_active && k0 <= r0 + 63 && k0 + kBN - 1 >= first_min) {  // some row sees some key
-      // S = Q·Kᵀ: k-step kk reads d 16kk .. 16kk + 15, 32 bytes into the rows of sub-tile kk / 4; this
-      // warpgroup's A is its 64 rows of Q (8 swizzle atoms), B all 128 keys.
-      float s[kBN / 2];
-      ptx::wgmma_fence();
+    ptx::wgmma_commit();
+  };
+  // P of the previous tile as the A fragments of its key steps kk (keys 16kk ..): pa[kk] = (row g,
+  // keys 2c, 2c + 1), (g + 8, the same), (g, 2c + 8, 2c + 9), (g + 8, the same), i.e. accumulators
+  // 8kk + 0, 1 | 2, 3 | 4, 5 | 6, 7 of its S.
+  uint32_t pa[kBN / 16][4];
+  // O += P·V of the tile in `stage`: key step kk reads V's keys 16kk .. 16kk + 15, 2048 bytes into
+  // each 64-column sub-tile.
+  auto issue_pv = [&](int stage) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t a = q_tile + (kk / 4) * kSubTileBytes + wg0 * kRowBytes + (kk % 4) * 32;
-        const uint32_t bk = k_tile(stage) + (kk / 4) * kSubTileBytes + (kk % 4) * 32;
-        ptx::wgmma_m64n128k16_bf16(s, ptx::wgmma_desc_k_sw128(a), ptx::wgmma_desc_k_sw128(bk), kk > 0);
-      }
-      ptx::wgmma_commit();
-      ptx::wgmma_wait<0>();
-      ptx::wgmma_fence_operand(s);
-
-      // s[4j + e]: row row_lo + 8·(e / 2), key k0 + 8j + 2c + e % 2.
-      const bool masked = !(k0 + kBN - 1 <= r0 && k0 >= first_max);  // not every row sees every key
-      float mx_lo = m_lo, mx_hi = m_hi;
+    for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(o[n]);
+    ptx::wgmma_fence();
 #pragma unroll
-      for (int j = 0; j < kBN / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[4 * j + e] * scale_log2;
-          if (masked) {
-            const int key = k0 + 8 * j + 2 * c + (e & 1);
-            const bool hi = e >> 1;
-            if (!(key >= (hi ? first_hi : first_lo) && key <= row_lo + 8 * hi)) x = -INFINITY;
-          }
-          s[4 * j + e] = x;
-          if (e < 2) mx_lo = fmaxf(mx_lo, x);
-          else mx_hi = fmaxf(mx_hi, x);
-        }
-      // A row's 128 values are spread over the 4 lanes of a quad.
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(kFullMask, mx_lo, 1));
-      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(kFullMask, mx_lo, 2));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(kFullMask, mx_hi, 1));
-      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(kFullMask, mx_hi, 2));
-      // A row that has seen nothing yet (max -inf) shifts by 0: exp2 then gives exact zeros, not NaN.
-      const float shift_lo = mx_lo == -INFINITY ? 0.f : mx_lo, shift_hi = mx_hi == -INFINITY ? 0.f : mx_hi;
-      const float alpha_lo = exp2f(m_lo - shift_lo), alpha_hi = exp2f(m_hi - shift_hi);
-      m_lo = mx_lo;
-      m_hi = mx_hi;
-      l_lo *= alpha_lo;
-      l_hi *= alpha_hi;
+    for (int kk = 0; kk < kBN / 16; ++kk)
 #pragma unroll
       for (int n = 0; n < D / 64; ++n)
+        ptx::wgmma_m64n64k16_bf16_rs_tnsp_b(
+            o[n], pa[kk], ptx::wgmma_desc_mn_sw128_n64(v_tile(stage) + n * kSubTileBytes + kk * 16 * kRowBytes));
+    ptx::wgmma_commit();
+  };
+  auto finish_pv = [&] {  // after the wait that covers issue_pv's group
 #pragma unroll
-        for (int i = 0; i < 32; ++i) o[n][i] *= (i & 2) ? alpha_hi : alpha_lo;
+    for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(o[n]);
 #pragma unroll
-      for (int j = 0; j < kBN / 8; ++j) {
-        s[4 * j] = exp2f(s[4 * j] - shift_lo);
-        s[4 * j + 1] = exp2f(s[4 * j + 1] - shift_lo);
-        s[4 * j + 2] = exp2f(s[4 * j + 2] - shift_hi);
-        s[4 * j + 3] = exp2f(s[4 * j + 3] - shift_hi);
-        l_lo += s[4 * j] + s[4 * j + 1];
-        l_hi += s[4 * j + 2] + s[4 * j + 3];
+    for (int kk = 0; kk < kBN / 16; ++kk) ptx::wgmma_fence_operand(pa[kk]);  // read until the wait
+  };
+  // The online softmax of S (keys k0 ..), in place, into exp2 values; returns the factors the old O
+  // rows must be scaled by. Branch-free (selects), so that no divergent path lies between a wgmma and
+  // its wait: ptxas would serialize the products otherwise.
+  auto softmax = [&](int k0, float& alpha_lo, float& alpha_hi) {
+    // s[4j + e]: row row_lo + 8·(e / 2), key k0 + 8j + 2c + e % 2.
+    const bool whole = k0 + kBN - 1 <= r0 && k0 >= first_max;  // every row sees every key
+    float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+    for (int jj = 0; jj < kBN / 8; ++jj)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + 8 * jj + 2 * c + (e & 1);
+        const bool hi = e >> 1;
+        const bool visible = whole || (key >= (hi ? first_hi : first_lo) && key <= row_lo + 8 * hi);
+        const float x = visible ? s[4 * jj + e] * scale_log2 : -INFINITY;
+        s[4 * jj + e] = x;
+        if (e < 2) mx_lo = fmaxf(mx_lo, x);
+        else mx_hi = fmaxf(mx_hi, x);
       }
-      // P as the A fragments of the key steps kk (keys 16kk ..): (row g, keys 2c, 2c + 1), (g + 8, the
-      // same), (g, 2c + 8, 2c + 9), (g + 8, the same): accumulators 8kk + 0, 1 | 2, 3 | 4, 5 | 6, 7.
-      uint32_t pa[kBN / 16][4];
+    // A row's 128 values are spread over the 4 lanes of a quad.
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(kFullMask, mx_lo, 1));
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(kFullMask, mx_lo, 2));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(kFullMask, mx_hi, 1));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(kFullMask, mx_hi, 2));
+    // A row that has seen nothing yet (max -inf) shifts by 0: exp2 then gives exact zeros, not NaN.
+    const float shift_lo = mx_lo == -INFINITY ? 0.f : mx_lo, shift_hi = mx_hi == -INFINITY ? 0.f : mx_hi;
+    alpha_lo = exp2f(m_lo - shift_lo);
+    alpha_hi = exp2f(m_hi - shift_hi);
+    m_lo = mx_lo;
+    m_hi = mx_hi;
+    l_lo *= alpha_lo;
+    l_hi *= alpha_hi;
 #pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) pa[kk][r] = ptx::pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
-
-      // O += P·V: key step kk reads V's keys 16kk .. 16kk + 15, 2048 bytes into each sub-tile.
-#pragma unroll
-      for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(o[n]);
-      ptx::wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-#pragma unroll
-        for (int n = 0; n < D / 64; ++n)
-          ptx::wgmma_m64n64k16_bf16_rs_tnsp_b(
-              o[n], pa[kk], ptx::wgmma_desc_mn_sw128_n64(v_tile(stage) + n * kSubTileBytes + kk * 16 * kRowBytes));
-      ptx::wgmma_commit();
-      ptx::wgmma_wait<0>();
-#pragma unroll
-      for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(o[n]);
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) ptx::wgmma_fence_operand(pa[kk]);  // read until the wait
+    for (int jj = 0; jj < kBN / 8; ++jj) {
+      s[4 * jj] = exp2f(s[4 * jj] - shift_lo);
+      s[4 * jj + 1] = exp2f(s[4 * jj + 1] - shift_lo);
+      s[4 * jj + 2] = exp2f(s[4 * jj + 2] - shift_hi);
+      s[4 * jj + 3] = exp2f(s[4 * jj + 3] - shift_hi);
+      l_lo += s[4 * jj] + s[4 * jj + 1];
+      l_hi += s[4 * jj + 2] + s[4 * jj + 3];
     }
-    __syncthreads();  // every warpgroup is done with this stage before it is refilled
+  };
+  // O moves to the new max (the previous tiles' products all in it), and P becomes the next A.
+  auto rescale_and_pack = [&](float alpha_lo, float alpha_hi) {
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) o[n][i] *= (i & 2) ? alpha_hi : alpha_lo;
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) pa[kk][r] = ptx::pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+  };
+  // Tile j's copies have landed and every thread sees them in the async proxy; then tile j + 1's copies
+  // start, into the stage of tile j - 2, whose last reader (the P·V of tile j - 2) every warpgroup
+  // waited for in iteration j - 1, before this barrier. Iteration j reads K of tile j and V of tile
+  // j - 1: the other two stages.
+  auto next_tile = [&](int tile) {
+    const int j = tile - tile_begin;
+    ptx::cp_async_wait<0>();  // tile j is the newest group, committed in the previous iteration
+    ptx::fence_proxy_async_shared();
+    __syncthreads();
+    if (tile + 1 < tile_end) {
+      load_tile<D>(k_tile((j + 1) % kStages), k_rows, kv_stride, (tile + 1) * kBN, p.T);
+      load_tile<D>(v_tile((j + 1) % kStages), v_rows, kv_stride, (tile + 1) * kBN, p.T);
+    }
+    ptx::cp_async_commit();
+    return j % kStages;
+  };
+
+  // Every warpgroup walks every key tile of the block (a tile it sees nothing of is all masked: P = 0,
+  // O unchanged), so the wgmma sequence never depends on data. The first tile has no P·V before it.
+  float alpha_lo, alpha_hi;
+  int stage = next_tile(tile_begin);
+  issue_s(stage);
+  ptx::wgmma_wait<0>();
+  ptx::wgmma_fence_operand(s);
+  softmax(tile_begin * kBN, alpha_lo, alpha_hi);
+  rescale_and_pack(alpha_lo, alpha_hi);
+  for (int tile = tile_begin + 1; tile < tile_end; ++tile) {
+    const int previous = stage;
+    stage = next_tile(tile);
+    // S of this tile, then the previous tile's P·V behind it on the tensor cores while the softmax runs.
+    issue_s(stage);
+    issue_pv(previous);
+    ptx::wgmma_wait<1>();  // S: every group but the newest (P·V) is done
+    ptx::wgmma_fence_operand(s);
+    softmax(tile * kBN, alpha_lo, alpha_hi);
+    ptx::wgmma_wait<0>();
+    finish_pv();
+    rescale_and_pack(alpha_lo, alpha_hi);
   }
-  ptx::cp_async_wait<0>();  // only empty groups can be pending here; leave none behind
-  if (!wg_active) return;
+  issue_pv(stage);  // the last tile's (no copy overwrites its stage any more)
+  ptx::wgmma_wait<0>();
+  finish_pv();
+  ptx::cp_async_wait<0>();  // only an empty group can be pending here; leave none behind
+  if (r0 >= p.T) return;  // this warpgroup's rows are all past the end
 
   l_lo += __shfl_xor_sync(kFullMask, l_lo, 1);
   l_lo += __shfl_xor_sync(kFullMask, l_lo, 2);
