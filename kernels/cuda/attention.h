@@ -37,7 +37,7 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
 // else on the mma.sync kernel; the backward is always mma.sync. The switch is process-wide; it starts
 // on, or off when the environment variable LLM_CUDA_WGMMA=0 is set (the GEMM's switch reads the same).
 // The first wgmma forward of each D in a process first runs a self-check against the mma.sync kernel
-// (a small causal problem, a few milliseconds); if they disagree it turns the switch off and says so
+// (a small causal problem, about a millisecond); if they disagree it turns the switch off and says so
 // once on stderr. Tests use the switch to check both kernels.
 void set_attention_wgmma(bool enabled);
 bool attention_wgmma_enabled();
