@@ -191,8 +191,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                          });
 
 // The wgmma forward's self-check (attention.h) passes: the switch is still on after the first forward of
-// each D. Defined before every other test of this file so it runs first, on a process where nothing
-// has forced the switch yet.
+// each D. The first test of this file to run (plain tests run in their order, before the parameterized
+// ones), so nothing has forced the switch yet.
 TEST(CudaAttention, WgmmaForwardPassesItsSelfCheck) {
   LLM_SKIP_WITHOUT_GPU();
   if (!cuda::attention_wgmma_available())
