@@ -192,7 +192,8 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
       for (int e = 0; e < 4; ++e) {
         const int key = k0 + 8 * jj + 2 * c + (e & 1);
         const bool hi = e >> 1;
-        const bool visible = whole || (key >= (hi ? first_hi : first_lo) && key <= row_lo + 8 * hi);
+        // Bitwise, not short-circuit: no branches, even in the PTX.
+        const bool visible = whole | ((key >= (hi ? first_hi : first_lo)) & (key <= row_lo + 8 * hi));
         const float x = visible ? s[4 * jj + e] * scale_log2 : -INFINITY;
         s[4 * jj + e] = x;
         if (e < 2) mx_lo = fmaxf(mx_lo, x);
