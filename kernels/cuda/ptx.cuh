@@ -1,9 +1,8 @@
 // The PTX instructions the tensor-core kernels (gemm_native.cu, gemm_wgmma.cu, attention.cu,
 // attention_wgmma.cu) are built from: asynchronous global→shared copies, ldmatrix and the bf16
-// m16n8k16 tensor-core product (sm_80+);
-// Hopper's warpgroup product wgmma and its fences (sm_90a only: use them inside
-// `#if defined(__CUDA_ARCH_FEAT_SM90_ALL)`). The "memory" clobbers keep the compiler from moving
-// shared-memory traffic across the copies, their waits and the barriers.
+// m16n8k16 tensor-core product (sm_80+); Hopper's warpgroup product wgmma and its fences (sm_90a
+// only: use them inside `#if defined(__CUDA_ARCH_FEAT_SM90_ALL)`). The "memory" clobbers keep the
+// compiler from moving shared-memory traffic across the copies, their waits and the barriers.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -141,9 +140,9 @@ __device__ __forceinline__ void wgmma_m64n256k16_bf16(float (&d)[128], uint64_t 
       : "memory");
 }
 
-// Pins the compiler's ordering of accumulator registers around the asynchronous wgmma: an empty asm
-// that "reads and writes" x, so no computation on x moves across the wgmma_fence / wgmma_wait next
-// to it (the register is in flight between the two).
+// Pins the compiler's ordering of a wgmma's register operands (accumulators, A fragments) around the
+// asynchronous product: an empty asm that "reads and writes" x, so no computation on x moves across
+// the wgmma_fence / wgmma_wait next to it, and its registers are not reused before the wait.
 template <int N>
 __device__ __forceinline__ void wgmma_fence_operand(float (&x)[N]) {
 #pragma unroll
