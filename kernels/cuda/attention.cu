@@ -121,7 +121,7 @@ __global__ void simple_forward_kernel(Params p) {
       acc[j] = acc[j] * alpha + (lane + 32 * j < p.D ? e * __bfloat162float(vrow[lane + 32 * j]) : 0.f);
     m = m_new;
   }
-  store_row(p.o + p.q_row(b, t, h), p.D, acc, 1.f / l);  // l ≥ 1: key t itself is always visible
+  store_row(p.o + p.o_row(b, t, h), p.D, acc, 1.f / l);  // l ≥ 1: key t itself is always visible
   if ((threadIdx.x & 31) == 0) p.lse_out[p.stat(b, h, t)] = m + logf(l);
 }
 
@@ -133,7 +133,7 @@ __global__ void simple_dq_kernel(Params p) {
   const int hk = h / p.group;
   float q[kPerLane], dout[kPerLane], dq[kPerLane];
   load_row(p.q + p.q_row(b, t, h), p.D, q);
-  load_row(p.dout + p.q_row(b, t, h), p.D, dout);
+  load_row(p.dout + p.o_row(b, t, h), p.D, dout);
   for (int j = 0; j < kPerLane; ++j) dq[j] = 0.f;
   const float lse = p.lse[p.stat(b, h, t)], delta = p.delta[p.stat(b, h, t)];
   const int lane = threadIdx.x & 31;
@@ -164,7 +164,7 @@ __global__ void simple_dkv_kernel(Params p) {
     const int h = hk * p.group + g;
     for (int t = s; t < p.T && first_key[t] <= s; ++t) {
       const bf16* qrow = p.q + p.q_row(b, t, h);
-      const bf16* dorow = p.dout + p.q_row(b, t, h);
+      const bf16* dorow = p.dout + p.o_row(b, t, h);
       const float prob = expf(p.scale * dot_row(k, qrow, p.D) - p.lse[p.stat(b, h, t)]);
       const float ds = prob * (dot_row(v, dorow, p.D) - p.delta[p.stat(b, h, t)]);
 #pragma unroll
@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(Params p) {
   __syncthreads();
   const int tile_begin = block_first_key / kTile, tile_end = (min(t0 + kTile, p.T) - 1) / kTile + 1;
 
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
+  const int64_t q_stride = p.q_stride, kv_stride = p.kv_stride;
   const bf16* k_rows = p.k + p.kv_row(b, 0, hk);
   const bf16* v_rows = p.v + p.kv_row(b, 0, hk);
   load_tile<D>(q_s, p.q + p.q_row(b, 0, h), q_stride, t0, p.T);
@@ -419,7 +419,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(Params p) {
     const int row = rows.row_lo + half * 8;
     if (row >= p.T) continue;
     const float l = half ? l_hi : l_lo, m = half ? m_hi : m_lo, inv = l > 0.f ? 1.f / l : 0.f;
-    bf16* dst = p.o + p.q_row(b, row, h) + 2 * c;
+    bf16* dst = p.o + p.o_row(b, row, h) + 2 * c;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
       *reinterpret_cast<__nv_bfloat162*>(dst + n * 8) = __floats2bfloat162_rn(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
@@ -471,12 +471,11 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(Params p) {
   }
   const int n_iter = n_q * p.group;
 
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
   // Iteration `it` handles query head hk·group + it / n_q and queries k0 + (it % n_q)·64 ...
   auto load_stage = [&](int it, int stage) {
     const int h = hk * p.group + it / n_q, t0 = k0 + (it % n_q) * kTile;
-    load_tile<D>(q_s + stage * kTile * D, p.q + p.q_row(b, 0, h), q_stride, t0, p.T);
-    load_tile<D>(do_s + stage * kTile * D, p.dout + p.q_row(b, 0, h), q_stride, t0, p.T);
+    load_tile<D>(q_s + stage * kTile * D, p.q + p.q_row(b, 0, h), p.q_stride, t0, p.T);
+    load_tile<D>(do_s + stage * kTile * D, p.dout + p.o_row(b, 0, h), p.Hq * D, t0, p.T);
     if (threadIdx.x < kTile) {
       const int t = t0 + threadIdx.x;
       const bool valid = t < p.T;
@@ -486,8 +485,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(Params p) {
       cp_async4(first_s + stage * kTile + threadIdx.x, first_key + (valid ? t : 0), valid);
     }
   };
-  load_tile<D>(k_s, p.k + p.kv_row(b, 0, hk), kv_stride, k0, p.T);
-  load_tile<D>(v_s, p.v + p.kv_row(b, 0, hk), kv_stride, k0, p.T);
+  load_tile<D>(k_s, p.k + p.kv_row(b, 0, hk), p.kv_stride, k0, p.T);
+  load_tile<D>(v_s, p.v + p.kv_row(b, 0, hk), p.kv_stride, k0, p.T);
   load_stage(0, 0);
   cp_async_commit();
 
@@ -636,11 +635,11 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(Params p) {
   const float lse_lo = p.lse[p.stat(b, h, row_lo)] * kLog2e, lse_hi = p.lse[p.stat(b, h, row_hi)] * kLog2e;
   const float delta_lo = p.delta[p.stat(b, h, row_lo)], delta_hi = p.delta[p.stat(b, h, row_hi)];
 
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
+  const int64_t q_stride = p.q_stride, kv_stride = p.kv_stride, o_stride = static_cast<int64_t>(p.Hq) * D;
   const bf16* k_rows = p.k + p.kv_row(b, 0, hk);
   const bf16* v_rows = p.v + p.kv_row(b, 0, hk);
   load_tile<D>(q_s, p.q + p.q_row(b, 0, h), q_stride, t0, p.T);
-  load_tile<D>(do_s, p.dout + p.q_row(b, 0, h), q_stride, t0, p.T);
+  load_tile<D>(do_s, p.dout + p.o_row(b, 0, h), o_stride, t0, p.T);
   load_tile<D>(k_s, k_rows, kv_stride, tile_begin * kTile, p.T);
   load_tile<D>(v_s, v_rows, kv_stride, tile_begin * kTile, p.T);
   cp_async_commit();
@@ -733,6 +732,8 @@ Params make_params(const AttentionShape& s, const bf16* q, const bf16* k, const 
   p.D = static_cast<int>(s.D);
   p.group = static_cast<int>(s.Hq / s.Hkv);
   p.window = static_cast<int>(s.window);
+  p.q_stride = static_cast<int>(s.q_row_stride());
+  p.kv_stride = static_cast<int>(s.kv_row_stride());
   p.scale = scale;
   p.q = q;
   p.k = k;

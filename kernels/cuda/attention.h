@@ -15,6 +15,12 @@ struct AttentionShape {
   int64_t Hkv;  // key/value heads; Hq % Hkv == 0 and query head h reads kv head h / (Hq / Hkv)
   int64_t D;    // head dimension: 64 and 128 take the tensor-core kernels; others (even, ≤ 256) a slower path
   int64_t window = 0;  // sliding window (Mistral): query t also needs key s > t - window; 0: unlimited
+  // Elements from one token's row to the next in q and dq, and in k, v, dk and dv (0: dense, Hq·D and
+  // Hkv·D); out, dout, lse are dense. The tensor-core kernels need multiples of 8 (16-byte rows).
+  int64_t q_stride = 0;
+  int64_t kv_stride = 0;
+  int64_t q_row_stride() const { return q_stride ? q_stride : Hq * D; }
+  int64_t kv_row_stride() const { return kv_stride ? kv_stride : Hkv * D; }
 };
 
 // Which implementation runs. kSimple: one warp per query (or key) row with scalar fp32 arithmetic, any

@@ -50,6 +50,7 @@ __device__ __forceinline__ int warp_first_keys(const int32_t* doc_row, int T, in
 
 struct Params {
   int B, T, Hq, Hkv, D, group, window;
+  int q_stride, kv_stride;  // elements between tokens of q, dq and of k, v, dk, dv (never 0 here)
   float scale;
   const bf16 *q, *k, *v, *out, *dout;
   const int32_t* doc;  // forward: document ids (or null)
@@ -59,8 +60,10 @@ struct Params {
   float* delta;  // [B, Hq, T]
   bf16 *o, *dq, *dk, *dv;
 
-  __device__ int64_t q_row(int b, int t, int h) const { return ((static_cast<int64_t>(b) * T + t) * Hq + h) * D; }
-  __device__ int64_t kv_row(int b, int t, int h) const { return ((static_cast<int64_t>(b) * T + t) * Hkv + h) * D; }
+  // Offsets of head h of token t of batch row b: in q and dq; in k, v, dk and dv; in the dense out and dout.
+  __device__ int64_t q_row(int b, int t, int h) const { return (static_cast<int64_t>(b) * T + t) * q_stride + h * D; }
+  __device__ int64_t kv_row(int b, int t, int h) const { return (static_cast<int64_t>(b) * T + t) * kv_stride + h * D; }
+  __device__ int64_t o_row(int b, int t, int h) const { return ((static_cast<int64_t>(b) * T + t) * Hq + h) * D; }
   __device__ int64_t stat(int b, int h, int t) const { return (static_cast<int64_t>(b) * Hq + h) * T + t; }
 };
 

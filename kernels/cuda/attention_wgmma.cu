@@ -125,10 +125,10 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
   const int row_lo = r0 + warp * 16 + g;
   const int first_lo = first_s[wg0 + warp * 16 + g], first_hi = first_s[wg0 + warp * 16 + g + 8];
 
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
+  const int64_t kv_stride = p.kv_stride;
   const bf16* k_rows = p.k + p.kv_row(b, 0, hk);
   const bf16* v_rows = p.v + p.kv_row(b, 0, hk);
-  load_tile<D>(q_tile, p.q + p.q_row(b, 0, h), q_stride, t0, p.T);
+  load_tile<D>(q_tile, p.q + p.q_row(b, 0, h), p.q_stride, t0, p.T);
   load_tile<D>(k_tile(0), k_rows, kv_stride, tile_begin * kBN, p.T);
   load_tile<D>(v_tile(0), v_rows, kv_stride, tile_begin * kBN, p.T);
   ptx::cp_async_commit();
@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
     const int row = row_lo + half * 8;
     if (row >= p.T) continue;
     const float l = half ? l_hi : l_lo, m = half ? m_hi : m_lo, inv = l > 0.f ? 1.f / l : 0.f;
-    bf16* dst = p.o + p.q_row(b, row, h) + 2 * c;
+    bf16* dst = p.o + p.o_row(b, row, h) + 2 * c;
 #pragma unroll
     for (int n = 0; n < D / 64; ++n)
 #pragma unroll
@@ -361,6 +361,8 @@ std::string self_check(int D) {
   p.Hkv = Hkv;
   p.D = D;
   p.group = Hq / Hkv;
+  p.q_stride = Hq * D;
+  p.kv_stride = Hkv * D;
   p.scale = 1.f / std::sqrt(static_cast<float>(D));
   p.q = q.ptr;
   p.k = kv.ptr;
