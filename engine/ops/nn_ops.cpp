@@ -434,7 +434,9 @@ namespace {
 AttentionBackend g_attention_backend = AttentionBackend::kAuto;
 
 #ifdef LLM_HAVE_CUDA
-cuda::AttentionShape cuda_shape(const cpu::AttentionShape& s) { return {s.B, s.T, s.Hq, s.Hkv, s.D, s.window}; }
+cuda::AttentionShape cuda_shape(const cpu::AttentionShape& s) {
+  return {s.B, s.T, s.Hq, s.Hkv, s.D, s.window, s.q_stride, s.kv_stride};
+}
 cuda::AttentionKernel attention_kernel() {
   switch (g_attention_backend) {
     case AttentionBackend::kSimple: return cuda::AttentionKernel::kSimple;

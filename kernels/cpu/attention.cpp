@@ -276,7 +276,7 @@ void pack_kv_tile(const AttentionShape& sh, const float* k, const float* v, cons
       std::fill(vrow, vrow + p.Dp, 0.f);
       continue;
     }
-    const int64_t src = ((b * sh.T + tile * kBK + j) * sh.Hkv + h) * sh.D;
+    const int64_t src = (b * sh.T + tile * kBK + j) * sh.kv_row_stride() + h * sh.D;
     for (int64_t d = 0; d < sh.D; ++d) kt[d * kBK + j] = k[src + d];
     std::memcpy(vrow, v + src, sizeof(float) * sh.D);
     std::fill(vrow + sh.D, vrow + p.Dp, 0.f);
@@ -304,6 +304,7 @@ void attention_forward(const AttentionShape& sh, const float* q, const float* k,
                        const int32_t* doc, float scale, float* out, float* lse) {
   const int64_t B = sh.B, T = sh.T, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D, group = Hq / Hkv;
   if (B <= 0 || T <= 0 || Hq <= 0 || D <= 0) return;
+  const int64_t q_stride = sh.q_row_stride();
   const std::vector<int64_t> doc_start = document_starts(B, T, doc, sh.window);
   const PackedKV kv = packed_kv_buffers(sh);
   const int64_t Dp = kv.Dp, num_blocks = (T + kBQ - 1) / kBQ, jobs = B * Hq * num_blocks;
@@ -327,7 +328,7 @@ void attention_forward(const AttentionShape& sh, const float* q, const float* k,
       const int64_t hk = h / group, t0 = block * kBQ, M = std::min(kBQ, T - t0), t_last = t0 + M - 1;
       const int64_t* starts = doc_start.data() + b * T;
       for (int64_t i = 0; i < M; ++i) {
-        const float* src = q + ((b * T + t0 + i) * Hq + h) * D;
+        const float* src = q + (b * T + t0 + i) * q_stride + h * D;
         for (int64_t d = 0; d < D; ++d) qs[i * Dp + d] = scale * src[d];
       }
       std::fill(acc, acc + M * Dp, 0.f);
@@ -391,6 +392,7 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
                         const float* dout, float* dq, float* dk, float* dv) {
   const int64_t B = sh.B, T = sh.T, Hq = sh.Hq, Hkv = sh.Hkv, D = sh.D, group = Hq / Hkv;
   if (B <= 0 || T <= 0 || Hq <= 0 || D <= 0) return;
+  const int64_t q_stride = sh.q_row_stride(), kv_stride = sh.kv_row_stride();
   const std::vector<int64_t> doc_start = document_starts(B, T, doc, sh.window);
   const int64_t Dp = round_up(D, kW), num_tiles = (T + kBwdBK - 1) / kBwdBK;
   constexpr int64_t BQ = kBwdBQ, BK = kBwdBK;
@@ -398,12 +400,12 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
   // Rows [t0, t0 + n) of query head h: scale·Q and dO padded to Dp, and Δ = rowsum(dO ⊙ O).
   auto pack_rows = [&](int64_t b, int64_t h, int64_t t0, int64_t n, float* qs, float* dos, float* delta) {
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t src = ((b * T + t0 + i) * Hq + h) * D;
+      const int64_t src = ((b * T + t0 + i) * Hq + h) * D, q_src = (b * T + t0 + i) * q_stride + h * D;
       float* qrow = qs + i * Dp;
       float* drow = dos + i * Dp;
       float dot = 0.f;
       for (int64_t d = 0; d < D; ++d) {
-        qrow[d] = scale * q[src + d];
+        qrow[d] = scale * q[q_src + d];
         drow[d] = dout[src + d];
         dot += dout[src + d] * out[src + d];
       }
@@ -417,7 +419,7 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
     const int64_t k0 = tile * BK, tile_keys = std::min(BK, T - k0);
     for (int64_t j = 0; j < BK; ++j) {
       const bool real = j < tile_keys;
-      const int64_t src = ((b * T + k0 + j) * Hkv + hk) * D;
+      const int64_t src = (b * T + k0 + j) * kv_stride + hk * D;
       for (int64_t d = 0; d < D; ++d) {
         kt[d * BK + j] = real ? k[src + d] : 0.f;
         vt[d * BK + j] = real ? v[src + d] : 0.f;
@@ -465,7 +467,7 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
   };
   auto write_kv_tile = [&](int64_t b, int64_t hk, int64_t tile, const float* dk_acc, const float* dv_acc) {
     for (int64_t j = 0; j < std::min(BK, T - tile * BK); ++j) {
-      const int64_t dst = ((b * T + tile * BK + j) * Hkv + hk) * D;
+      const int64_t dst = (b * T + tile * BK + j) * kv_stride + hk * D;
       std::memcpy(dk + dst, dk_acc + j * Dp, sizeof(float) * D);
       std::memcpy(dv + dst, dv_acc + j * Dp, sizeof(float) * D);
     }
@@ -521,7 +523,7 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
         }
         for (int64_t g = 0; g < group; ++g)
           for (int64_t t = 0; t < T; ++t)
-            std::memcpy(dq + ((b * T + t) * Hq + hk * group + g) * D, dqs + (g * T + t) * Dp,
+            std::memcpy(dq + (b * T + t) * q_stride + (hk * group + g) * D, dqs + (g * T + t) * Dp,
                         sizeof(float) * D);
       }
     } else {
@@ -556,7 +558,7 @@ void attention_backward(const AttentionShape& sh, const float* q, const float* k
           gemm<true>(M, Dp, keys, ds, BK, 1, ks, Dp, dqs, Dp);
         }
         for (int64_t i = 0; i < M; ++i)
-          std::memcpy(dq + ((b * T + t0 + i) * Hq + h) * D, dqs + i * Dp, sizeof(float) * D);
+          std::memcpy(dq + (b * T + t0 + i) * q_stride + h * D, dqs + i * Dp, sizeof(float) * D);
       }
     }
   }

@@ -12,10 +12,16 @@ struct AttentionShape {
   int64_t Hkv;  // key/value heads; Hq % Hkv == 0 and query head h reads kv head h / (Hq / Hkv)
   int64_t D;    // head dimension
   int64_t window = 0;  // sliding window (Mistral): query t also needs key s > t - window; 0: unlimited
+  // Elements from one token's row to the next in q and dq, and in k, v, dk and dv: views into a fused
+  // qkv tensor (and its gradient) need no copies. 0: dense (Hq·D and Hkv·D). out, dout, lse are dense.
+  int64_t q_stride = 0;
+  int64_t kv_stride = 0;
+  int64_t q_row_stride() const { return q_stride ? q_stride : Hq * D; }
+  int64_t kv_row_stride() const { return kv_stride ? kv_stride : Hkv * D; }
 };
 
-// Layouts (contiguous, row-major): q, out, dout, dq: [B, T, Hq, D]; k, v, dk, dv: [B, T, Hkv, D];
-// lse: [B, Hq, T] (natural-log sum of exp of the scaled scores, saved for backward).
+// Layouts (row-major): q, out, dout, dq: [B, T, Hq, D]; k, v, dk, dv: [B, T, Hkv, D] (q, dq, k, v, dk,
+// dv with the shape's token strides; only the rows' H·D elements are read or written); lse: [B, Hq, T] (natural-log sum of exp of the scaled scores, saved for backward).
 // doc: optional [B, T] segment ids for packed sequences: each maximal run of equal ids is one
 // document, and query t attends to key s iff s <= t and s lies in t's run (null: plain causal). An id
 // that reappears after a different one starts a new document.

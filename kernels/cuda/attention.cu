@@ -12,6 +12,8 @@
 //    rows in registers and walk the query tiles of every query head of the group that see the keys;
 //    then dQ by one block per (batch, head, 64 queries) walking the key tiles as the forward does.
 //    Every output has one owner: no atomics, deterministic results.
+//    On Hopper the forward runs attention_wgmma.cu's warpgroup kernel instead when it is compiled in
+//    and its self-check passed (attention_impl.cuh); this file's forward stays the fallback.
 //
 // Masks. Query t sees keys [first(t), t], first(t) = max(start of t's document run, t - window + 1).
 // first() never decreases along t, so the keys a query tile sees and the queries a key tile is seen by
@@ -20,8 +22,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
+#include "kernels/cuda/attention_impl.cuh"
 #include "kernels/cuda/device_util.cuh"
 #include "kernels/cuda/host_checks.h"
 #include "kernels/cuda/ptx.cuh"
@@ -39,39 +41,9 @@ const char* to_string(AttentionKernel kernel) {
 
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr unsigned kFullMask = 0xffffffffu;
+using namespace attention_impl;
 
-// ---- masks -------------------------------------------------------------------------------------
-
-// Warp-collective: lane i returns first(t0 + i) for t0 + i < T, and T for rows past the end (they
-// see nothing). doc_row is the batch row's [T] document ids, or null; t0 < T.
-__device__ int warp_first_keys(const int32_t* doc_row, int T, int window, int t0) {
-  const int lane = threadIdx.x & 31;
-  int first = 0;
-  if (doc_row) {
-    // The run holding t0 begins at the last position p ≤ t0 with p == 0 or doc[p] != doc[p - 1]:
-    // look back 32 positions at a time (the lowest lane that finds one has the highest position).
-    int run_start = 0;
-    for (int hi = t0; hi > 0; hi -= 32) {
-      const int p = hi - lane;
-      const unsigned found = __ballot_sync(kFullMask, p > 0 && doc_row[p] != doc_row[p - 1]);
-      if (found) {
-        run_start = hi - (__ffs(found) - 1);
-        break;
-      }
-    }
-    // Runs that begin in (t0, t0 + lane]: the latest one is lane i's.
-    const int p = t0 + lane;
-    const unsigned begins = __ballot_sync(kFullMask, lane > 0 && p < T && doc_row[p] != doc_row[p - 1]);
-    const unsigned upto_me = begins & (kFullMask >> (31 - lane));
-    first = upto_me ? t0 + 31 - __clz(upto_me) : run_start;
-  }
-  const int t = t0 + lane;
-  if (window > 0) first = max(first, t - window + 1);
-  return t < T ? first : T;
-}
+// ---- masks (warp_first_keys: attention_impl.cuh) -------------------------------------------------
 
 // first(t) for every query of every batch row, into starts[B, T]: one warp per 32 queries.
 __global__ void first_keys_kernel(const int32_t* doc, int T, int window, int32_t* starts) {
@@ -82,24 +54,6 @@ __global__ void first_keys_kernel(const int32_t* doc, int T, int window, int32_t
   const int t = t0 + (threadIdx.x & 31);
   if (t < T) starts[static_cast<int64_t>(b) * T + t] = first;
 }
-
-// ---- shared parameters -------------------------------------------------------------------------
-
-struct Params {
-  int B, T, Hq, Hkv, D, group, window;
-  float scale;
-  const bf16 *q, *k, *v, *out, *dout;
-  const int32_t* doc;  // forward: document ids (or null)
-  const int32_t* first_key;  // backward: first(t) per [B, T] (in the workspace)
-  const float* lse;
-  float* lse_out;
-  float* delta;  // [B, Hq, T]
-  bf16 *o, *dq, *dk, *dv;
-
-  __device__ int64_t q_row(int b, int t, int h) const { return ((static_cast<int64_t>(b) * T + t) * Hq + h) * D; }
-  __device__ int64_t kv_row(int b, int t, int h) const { return ((static_cast<int64_t>(b) * T + t) * Hkv + h) * D; }
-  __device__ int64_t stat(int b, int h, int t) const { return (static_cast<int64_t>(b) * Hq + h) * T + t; }
-};
 
 // Sum over the warp, the same bits in every lane.
 __device__ __forceinline__ float warp_sum(float x) { return detail::warp_reduce(x, detail::Add{}); }
@@ -167,7 +121,7 @@ __global__ void simple_forward_kernel(Params p) {
       acc[j] = acc[j] * alpha + (lane + 32 * j < p.D ? e * __bfloat162float(vrow[lane + 32 * j]) : 0.f);
     m = m_new;
   }
-  store_row(p.o + p.q_row(b, t, h), p.D, acc, 1.f / l);  // l ≥ 1: key t itself is always visible
+  store_row(p.o + p.o_row(b, t, h), p.D, acc, 1.f / l);  // l ≥ 1: key t itself is always visible
   if ((threadIdx.x & 31) == 0) p.lse_out[p.stat(b, h, t)] = m + logf(l);
 }
 
@@ -179,7 +133,7 @@ __global__ void simple_dq_kernel(Params p) {
   const int hk = h / p.group;
   float q[kPerLane], dout[kPerLane], dq[kPerLane];
   load_row(p.q + p.q_row(b, t, h), p.D, q);
-  load_row(p.dout + p.q_row(b, t, h), p.D, dout);
+  load_row(p.dout + p.o_row(b, t, h), p.D, dout);
   for (int j = 0; j < kPerLane; ++j) dq[j] = 0.f;
   const float lse = p.lse[p.stat(b, h, t)], delta = p.delta[p.stat(b, h, t)];
   const int lane = threadIdx.x & 31;
@@ -210,7 +164,7 @@ __global__ void simple_dkv_kernel(Params p) {
     const int h = hk * p.group + g;
     for (int t = s; t < p.T && first_key[t] <= s; ++t) {
       const bf16* qrow = p.q + p.q_row(b, t, h);
-      const bf16* dorow = p.dout + p.q_row(b, t, h);
+      const bf16* dorow = p.dout + p.o_row(b, t, h);
       const float prob = expf(p.scale * dot_row(k, qrow, p.D) - p.lse[p.stat(b, h, t)]);
       const float ds = prob * (dot_row(v, dorow, p.D) - p.delta[p.stat(b, h, t)]);
 #pragma unroll
@@ -358,7 +312,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(Params p) {
   __syncthreads();
   const int tile_begin = block_first_key / kTile, tile_end = (min(t0 + kTile, p.T) - 1) / kTile + 1;
 
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
+  const int64_t q_stride = p.q_stride, kv_stride = p.kv_stride;
   const bf16* k_rows = p.k + p.kv_row(b, 0, hk);
   const bf16* v_rows = p.v + p.kv_row(b, 0, hk);
   load_tile<D>(q_s, p.q + p.q_row(b, 0, h), q_stride, t0, p.T);
@@ -465,7 +419,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(Params p) {
     const int row = rows.row_lo + half * 8;
     if (row >= p.T) continue;
     const float l = half ? l_hi : l_lo, m = half ? m_hi : m_lo, inv = l > 0.f ? 1.f / l : 0.f;
-    bf16* dst = p.o + p.q_row(b, row, h) + 2 * c;
+    bf16* dst = p.o + p.o_row(b, row, h) + 2 * c;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n)
       *reinterpret_cast<__nv_bfloat162*>(dst + n * 8) = __floats2bfloat162_rn(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
@@ -517,12 +471,11 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(Params p) {
   }
   const int n_iter = n_q * p.group;
 
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
   // Iteration `it` handles query head hk·group + it / n_q and queries k0 + (it % n_q)·64 ...
   auto load_stage = [&](int it, int stage) {
     const int h = hk * p.group + it / n_q, t0 = k0 + (it % n_q) * kTile;
-    load_tile<D>(q_s + stage * kTile * D, p.q + p.q_row(b, 0, h), q_stride, t0, p.T);
-    load_tile<D>(do_s + stage * kTile * D, p.dout + p.q_row(b, 0, h), q_stride, t0, p.T);
+    load_tile<D>(q_s + stage * kTile * D, p.q + p.q_row(b, 0, h), p.q_stride, t0, p.T);
+    load_tile<D>(do_s + stage * kTile * D, p.dout + p.o_row(b, 0, h), p.Hq * D, t0, p.T);
     if (threadIdx.x < kTile) {
       const int t = t0 + threadIdx.x;
       const bool valid = t < p.T;
@@ -532,8 +485,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(Params p) {
       cp_async4(first_s + stage * kTile + threadIdx.x, first_key + (valid ? t : 0), valid);
     }
   };
-  load_tile<D>(k_s, p.k + p.kv_row(b, 0, hk), kv_stride, k0, p.T);
-  load_tile<D>(v_s, p.v + p.kv_row(b, 0, hk), kv_stride, k0, p.T);
+  load_tile<D>(k_s, p.k + p.kv_row(b, 0, hk), p.kv_stride, k0, p.T);
+  load_tile<D>(v_s, p.v + p.kv_row(b, 0, hk), p.kv_stride, k0, p.T);
   load_stage(0, 0);
   cp_async_commit();
 
@@ -682,11 +635,11 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(Params p) {
   const float lse_lo = p.lse[p.stat(b, h, row_lo)] * kLog2e, lse_hi = p.lse[p.stat(b, h, row_hi)] * kLog2e;
   const float delta_lo = p.delta[p.stat(b, h, row_lo)], delta_hi = p.delta[p.stat(b, h, row_hi)];
 
-  const int64_t q_stride = static_cast<int64_t>(p.Hq) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
+  const int64_t q_stride = p.q_stride, kv_stride = p.kv_stride, o_stride = static_cast<int64_t>(p.Hq) * D;
   const bf16* k_rows = p.k + p.kv_row(b, 0, hk);
   const bf16* v_rows = p.v + p.kv_row(b, 0, hk);
   load_tile<D>(q_s, p.q + p.q_row(b, 0, h), q_stride, t0, p.T);
-  load_tile<D>(do_s, p.dout + p.q_row(b, 0, h), q_stride, t0, p.T);
+  load_tile<D>(do_s, p.dout + p.o_row(b, 0, h), o_stride, t0, p.T);
   load_tile<D>(k_s, k_rows, kv_stride, tile_begin * kTile, p.T);
   load_tile<D>(v_s, v_rows, kv_stride, tile_begin * kTile, p.T);
   cp_async_commit();
@@ -779,6 +732,8 @@ Params make_params(const AttentionShape& s, const bf16* q, const bf16* k, const 
   p.D = static_cast<int>(s.D);
   p.group = static_cast<int>(s.Hq / s.Hkv);
   p.window = static_cast<int>(s.window);
+  p.q_stride = static_cast<int>(s.q_row_stride());
+  p.kv_stride = static_cast<int>(s.kv_row_stride());
   p.scale = scale;
   p.q = q;
   p.k = k;
@@ -786,19 +741,24 @@ Params make_params(const AttentionShape& s, const bf16* q, const bf16* k, const 
   return p;
 }
 
-// Blocks of per_block items each for n items, within a grid's x dimension.
-unsigned int blocks_for(int64_t n, int64_t per_block, const char* fn) {
-  const int64_t blocks = detail::ceil_div(n, per_block);
-  detail::require(blocks <= std::numeric_limits<int>::max(), fn, "shape too large for one launch");
-  return static_cast<unsigned int>(blocks);
-}
-
-template <class Kernel>
-void allow_shared_memory(Kernel kernel, size_t bytes, const char* fn) {
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), fn);
-}
-
 }  // namespace
+
+namespace attention_impl {
+
+void flash_forward(const Params& p, cudaStream_t stream) {
+  constexpr const char* kFn = "cuda::attention_forward (tensor-core kernel)";
+  const unsigned int blocks = blocks_for(detail::ceil_div(p.T, kTile) * p.B * p.Hq, 1, kFn);
+  if (p.D == 64) {
+    allow_shared_memory(flash_forward_kernel<64>, forward_smem_bytes<64>(), kFn);
+    flash_forward_kernel<64><<<blocks, kThreads, forward_smem_bytes<64>(), stream>>>(p);
+  } else {
+    allow_shared_memory(flash_forward_kernel<128>, forward_smem_bytes<128>(), kFn);
+    flash_forward_kernel<128><<<blocks, kThreads, forward_smem_bytes<128>(), stream>>>(p);
+  }
+  check_launch(kFn);
+}
+
+}  // namespace attention_impl
 
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
                        float scale, bf16* out, float* lse, cudaStream_t stream, AttentionKernel kernel) {
@@ -809,15 +769,10 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   p.o = out;
   p.lse_out = lse;
   if (checks::attention_tensor_cores(kernel, shape, {q, k, v, out}, kFn)) {
-    const unsigned int blocks = blocks_for(detail::ceil_div(shape.T, kTile) * shape.B * shape.Hq, 1, kFn);
-    if (shape.D == 64) {
-      allow_shared_memory(flash_forward_kernel<64>, forward_smem_bytes<64>(), kFn);
-      flash_forward_kernel<64><<<blocks, kThreads, forward_smem_bytes<64>(), stream>>>(p);
-    } else {
-      allow_shared_memory(flash_forward_kernel<128>, forward_smem_bytes<128>(), kFn);
-      flash_forward_kernel<128><<<blocks, kThreads, forward_smem_bytes<128>(), stream>>>(p);
-    }
-    check_launch("cuda::attention_forward (tensor-core kernel)");
+    if (forward_wgmma_usable(shape.D))
+      flash_forward_wgmma(p, stream);
+    else
+      flash_forward(p, stream);
   } else {
     simple_forward_kernel<<<blocks_for(shape.B * shape.T * shape.Hq, kSimpleWarps, kFn), kSimpleWarps * 32, 0, stream>>>(p);
     check_launch("cuda::attention_forward (simple kernel)");

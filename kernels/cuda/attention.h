@@ -15,13 +15,19 @@ struct AttentionShape {
   int64_t Hkv;  // key/value heads; Hq % Hkv == 0 and query head h reads kv head h / (Hq / Hkv)
   int64_t D;    // head dimension: 64 and 128 take the tensor-core kernels; others (even, ≤ 256) a slower path
   int64_t window = 0;  // sliding window (Mistral): query t also needs key s > t - window; 0: unlimited
+  // Elements from one token's row to the next in q and dq, and in k, v, dk and dv (0: dense, Hq·D and
+  // Hkv·D); out, dout, lse are dense. The tensor-core kernels need multiples of 8 (16-byte rows).
+  int64_t q_stride = 0;
+  int64_t kv_stride = 0;
+  int64_t q_row_stride() const { return q_stride ? q_stride : Hq * D; }
+  int64_t kv_row_stride() const { return kv_stride ? kv_stride : Hkv * D; }
 };
 
 // Which implementation runs. kSimple: one warp per query (or key) row with scalar fp32 arithmetic, any
 // even D ≤ 256 and any alignment; the reference the fast kernels are tested against. kTensorCore:
-// FlashAttention-2 style mma.sync kernels, D = 64 or 128 with 16-byte aligned q, k, v and out (forward)
-// or q, k, v, dout, dq, dk, dv (backward); throws otherwise. kAuto: kTensorCore where it applies, else
-// kSimple.
+// FlashAttention-2 style mma.sync kernels (the forward on wgmma on Hopper: see below), D = 64 or 128
+// with 16-byte aligned q, k, v and out (forward) or q, k, v, dout, dq, dk, dv (backward); throws
+// otherwise. kAuto: kTensorCore where it applies, else kSimple.
 enum class AttentionKernel { kAuto, kSimple, kTensorCore };
 const char* to_string(AttentionKernel kernel);
 
@@ -31,6 +37,18 @@ const char* to_string(AttentionKernel kernel);
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v,
                        const int32_t* doc, float scale, bf16* out, float* lse, cudaStream_t stream,
                        AttentionKernel kernel = AttentionKernel::kAuto);
+
+// kTensorCore's (and so kAuto's) forward runs on Hopper's wgmma kernel (attention_wgmma.cu) when it was
+// compiled in (CUDA architectures with 90a), the device is compute capability 9.0 and the switch is on,
+// else on the mma.sync kernel; the backward is always mma.sync. The switch is process-wide; it starts
+// on, or off when the environment variable LLM_CUDA_WGMMA=0 is set (the GEMM's switch reads the same).
+// The first wgmma forward of each D in a process first runs a self-check against the mma.sync kernel
+// (a small causal problem, about a millisecond); if they disagree it turns the switch off and says so
+// once on stderr. Tests use the switch to check both kernels.
+void set_attention_wgmma(bool enabled);
+bool attention_wgmma_enabled();
+// Whether the wgmma forward can run here at all (compiled in, device 9.0), whatever the switch says.
+bool attention_wgmma_available();
 
 // Scratch the backward needs, in bytes: Δ = rowsum(dO ⊙ O) (fp32 [B, Hq, T]) and each query's first
 // visible key (int32 [B, T]); the same for every kernel choice.

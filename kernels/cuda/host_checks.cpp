@@ -36,9 +36,13 @@ bool attention_args(const AttentionShape& s, std::initializer_list<const void*> 
     fail("Hq (" + std::to_string(s.Hq) + ") must be a multiple of Hkv (" + std::to_string(s.Hkv) + ")");
   if (s.D % 2 != 0 || s.D > kAttentionMaxHeadDim)
     fail("head dimension " + std::to_string(s.D) + ": must be even and at most " + std::to_string(kAttentionMaxHeadDim));
+  if ((s.q_stride != 0 && s.q_stride < s.Hq * s.D) || (s.kv_stride != 0 && s.kv_stride < s.Hkv * s.D))
+    fail("token strides must be 0 (dense) or at least H·D (q_stride " + std::to_string(s.q_stride) + ", kv_stride " +
+         std::to_string(s.kv_stride) + ")");
   constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
-  if (s.T > kMaxInt / 2 || s.B > 65535 || s.Hq > kMaxInt || s.window > kMaxInt)
-    fail("shape too large (T ≤ 2^30, B ≤ 65535)");
+  if (s.T > kMaxInt / 2 || s.B > 65535 || s.Hq > kMaxInt || s.window > kMaxInt || s.q_row_stride() > kMaxInt ||
+      s.kv_row_stride() > kMaxInt)
+    fail("shape too large (T ≤ 2^30, B ≤ 65535, token strides < 2^31)");
   for (const void* t : tensors)
     if (!t) fail("null tensor");
   if (workspace && !*workspace) fail("null workspace");
@@ -48,11 +52,12 @@ bool attention_args(const AttentionShape& s, std::initializer_list<const void*> 
 
 bool attention_tensor_cores(AttentionKernel kernel, const AttentionShape& s, std::initializer_list<const void*> tensors,
                             const char* fn) {
-  bool ok = s.D == 64 || s.D == 128;
+  bool ok = (s.D == 64 || s.D == 128) && s.q_row_stride() % 8 == 0 && s.kv_row_stride() % 8 == 0;
   for (const void* t : tensors) ok = ok && reinterpret_cast<uintptr_t>(t) % 16 == 0;
   if (kernel == AttentionKernel::kTensorCore && !ok)
     throw std::runtime_error(std::string(fn) + ": the tensor-core kernel needs D = 64 or 128 (got " +
-                             std::to_string(s.D) + ") and 16-byte aligned tensors");
+                             std::to_string(s.D) +
+                             "), 16-byte aligned tensors and token strides that are multiples of 8");
   return kernel != AttentionKernel::kSimple && ok;
 }
 

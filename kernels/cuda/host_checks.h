@@ -20,13 +20,15 @@ void bias_grad_args(int64_t M, int64_t N, const bf16* dy, int64_t ldy, const flo
 // The largest head dimension the attention kernels take (the simple kernel's register budget).
 constexpr int kAttentionMaxHeadDim = 256;
 
-// Throws (naming fn) on a shape the attention kernels cannot take, or a null tensor, or (backward)
+// Throws (naming fn) on a shape the attention kernels cannot take (token strides below H·D included),
+// or a null tensor, or (backward)
 // a null or misaligned workspace; false when there is nothing to compute.
 bool attention_args(const AttentionShape& s, std::initializer_list<const void*> tensors, const char* fn,
                     const void* const* workspace = nullptr);
 
 // Whether the tensor-core attention kernels take this shape and these tensors (D = 64 or 128, 16-byte
-// aligned); throws (naming fn) when `kernel` asks for them by name and they cannot.
+// aligned, token strides multiples of 8); throws (naming fn) when `kernel` asks for them by name and
+// they cannot.
 bool attention_tensor_cores(AttentionKernel kernel, const AttentionShape& s, std::initializer_list<const void*> tensors,
                             const char* fn);
 

@@ -1,8 +1,8 @@
-// The PTX instructions the tensor-core kernels (gemm_native.cu, gemm_wgmma.cu, attention.cu) are built
-// from: asynchronous global→shared copies, ldmatrix and the bf16 m16n8k16 tensor-core product (sm_80+);
-// Hopper's warpgroup product wgmma and its fences (sm_90a only: use them inside
-// `#if defined(__CUDA_ARCH_FEAT_SM90_ALL)`). The "memory" clobbers keep the compiler from moving
-// shared-memory traffic across the copies, their waits and the barriers.
+// The PTX instructions the tensor-core kernels (gemm_native.cu, gemm_wgmma.cu, attention.cu,
+// attention_wgmma.cu) are built from: asynchronous global→shared copies, ldmatrix and the bf16
+// m16n8k16 tensor-core product (sm_80+); Hopper's warpgroup product wgmma and its fences (sm_90a
+// only: use them inside `#if defined(__CUDA_ARCH_FEAT_SM90_ALL)`). The "memory" clobbers keep the
+// compiler from moving shared-memory traffic across the copies, their waits and the barriers.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -81,6 +81,18 @@ __device__ __forceinline__ uint64_t wgmma_desc_k_sw128(uint32_t addr) {
          (uint64_t{1} << 62);
 }
 
+// The descriptor of an MN-major operand (N contiguous, e.g. B stored K×N) in the 128-byte swizzle
+// layout, for wgmma with N = 64 per instruction: each K row holds its 64 bf16 N-values in 128 bytes,
+// 8 K rows form a 1024-byte swizzle atom (chunk c of row r at chunk c ^ (r % 8), the same bytes as
+// wgmma_desc_k_sw128's tiles), atoms for the next 8 K rows follow one after another. In the canonical
+// MN-major layout the stride byte offset steps between 8-row K groups and the leading byte offset
+// between 64-wide N blocks; with N = 64 there is one N block, so both fields hold the same 1024
+// and the descriptor means the same under either reading of the two.
+__device__ __forceinline__ uint64_t wgmma_desc_mn_sw128_n64(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (uint64_t{1024 >> 4} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+
 // Before a warpgroup's first wgmma that touches accumulators written by other instructions.
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 // Closes the group of wgmma issued since the last commit.
@@ -125,6 +137,65 @@ __device__ __forceinline__ void wgmma_m64n256k16_bf16(float (&d)[128], uint64_t 
         "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
       : "l"(a_desc), "l"(b_desc), "r"(1)  // scale-d 1: accumulate into d
+      : "memory");
+}
+
+// Pins the compiler's ordering of a wgmma's register operands (accumulators, A fragments) around the
+// asynchronous product: an empty asm that "reads and writes" x, so no computation on x moves across
+// the wgmma_fence / wgmma_wait next to it, and its registers are not reused before the wait.
+template <int N>
+__device__ __forceinline__ void wgmma_fence_operand(float (&x)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(x[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_fence_operand(uint32_t (&x)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(x[i])::"memory");
+}
+
+// d (+)= A·B for the warpgroup: A 64×16 and B 16×128 (stored as 128×16, K-major) from shared memory
+// through their descriptors; accumulate_d 0 overwrites d instead of adding to it. Fragment layout
+// of d as wgmma_m64n256k16_bf16 (columns 0..127).
+__device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], uint64_t a_desc, uint64_t b_desc,
+                                                      int accumulate_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a_desc), "l"(b_desc), "r"(accumulate_d)
+      : "memory");
+}
+
+// d += A·B for the warpgroup: A 64×16 from registers (a: the bf16 pairs of mma.m16n8k16's A fragment,
+// per warp w over rows 16w..16w+15) and B 16×64 from shared memory stored MN-major (N contiguous:
+// row k of B holds its 64 n values), hence imm-trans-b = 1 (PTX ISA: transposing is allowed for
+// 16-bit types). Fragment layout of d as wgmma_m64n256k16_bf16 (columns 0..63).
+__device__ __forceinline__ void wgmma_m64n64k16_bf16_rs_tnsp_b(float (&d)[32], const uint32_t (&a)[4],
+                                                                uint64_t b_desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(1)  // scale-d 1: accumulate into d
       : "memory");
 }
 

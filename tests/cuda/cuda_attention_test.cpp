@@ -3,7 +3,9 @@
 // even D, the tensor-core one for D = 64, 128), and the two against each other. Every shape runs with
 // grouped-query heads (Hkv = 4, 2, 1), packed documents, sliding windows and both together, at
 // sequence lengths around the 64-wide tiles.
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <sstream>
@@ -189,6 +191,176 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                   std::to_string(std::get<1>(case_info.param));
                          });
 
+// The wgmma forward's self-check (attention.h) passes: the switch is still on after the first forward of
+// each D. The first test of this file to run (plain tests run in their order, before the parameterized
+// ones), so nothing has forced the switch yet.
+TEST(CudaAttention, WgmmaForwardPassesItsSelfCheck) {
+  LLM_SKIP_WITHOUT_GPU();
+  if (!cuda::attention_wgmma_available())
+    GTEST_SKIP() << "the wgmma forward is not compiled in (CUDA architectures without 90a) or the device is not "
+                    "compute capability 9.0";
+  if (!cuda::attention_wgmma_enabled()) GTEST_SKIP() << "LLM_CUDA_WGMMA=0 turned the wgmma kernels off";
+  for (int64_t D : {64, 128}) {
+    const cuda::AttentionShape s{1, 130, 2, 1, D, 0};
+    DeviceBuffer<bf16> q(testing::to_bf16(testing::random_floats(130 * 2 * D, 21)));
+    DeviceBuffer<bf16> kv(testing::to_bf16(testing::random_floats(130 * D, 22))), out(130 * 2 * D);
+    DeviceBuffer<float> lse(2 * 130);
+    cuda::attention_forward(s, q.get(), kv.get(), kv.get(), nullptr, 0.125f, out.get(), lse.get(), nullptr,
+                            AttentionKernel::kTensorCore);
+    EXPECT_TRUE(cuda::attention_wgmma_enabled())
+        << "the wgmma forward (D=" << D << ") failed its self-check against the mma.sync kernel and turned "
+        << "itself off: its stderr line says by how much";
+  }
+}
+
+// The tensor-core forward on each of its kernels, wgmma (Hopper) and mma.sync, against the CPU: sequence
+// lengths around the wgmma kernel's 128-query blocks and 128-key tiles, grouped heads, documents,
+// windows.
+TEST(CudaAttention, TensorCoreForwardOnBothKernels) {
+  LLM_SKIP_WITHOUT_GPU();
+  struct RestoreSwitch {
+    bool was = cuda::attention_wgmma_enabled();
+    ~RestoreSwitch() { cuda::set_attention_wgmma(was); }
+  } restore;
+  std::vector<bool> paths{false};  // wgmma on?
+  if (cuda::attention_wgmma_available())
+    paths.push_back(true);
+  else
+    std::printf("[ SKIPPED  ] the wgmma kernel half of CudaAttention.TensorCoreForwardOnBothKernels: not compiled "
+                "in (CUDA architectures without 90a) or the device is not compute capability 9.0\n");
+  for (int64_t D : {64, 128})
+    for (int64_t T : {1, 17, 127, 129, 257, 1000})
+      for (int64_t Hkv : {4, 2, 1})
+        for (const Mask& m : kMasks) {
+          const cpu::AttentionShape s{2, T, 4, Hkv, D, m.window};
+          const uint64_t seed = static_cast<uint64_t>(D * 1000 + T * 10 + Hkv) + 7;
+          const auto q = testing::round_bf16(testing::random_floats(s.B * T * s.Hq * D, seed, -2.f, 2.f));
+          const auto k = testing::round_bf16(testing::random_floats(s.B * T * Hkv * D, seed + 1));
+          const auto v = testing::round_bf16(testing::random_floats(s.B * T * Hkv * D, seed + 2));
+          const std::vector<int32_t> docs = m.docs ? make_docs(s.B, T) : std::vector<int32_t>{};
+          const float scale = 1.f / std::sqrt(static_cast<float>(D));
+          std::vector<float> out(q.size()), lse(s.B * s.Hq * T);
+          cpu::attention_forward(s, q.data(), k.data(), v.data(), m.docs ? docs.data() : nullptr, scale, out.data(),
+                                 lse.data());
+          const std::vector<int64_t> q_dims{s.B, T, s.Hq, D}, lse_dims{s.B, s.Hq, T};
+
+          const cuda::AttentionShape gs{s.B, T, s.Hq, Hkv, D, m.window};
+          DeviceBuffer<bf16> dq(testing::to_bf16(q)), dk(testing::to_bf16(k)), dv(testing::to_bf16(v));
+          DeviceBuffer<int32_t> ddoc(docs.empty() ? std::vector<int32_t>{0} : docs);
+          DeviceBuffer<bf16> dout(q.size());
+          DeviceBuffer<float> dlse(lse.size());
+          for (bool wgmma : paths) {
+            const std::string what = std::string(wgmma ? "wgmma" : "mma.sync") + " forward, " +
+                                     describe(AttentionKernel::kTensorCore, s, m);
+            dout.poison();
+            dlse.poison();
+            cuda::set_attention_wgmma(wgmma);
+            try {
+              cuda::attention_forward(gs, dq.get(), dk.get(), dv.get(), m.docs ? ddoc.get() : nullptr, scale,
+                                      dout.get(), dlse.get(), nullptr, AttentionKernel::kTensorCore);
+              cuda::check(cudaDeviceSynchronize(), "attention forward");
+            } catch (const std::exception& e) {
+              FAIL() << what << ": " << e.what();  // a failed launch leaves the device unusable: stop here
+            }
+            if (wgmma && !cuda::attention_wgmma_enabled())  // this was the first wgmma forward of this D
+              ADD_FAILURE() << what << ": the self-check turned the wgmma kernel off (see its stderr line); this "
+                            << "shape ran on mma.sync, the following ones test the wgmma kernel itself";
+            const std::vector<float> gpu_out = testing::to_float(dout.download()), gpu_lse = dlse.download();
+            EXPECT_TENSOR_NEAR(what, gpu_out, out, q_dims, "bthd", kBf16Tol);
+            EXPECT_TENSOR_NEAR(what, gpu_lse, lse, lse_dims, "bht", kLseTol);
+          }
+        }
+}
+
+// q, k, v as views of one fused bf16 [B, T, Hq + 2·Hkv, D] tensor (plus 8 padding elements per token)
+// through the token strides, dq, dk, dv written into views of a fused gradient: every kernel against
+// the CPU on dense copies, and the padding between the views' rows left as it was.
+TEST(CudaAttention, TokenStridesOnEveryKernel) {
+  LLM_SKIP_WITHOUT_GPU();
+  struct RestoreSwitch {
+    bool was = cuda::attention_wgmma_enabled();
+    ~RestoreSwitch() { cuda::set_attention_wgmma(was); }
+  } restore;
+  struct Path {
+    AttentionKernel kernel;
+    bool wgmma;
+    const char* name;
+  };
+  std::vector<Path> paths{{AttentionKernel::kSimple, false, "simple"},
+                          {AttentionKernel::kTensorCore, false, "tensor-core (mma.sync forward)"}};
+  if (cuda::attention_wgmma_available())
+    paths.push_back({AttentionKernel::kTensorCore, true, "tensor-core (wgmma forward)"});
+  for (int64_t D : {64, 128})
+    for (int64_t T : {129, 257}) {
+      const cpu::AttentionShape s{2, T, 4, 2, D, 0};
+      const uint64_t seed = static_cast<uint64_t>(D + T);
+      const auto q = testing::round_bf16(testing::random_floats(s.B * T * s.Hq * D, seed, -2.f, 2.f));
+      const auto k = testing::round_bf16(testing::random_floats(s.B * T * s.Hkv * D, seed + 1));
+      const auto v = testing::round_bf16(testing::random_floats(s.B * T * s.Hkv * D, seed + 2));
+      const auto dout = testing::round_bf16(testing::random_floats(s.B * T * s.Hq * D, seed + 3));
+      const std::vector<int32_t> docs = make_docs(s.B, T);
+      const float scale = 1.f / std::sqrt(static_cast<float>(D));
+      std::vector<float> out(q.size()), lse(s.B * s.Hq * T);
+      cpu::attention_forward(s, q.data(), k.data(), v.data(), docs.data(), scale, out.data(), lse.data());
+      const auto out_b = testing::round_bf16(out);
+      std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
+      cpu::attention_backward(s, q.data(), k.data(), v.data(), docs.data(), scale, out_b.data(), lse.data(),
+                              dout.data(), dq.data(), dk.data(), dv.data());
+
+      const int64_t q_row = s.Hq * D, kv_row = s.Hkv * D, stride = q_row + 2 * kv_row + 8, rows = s.B * T;
+      std::vector<float> qkv(static_cast<size_t>(rows * stride), 0.5f);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < q_row + 2 * kv_row; ++i)
+          qkv[r * stride + i] = i < q_row ? q[r * q_row + i]
+                                          : i < q_row + kv_row ? k[r * kv_row + i - q_row]
+                                                               : v[r * kv_row + i - q_row - kv_row];
+      const cuda::AttentionShape gs{s.B, T, s.Hq, s.Hkv, D, 0, stride, stride};
+      DeviceBuffer<bf16> dqkv(testing::to_bf16(qkv)), dout_in(testing::to_bf16(dout)), out_in(testing::to_bf16(out_b));
+      DeviceBuffer<int32_t> ddoc(docs);
+      DeviceBuffer<float> lse_in(lse);
+      const bf16 *gq = dqkv.get(), *gk = gq + q_row, *gv = gk + kv_row;
+      for (const Path& path : paths) {
+        const std::string what = std::string(path.name) + " kernel with token strides " + std::to_string(stride) +
+                                 ", B=2 T=" + std::to_string(T) + " Hq=4 Hkv=2 D=" + std::to_string(D) +
+                                 " with documents";
+        cuda::set_attention_wgmma(path.wgmma);
+        DeviceBuffer<bf16> gout(q.size()), grads(qkv.size());
+        DeviceBuffer<float> glse(lse.size());
+        DeviceBuffer<unsigned char> workspace(cuda::attention_backward_workspace_bytes(gs));
+        gout.poison();
+        glse.poison();
+        grads.poison();
+        bf16 *gdq = grads.get(), *gdk = gdq + q_row, *gdv = gdk + kv_row;
+        try {
+          cuda::attention_forward(gs, gq, gk, gv, ddoc.get(), scale, gout.get(), glse.get(), nullptr, path.kernel);
+          cuda::attention_backward(gs, gq, gk, gv, ddoc.get(), scale, out_in.get(), lse_in.get(), dout_in.get(), gdq,
+                                   gdk, gdv, workspace.get(), nullptr, path.kernel);
+          cuda::check(cudaDeviceSynchronize(), "attention with token strides");
+        } catch (const std::exception& e) {
+          FAIL() << what << ": " << e.what();  // a failed launch leaves the device unusable: stop here
+        }
+        const std::vector<float> gpu_out = testing::to_float(gout.download()), gpu_lse = glse.download();
+        const std::vector<float> fused = testing::to_float(grads.download());
+        std::vector<float> gpu_dq(dq.size()), gpu_dk(dk.size()), gpu_dv(dv.size());
+        bool padding_kept = true;
+        for (int64_t r = 0; r < rows; ++r) {
+          std::copy_n(&fused[r * stride], q_row, &gpu_dq[r * q_row]);
+          std::copy_n(&fused[r * stride + q_row], kv_row, &gpu_dk[r * kv_row]);
+          std::copy_n(&fused[r * stride + q_row + kv_row], kv_row, &gpu_dv[r * kv_row]);
+          for (int64_t i = q_row + 2 * kv_row; i < stride; ++i)
+            padding_kept = padding_kept && std::isnan(fused[r * stride + i]);
+        }
+        const std::vector<int64_t> q_dims{s.B, T, s.Hq, D}, kv_dims{s.B, T, s.Hkv, D}, lse_dims{s.B, s.Hq, T};
+        EXPECT_TENSOR_NEAR(what, gpu_out, out, q_dims, "bthd", kBf16Tol);
+        EXPECT_TENSOR_NEAR(what, gpu_lse, lse, lse_dims, "bht", kLseTol);
+        EXPECT_TENSOR_NEAR(what, gpu_dq, dq, q_dims, "bthd", kBf16Tol);
+        EXPECT_TENSOR_NEAR(what, gpu_dk, dk, kv_dims, "bthd", kBf16Tol);
+        EXPECT_TENSOR_NEAR(what, gpu_dv, dv, kv_dims, "bthd", kBf16Tol);
+        EXPECT_TRUE(padding_kept) << what << ": an element between the gradient views' rows was written";
+      }
+    }
+}
+
 TEST(CudaAttention, TensorCoreBackwardIsDeterministic) {
   LLM_SKIP_WITHOUT_GPU();
   // Every gradient element has one owner (no float atomics), so two runs agree to the bit.
@@ -268,7 +440,13 @@ TEST(CudaAttentionArguments, BadShapesThrowNamingTheFunction) {
   EXPECT_EQ(message(forward({1, 8, 3, 2, 64, 0})), "cuda::attention_forward: Hq (3) must be a multiple of Hkv (2)");
   EXPECT_EQ(message(forward({1, 8, 2, 1, 41, 0})), "cuda::attention_forward: head dimension 41: must be even and at most 256");
   EXPECT_EQ(message(forward({1, 8, 2, 1, 40, 0}, AttentionKernel::kTensorCore)),
-            "cuda::attention_forward: the tensor-core kernel needs D = 64 or 128 (got 40) and 16-byte aligned tensors");
+            "cuda::attention_forward: the tensor-core kernel needs D = 64 or 128 (got 40), 16-byte aligned tensors "
+            "and token strides that are multiples of 8");
+  EXPECT_EQ(message(forward({1, 8, 2, 1, 64, 0, 127, 0})),
+            "cuda::attention_forward: token strides must be 0 (dense) or at least H·D (q_stride 127, kv_stride 0)");
+  EXPECT_EQ(message(forward({1, 8, 2, 1, 64, 0, 0, 68}, AttentionKernel::kTensorCore)),
+            "cuda::attention_forward: the tensor-core kernel needs D = 64 or 128 (got 64), 16-byte aligned tensors "
+            "and token strides that are multiples of 8");
   EXPECT_EQ(message(forward({1, -1, 2, 1, 64, 0})), "cuda::attention_forward: negative size in the shape");
   EXPECT_EQ(message(forward({0, 8, 2, 1, 64, 0})), "(no exception)");  // nothing to compute
   const cuda::AttentionShape s{1, 8, 2, 1, 64, 0};

@@ -24,9 +24,27 @@ const char* to_string(AttentionKernel kernel) {
 
 namespace {
 
-cpu::AttentionShape cpu_shape(const AttentionShape& s) { return {s.B, s.T, s.Hq, s.Hkv, s.D, s.window}; }
+cpu::AttentionShape cpu_shape(const AttentionShape& s) {
+  return {s.B, s.T, s.Hq, s.Hkv, s.D, s.window, s.q_stride, s.kv_stride};
+}
+
+// Elements spanned by `rows` rows of `row` elements, `stride` apart (a q, k, v view with token strides).
+int64_t extent(int64_t rows, int64_t row, int64_t stride) { return (rows - 1) * stride + row; }
+
+// Writes back only the rows of a strided output: the elements between them may belong to other views.
+void write_rows(const std::vector<float>& values, bf16* p, int64_t rows, int64_t row, int64_t stride, const char* fn,
+                const char* argument) {
+  if (stride == row) return emu::write(values, p, fn, argument);
+  for (int64_t r = 0; r < rows; ++r)
+    emu::write(std::vector<float>(values.begin() + r * stride, values.begin() + r * stride + row), p + r * stride, fn,
+               argument);
+}
 
 }  // namespace
+
+// The emulator has one implementation of the forward; there is no wgmma kernel to run (its switch is
+// the real one, gemm_wgmma_switch.cpp).
+bool attention_wgmma_available() { return false; }
 
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
                        float scale, bf16* out, float* lse, cudaStream_t stream, AttentionKernel kernel) {
@@ -34,10 +52,12 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
   emu::require_stream(stream, kFn);
   if (!checks::attention_args(shape, {q, k, v, out, lse}, kFn)) return;
   checks::attention_tensor_cores(kernel, shape, {q, k, v, out}, kFn);
-  const int64_t nq = shape.B * shape.T * shape.Hq * shape.D, nkv = shape.B * shape.T * shape.Hkv * shape.D;
-  const std::vector<float> qf = emu::read(q, nq, kFn, "q"), kf = emu::read(k, nkv, kFn, "k"),
-                           vf = emu::read(v, nkv, kFn, "v");
-  if (doc) emu::require(doc, shape.B * shape.T, kFn, "doc");
+  const int64_t rows = shape.B * shape.T, nq = rows * shape.Hq * shape.D;
+  const int64_t q_extent = extent(rows, shape.Hq * shape.D, shape.q_row_stride());
+  const int64_t kv_extent = extent(rows, shape.Hkv * shape.D, shape.kv_row_stride());
+  const std::vector<float> qf = emu::read(q, q_extent, kFn, "q"), kf = emu::read(k, kv_extent, kFn, "k"),
+                           vf = emu::read(v, kv_extent, kFn, "v");
+  if (doc) emu::require(doc, rows, kFn, "doc");
   std::vector<float> o(static_cast<size_t>(nq)), l(static_cast<size_t>(shape.B * shape.Hq * shape.T));
   cpu::attention_forward(cpu_shape(shape), qf.data(), kf.data(), vf.data(), doc, scale, o.data(), l.data());
   emu::write(o, out, kFn, "out");
@@ -52,18 +72,21 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
   if (!checks::attention_args(shape, {q, k, v, out, lse, dout, dq, dk, dv}, kFn, &workspace)) return;
   checks::attention_tensor_cores(kernel, shape, {q, k, v, dout, dq, dk, dv}, kFn);
   emu::require_device(workspace, attention_backward_workspace_bytes(shape), kFn, "workspace");
-  const int64_t nq = shape.B * shape.T * shape.Hq * shape.D, nkv = shape.B * shape.T * shape.Hkv * shape.D;
-  const std::vector<float> qf = emu::read(q, nq, kFn, "q"), kf = emu::read(k, nkv, kFn, "k"),
-                           vf = emu::read(v, nkv, kFn, "v"), of = emu::read(out, nq, kFn, "out"),
+  const int64_t rows = shape.B * shape.T, nq = rows * shape.Hq * shape.D;
+  const int64_t q_extent = extent(rows, shape.Hq * shape.D, shape.q_row_stride());
+  const int64_t kv_extent = extent(rows, shape.Hkv * shape.D, shape.kv_row_stride());
+  const std::vector<float> qf = emu::read(q, q_extent, kFn, "q"), kf = emu::read(k, kv_extent, kFn, "k"),
+                           vf = emu::read(v, kv_extent, kFn, "v"), of = emu::read(out, nq, kFn, "out"),
                            lf = emu::read(lse, shape.B * shape.Hq * shape.T, kFn, "lse"),
                            dof = emu::read(dout, nq, kFn, "dout");
-  if (doc) emu::require(doc, shape.B * shape.T, kFn, "doc");
-  std::vector<float> dqf(static_cast<size_t>(nq)), dkf(static_cast<size_t>(nkv)), dvf(static_cast<size_t>(nkv));
+  if (doc) emu::require(doc, rows, kFn, "doc");
+  std::vector<float> dqf(static_cast<size_t>(q_extent)), dkf(static_cast<size_t>(kv_extent)),
+      dvf(static_cast<size_t>(kv_extent));
   cpu::attention_backward(cpu_shape(shape), qf.data(), kf.data(), vf.data(), doc, scale, of.data(), lf.data(),
                           dof.data(), dqf.data(), dkf.data(), dvf.data());
-  emu::write(dqf, dq, kFn, "dq");
-  emu::write(dkf, dk, kFn, "dk");
-  emu::write(dvf, dv, kFn, "dv");
+  write_rows(dqf, dq, rows, shape.Hq * shape.D, shape.q_row_stride(), kFn, "dq");
+  write_rows(dkf, dk, rows, shape.Hkv * shape.D, shape.kv_row_stride(), kFn, "dk");
+  write_rows(dvf, dv, rows, shape.Hkv * shape.D, shape.kv_row_stride(), kFn, "dv");
 }
 
 }  // namespace llm::cuda

@@ -278,6 +278,43 @@ TEST(Attention, LengthOneDocumentsAttendOnlyToThemselves) {
   for (float x : o.dk) ASSERT_LE(std::fabs(x), 1e-6f);
 }
 
+// q, k, v as views of one fused [B, T, Hq + 2·Hkv, D] tensor (plus a few padding elements per token)
+// through the token strides, and dq, dk, dv written into views of a fused gradient: the same bits
+// as with dense copies, and nothing between the views' rows is written.
+TEST(Attention, TokenStridesReadAndWriteViewsOfFusedTensors) {
+  for (const Case& c : {Case{{2, 130, 4, 2, 17, 0}, true, 0}, Case{{1, 70, 2, 1, 64, 9}, false, 0}}) {
+    SCOPED_TRACE(describe(c));
+    const AttentionShape& s = c.shape;
+    const Inputs in = make_inputs(c, 1234);
+    const Outputs dense = run_kernels(s, in);
+
+    const int64_t q_row = s.Hq * s.D, kv_row = s.Hkv * s.D, stride = q_row + 2 * kv_row + 3, rows = s.B * s.T;
+    std::vector<float> qkv = poisoned(static_cast<size_t>(rows * stride));
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(&qkv[r * stride], &in.q[r * q_row], sizeof(float) * q_row);
+      std::memcpy(&qkv[r * stride + q_row], &in.k[r * kv_row], sizeof(float) * kv_row);
+      std::memcpy(&qkv[r * stride + q_row + kv_row], &in.v[r * kv_row], sizeof(float) * kv_row);
+    }
+    AttentionShape strided = s;
+    strided.q_stride = strided.kv_stride = stride;
+    const float *q = qkv.data(), *k = q + q_row, *v = k + kv_row;
+    std::vector<float> out = poisoned(q_size(s)), lse = poisoned(lse_size(s)), grads = poisoned(qkv.size());
+    attention_forward(strided, q, k, v, in.doc(), in.scale, out.data(), lse.data());
+    float *dq = grads.data(), *dk = dq + q_row, *dv = dk + kv_row;
+    attention_backward(strided, q, k, v, in.doc(), in.scale, out.data(), lse.data(), in.dout.data(), dq, dk, dv);
+
+    EXPECT_EQ(0, std::memcmp(out.data(), dense.out.data(), out.size() * sizeof(float))) << "out";
+    EXPECT_EQ(0, std::memcmp(lse.data(), dense.lse.data(), lse.size() * sizeof(float))) << "lse";
+    for (int64_t r = 0; r < rows; ++r) {
+      ASSERT_EQ(0, std::memcmp(dq + r * stride, &dense.dq[r * q_row], sizeof(float) * q_row)) << "dq row " << r;
+      ASSERT_EQ(0, std::memcmp(dk + r * stride, &dense.dk[r * kv_row], sizeof(float) * kv_row)) << "dk row " << r;
+      ASSERT_EQ(0, std::memcmp(dv + r * stride, &dense.dv[r * kv_row], sizeof(float) * kv_row)) << "dv row " << r;
+      for (int64_t i = q_row + 2 * kv_row; i < stride; ++i)
+        ASSERT_TRUE(std::isnan(grads[r * stride + i])) << "padding element " << i << " of row " << r << " written";
+    }
+  }
+}
+
 bool same_bits(const Outputs& a, const Outputs& b) {
   auto eq = [](const std::vector<float>& x, const std::vector<float>& y) {
     return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;

@@ -1,5 +1,6 @@
-// `llm-bench cuda` attention rows: the tensor-core flash attention, forward and backward, causal, at the
-// shape of a mid-sized model's layer (B = 8, 16 heads of 128) for T = 1024 and 4096.
+// `llm-bench cuda` attention rows: the tensor-core flash attention, forward (on the wgmma and the
+// mma.sync kernel) and backward, causal, at the shape of a mid-sized model's layer (B = 8, 16 heads of
+// 128) for T = 1024 and 4096.
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -62,8 +63,17 @@ void bench_attention() {
     // (five products instead of two).
     const double forward_flops = 0.5 * 4.0 * B * H * double(T) * T * D, backward_flops = 2.5 * forward_flops;
     const std::string shape = "B8 H16 T" + std::to_string(T) + " D128 causal";
-    const double fwd_ms = median_ms(forward, stream);
-    print_row("attention fwd", shape, "flash-tc", forward_flops / fwd_ms / 1e9, "TFLOP/s", kPeakTflops);
+    // The forward on each of its kernels: wgmma (Hopper; where it can run) and mma.sync.
+    const bool wgmma_was = cuda::attention_wgmma_enabled();
+    for (bool wgmma : {true, false}) {
+      if (wgmma && !cuda::attention_wgmma_available()) continue;
+      cuda::set_attention_wgmma(wgmma);
+      const double fwd_ms = median_ms(forward, stream);
+      const bool ran_wgmma = wgmma && cuda::attention_wgmma_enabled();  // off if its self-check failed
+      print_row("attention fwd", shape, wgmma ? (ran_wgmma ? "wgmma" : "wgmma-off") : "mma.sync",
+                forward_flops / fwd_ms / 1e9, "TFLOP/s", kPeakTflops);
+    }
+    cuda::set_attention_wgmma(wgmma_was);
     const double bwd_ms = median_ms(backward, stream);
     print_row("attention bwd", shape, "flash-tc", backward_flops / bwd_ms / 1e9, "TFLOP/s", kPeakTflops);
     cuda::check(cudaGetLastError(), "bench attention");

@@ -1,0 +1,437 @@
+// Hopper's flash-attention forward (sm_90a): the contract and masks of attention.cu's mma.sync forward
+// (causal, grouped-query heads, packed documents, sliding window, lse saved), with the two products
+// of each key tile on wgmma.
+//
+// One block per (batch row, query head, 128 queries): two warpgroups of 64 query rows each. The Q
+// tile is copied into shared memory once; key tiles of 128 keys (K and V) go through a ring of three
+// stages with cp.async. Per key tile, each warpgroup computes:
+//   S = Q·Kᵀ    wgmma m64n128k16, D/16 k-steps, both operands from shared memory, K-major: Q's rows
+//               are queries and K's rows keys, each with its d values contiguous (the GEMM's NT case,
+//               gemm_wgmma.cu, with the same 128-byte swizzle tiles and descriptor).
+//   softmax     online in fp32 on the accumulators, which have mma.m16n8k16's C layout per warp
+//               (thread: rows g, g + 8 of its warp's 16, columns 8j + 2c + {0, 1}; g = lane / 4,
+//               c = lane % 4), row max and sum over the quad's 4 lanes; the mask of attention.cu's
+//               first(t) rule, skipped (by a select) on tiles every row sees whole.
+//   O += P·V    wgmma m64n64k16 per 64 columns of d, A = P from registers: mma.m16n8k16's A layout
+//               per warp, so P's accumulators pair up into it exactly as in attention.cu. B = V.
+// Both warpgroups walk all the block's key tiles, also one a warpgroup sees nothing of (a window or
+// document start between its rows and the other's: all masked, P = 0), so that the sequence of wgmma
+// never depends on data; ptxas serializes wgmma that a divergent path separates from its wait.
+//
+// V. The tile is stored exactly like K: row = key, its 64-column halves of d each a 128-byte swizzled
+// row. For P·V that is B = V stored K×N with N (= d) contiguous: MN-major, which wgmma reads with
+// imm-trans-b = 1 (allowed for bf16). Chosen over transposing V while staging it because it needs no
+// extra shared-memory pass or barrier, and its one new piece, the MN-major descriptor, is made
+// unambiguous: with N = 64 per instruction the operand is one 64-wide N block, so the two byte offsets
+// (one steps between 8-key groups, the other between N blocks) both get the 1024 bytes of the
+// 8-key step, and the descriptor reads the same under either reading of the ISA (ptx.cuh,
+// wgmma_desc_mn_sw128_n64). The swizzle itself is a function of the address bits alone, the same
+// for both majors.
+//
+// Ordering (iteration j, tile j in stage j % 3). Wait for tile j's copies (the newest group), fence
+// them into the async proxy, barrier; start tile j + 1's copies into the stage of tile j - 2, whose
+// last reader, the P·V of tile j - 2, every warpgroup waited for in iteration j - 1. Then per
+// warpgroup: issue S of tile j, issue the P·V of tile j - 1 (its P kept as A fragments, its V in stage
+// (j - 1) % 3), wait for S only (wait_group 1) and run the softmax while that P·V is on the tensor
+// cores, wait for it (wait_group 0), rescale O and pack P of tile j. The last tile's P·V follows the
+// loop. Iteration j reads only stages j % 3 (K) and (j - 1) % 3 (V), never the one being filled.
+//
+// The kernel body exists only in sm_90a code (wgmma has no plain sm_90 form); the host launches it
+// only when LLM_GEMM_WGMMA says that code was built and the device is compute capability 9.0, and,
+// since no GPU has run it before its first use in a process, only after a self-check against
+// attention.cu's forward passes (forward_wgmma_usable).
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_impl.cuh"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/ptx.cuh"
+
+namespace llm::cuda {
+namespace attention_impl {
+namespace {
+
+constexpr int kBM = 128;  // queries per block: two warpgroups of 64 rows
+constexpr int kBN = 128;  // keys per tile
+constexpr int kThreads = 256;
+constexpr int kRowBytes = 128;                  // a swizzled row: 64 bf16 of d
+constexpr int kSubTileBytes = 128 * kRowBytes;  // 128 rows (kBM = kBN) × 64 columns of d: 16 KB
+static_assert(kBM == 128 && kBN == 128, "the tiles are 128 rows of D/64 sub-tiles each");
+
+// A Q, K or V tile: D/64 sub-tiles of 128 rows × 64 columns, each 1024-byte aligned.
+template <int D>
+constexpr int kTileBytes = kSubTileBytes * (D / 64);
+constexpr int kStages = 3;  // K and V tiles in flight: being copied, read by S, read by P·V
+// Q, then K and V of each stage, + room to align the base to 1024 bytes.
+template <int D>
+constexpr size_t smem_bytes() {
+  return (1 + 2 * kStages) * kTileBytes<D> + 1024;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Rows row0 .. row0 + 127 of a [.., T, H, D] tensor (`rows`: its row 0 of this head, rows `stride`
+// elements apart; rows past T zero-filled, nothing read) into the tile at shared address `tile`: the
+// 16-byte chunk c of row r goes to sub-tile c / 8, chunk (c % 8) ^ (r % 8) of the sub-tile's row r.
+template <int D>
+__device__ __forceinline__ void load_tile(uint32_t tile, const bf16* rows, int64_t stride, int row0, int T) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int i = 0; i < 128 * kChunks / kThreads; ++i) {
+    const int idx = static_cast<int>(threadIdx.x) + i * kThreads;
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool valid = row0 + r < T;
+    const bf16* src = valid ? rows + (row0 + r) * stride + c * 8 : rows;
+    ptx::cp_async_16(tile + (c / 8) * kSubTileBytes + r * kRowBytes + (((c % 8) ^ (r % 8)) * 16), src, valid ? 16 : 0);
+  }
+}
+#endif
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ int first_s[kBM];  // first(t0 + i), T for rows past the end
+  const uint32_t smem = (ptx::smem_address(smem_raw) + 1023) & ~uint32_t{1023};
+  const uint32_t q_tile = smem;
+  auto k_tile = [&](int stage) { return smem + (1 + 2 * stage) * kTileBytes<D>; };
+  auto v_tile = [&](int stage) { return smem + (2 + 2 * stage) * kTileBytes<D>; };
+
+  // Later query tiles see more keys: they come first in the grid so the tail of the launch is short.
+  const int num_q_tiles = (p.T + kBM - 1) / kBM;
+  const int64_t job = blockIdx.x;
+  const int t0 = (num_q_tiles - 1 - static_cast<int>(job / (static_cast<int64_t>(p.B) * p.Hq))) * kBM;
+  const int h = static_cast<int>(job % p.Hq), b = static_cast<int>(job / p.Hq % p.B), hk = h / p.group;
+
+  if (threadIdx.x < kBM) {  // warps 0-3, 32 rows each (warp-uniform condition)
+    const int r = t0 + static_cast<int>(threadIdx.x / 32) * 32;
+    const int32_t* doc_row = p.doc ? p.doc + static_cast<int64_t>(b) * p.T : nullptr;
+    first_s[threadIdx.x] = r < p.T ? warp_first_keys(doc_row, p.T, p.window, r) : p.T;
+  }
+  __syncthreads();
+  const int tile_begin = first_s[0] / kBN, tile_end = (min(t0 + kBM, p.T) - 1) / kBN + 1;
+
+  // This warpgroup owns block rows wg0 .. wg0 + 63 (queries r0 ..); warp w of it rows 16w .. 16w + 15,
+  // and this thread the accumulator rows g and g + 8 of those: queries row_lo and row_lo + 8.
+  const int warpgroup = static_cast<int>(threadIdx.x / 128), warp = static_cast<int>(threadIdx.x % 128) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32), g = lane / 4, c = lane % 4;
+  const int wg0 = warpgroup * 64, r0 = t0 + wg0;
+  const int first_max = first_s[wg0 + 63];  // first() never decreases
+  const int row_lo = r0 + warp * 16 + g;
+  const int first_lo = first_s[wg0 + warp * 16 + g], first_hi = first_s[wg0 + warp * 16 + g + 8];
+
+  const int64_t kv_stride = p.kv_stride;
+  const bf16* k_rows = p.k + p.kv_row(b, 0, hk);
+  const bf16* v_rows = p.v + p.kv_row(b, 0, hk);
+  load_tile<D>(q_tile, p.q + p.q_row(b, 0, h), p.q_stride, t0, p.T);
+  load_tile<D>(k_tile(0), k_rows, kv_stride, tile_begin * kBN, p.T);
+  load_tile<D>(v_tile(0), v_rows, kv_stride, tile_begin * kBN, p.T);
+  ptx::cp_async_commit();
+
+  const float scale_log2 = p.scale * kLog2e;  // scores in log2 units: the softmax uses exp2
+  float o[D / 64][32];                        // O, one m64n64 accumulator per 64 columns of d
+#pragma unroll
+  for (int n = 0; n < D / 64; ++n)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) o[n][i] = 0.f;
+  // Running max (log2 units) and this thread's partial row sums, rows row_lo and row_lo + 8.
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+
+  // S = Q·Kᵀ of the tile in `stage`: k-step kk reads d 16kk .. 16kk + 15, 32 bytes into the rows of
+  // sub-tile kk / 4; this warpgroup's A is its 64 rows of Q (8 swizzle atoms), B all 128 keys.
+  float s[kBN / 2];
+  auto issue_s = [&](int stage) {
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t a = q_tile + (kk / 4) * kSubTileBytes + wg0 * kRowBytes + (kk % 4) * 32;
+      const uint32_t bk = k_tile(stage) + (kk / 4) * kSubTileBytes + (kk % 4) * 32;
+      ptx::wgmma_m64n128k16_bf16(s, ptx::wgmma_desc_k_sw128(a), ptx::wgmma_desc_k_sw128(bk), kk > 0);
+    }
+    ptx::wgmma_commit();
+  };
+  // P of the previous tile as the A fragments of its key steps kk (keys 16kk ..): pa[kk] = (row g,
+  // keys 2c, 2c + 1), (g + 8, the same), (g, 2c + 8, 2c + 9), (g + 8, the same), i.e. accumulators
+  // 8kk + 0, 1 | 2, 3 | 4, 5 | 6, 7 of its S.
+  uint32_t pa[kBN / 16][4];
+  // O += P·V of the tile in `stage`: key step kk reads V's keys 16kk .. 16kk + 15, 2048 bytes into
+  // each 64-column sub-tile.
+  auto issue_pv = [&](int stage) {
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(o[n]);
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk)
+#pragma unroll
+      for (int n = 0; n < D / 64; ++n)
+        ptx::wgmma_m64n64k16_bf16_rs_tnsp_b(
+            o[n], pa[kk], ptx::wgmma_desc_mn_sw128_n64(v_tile(stage) + n * kSubTileBytes + kk * 16 * kRowBytes));
+    ptx::wgmma_commit();
+  };
+  auto finish_pv = [&] {  // after the wait that covers issue_pv's group
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(o[n]);
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) ptx::wgmma_fence_operand(pa[kk]);  // read until the wait
+  };
+  // The online softmax of S (keys k0 ..), in place, into exp2 values; returns the factors the old O
+  // rows must be scaled by. Branch-free (selects), so that no divergent path lies between a wgmma and
+  // its wait: ptxas would serialize the products otherwise.
+  auto softmax = [&](int k0, float& alpha_lo, float& alpha_hi) {
+    // s[4j + e]: row row_lo + 8·(e / 2), key k0 + 8j + 2c + e % 2.
+    const bool whole = k0 + kBN - 1 <= r0 && k0 >= first_max;  // every row sees every key
+    float mx_lo = m_lo, mx_hi = m_hi;
+#pragma unroll
+    for (int jj = 0; jj < kBN / 8; ++jj)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + 8 * jj + 2 * c + (e & 1);
+        const bool hi = e >> 1;
+        // Bitwise, not short-circuit: no branches, even in the PTX.
+        const bool visible = whole | ((key >= (hi ? first_hi : first_lo)) & (key <= row_lo + 8 * hi));
+        const float x = visible ? s[4 * jj + e] * scale_log2 : -INFINITY;
+        s[4 * jj + e] = x;
+        if (e < 2) mx_lo = fmaxf(mx_lo, x);
+        else mx_hi = fmaxf(mx_hi, x);
+      }
+    // A row's 128 values are spread over the 4 lanes of a quad.
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(kFullMask, mx_lo, 1));
+    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(kFullMask, mx_lo, 2));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(kFullMask, mx_hi, 1));
+    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(kFullMask, mx_hi, 2));
+    // A row that has seen nothing yet (max -inf) shifts by 0: exp2 then gives exact zeros, not NaN.
+    const float shift_lo = mx_lo == -INFINITY ? 0.f : mx_lo, shift_hi = mx_hi == -INFINITY ? 0.f : mx_hi;
+    alpha_lo = exp2f(m_lo - shift_lo);
+    alpha_hi = exp2f(m_hi - shift_hi);
+    m_lo = mx_lo;
+    m_hi = mx_hi;
+    l_lo *= alpha_lo;
+    l_hi *= alpha_hi;
+#pragma unroll
+    for (int jj = 0; jj < kBN / 8; ++jj) {
+      s[4 * jj] = exp2f(s[4 * jj] - shift_lo);
+      s[4 * jj + 1] = exp2f(s[4 * jj + 1] - shift_lo);
+      s[4 * jj + 2] = exp2f(s[4 * jj + 2] - shift_hi);
+      s[4 * jj + 3] = exp2f(s[4 * jj + 3] - shift_hi);
+      l_lo += s[4 * jj] + s[4 * jj + 1];
+      l_hi += s[4 * jj + 2] + s[4 * jj + 3];
+    }
+  };
+  // O moves to the new max (the previous tiles' products all in it), and P becomes the next A.
+  auto rescale_and_pack = [&](float alpha_lo, float alpha_hi) {
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) o[n][i] *= (i & 2) ? alpha_hi : alpha_lo;
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) pa[kk][r] = ptx::pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+  };
+  // Tile j's copies have landed and every thread sees them in the async proxy; then tile j + 1's copies
+  // start, into the stage of tile j - 2, whose last reader (the P·V of tile j - 2) every warpgroup
+  // waited for in iteration j - 1, before this barrier. Iteration j reads K of tile j and V of tile
+  // j - 1: the other two stages.
+  auto next_tile = [&](int tile) {
+    const int j = tile - tile_begin;
+    ptx::cp_async_wait<0>();  // tile j is the newest group, committed in the previous iteration
+    ptx::fence_proxy_async_shared();
+    __syncthreads();
+    if (tile + 1 < tile_end) {
+      load_tile<D>(k_tile((j + 1) % kStages), k_rows, kv_stride, (tile + 1) * kBN, p.T);
+      load_tile<D>(v_tile((j + 1) % kStages), v_rows, kv_stride, (tile + 1) * kBN, p.T);
+    }
+    ptx::cp_async_commit();
+    return j % kStages;
+  };
+
+  // Every warpgroup walks every key tile of the block (a tile it sees nothing of is all masked: P = 0,
+  // O unchanged), so the wgmma sequence never depends on data. The first tile has no P·V before it.
+  float alpha_lo, alpha_hi;
+  int stage = next_tile(tile_begin);
+  issue_s(stage);
+  ptx::wgmma_wait<0>();
+  ptx::wgmma_fence_operand(s);
+  softmax(tile_begin * kBN, alpha_lo, alpha_hi);
+  rescale_and_pack(alpha_lo, alpha_hi);
+  for (int tile = tile_begin + 1; tile < tile_end; ++tile) {
+    const int previous = stage;
+    stage = next_tile(tile);
+    // S of this tile, then the previous tile's P·V behind it on the tensor cores while the softmax runs.
+    issue_s(stage);
+    issue_pv(previous);
+    ptx::wgmma_wait<1>();  // S: every group but the newest (P·V) is done
+    ptx::wgmma_fence_operand(s);
+    softmax(tile * kBN, alpha_lo, alpha_hi);
+    ptx::wgmma_wait<0>();
+    finish_pv();
+    rescale_and_pack(alpha_lo, alpha_hi);
+  }
+  issue_pv(stage);  // the last tile's (no copy overwrites its stage any more)
+  ptx::wgmma_wait<0>();
+  finish_pv();
+  ptx::cp_async_wait<0>();  // only an empty group can be pending here; leave none behind
+  if (r0 >= p.T) return;  // this warpgroup's rows are all past the end
+
+  l_lo += __shfl_xor_sync(kFullMask, l_lo, 1);
+  l_lo += __shfl_xor_sync(kFullMask, l_lo, 2);
+  l_hi += __shfl_xor_sync(kFullMask, l_hi, 1);
+  l_hi += __shfl_xor_sync(kFullMask, l_hi, 2);
+  // o[n][4j + 2·half + e]: row row_lo + 8·half, column 64n + 8j + 2c + e.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row_lo + half * 8;
+    if (row >= p.T) continue;
+    const float l = half ? l_hi : l_lo, m = half ? m_hi : m_lo, inv = l > 0.f ? 1.f / l : 0.f;
+    bf16* dst = p.o + p.o_row(b, row, h) + 2 * c;
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        *reinterpret_cast<__nv_bfloat162*>(dst + 64 * n + 8 * j) =
+            __floats2bfloat162_rn(o[n][4 * j + 2 * half] * inv, o[n][4 * j + 2 * half + 1] * inv);
+    if (c == 0) p.lse_out[p.stat(b, h, row)] = (m + log2f(l)) * kLn2;  // Σ exp = 2^m · l
+  }
+#else
+  (void)p;
+#endif
+}
+
+#if defined(LLM_GEMM_WGMMA)
+template <int D>
+void launch_wgmma(const Params& p, cudaStream_t stream) {
+  constexpr const char* kFn = "cuda::attention_forward (wgmma kernel)";
+  const unsigned int blocks = blocks_for(detail::ceil_div(p.T, kBM) * p.B * p.Hq, 1, kFn);
+  allow_shared_memory(flash_forward_wgmma_kernel<D>, smem_bytes<D>(), kFn);
+  flash_forward_wgmma_kernel<D><<<blocks, kThreads, smem_bytes<D>(), stream>>>(p);
+  check_launch(kFn);
+}
+
+// A device allocation for the self-check, freed on every path out.
+template <class T>
+struct Scratch {
+  T* ptr = nullptr;
+  explicit Scratch(size_t n) { check(cudaMalloc(&ptr, n * sizeof(T)), "attention wgmma self-check (cudaMalloc)"); }
+  ~Scratch() { cudaFree(ptr); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// max |got − want| / max |want| (infinite when got has a NaN).
+double relative_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double max_diff = 0, max_want = 1e-30;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double diff = std::fabs(double(got[i]) - double(want[i]));
+    max_diff = diff <= max_diff ? max_diff : (std::isnan(diff) ? INFINITY : diff);
+    max_want = std::fmax(max_want, std::fabs(double(want[i])));
+  }
+  return max_diff / max_want;
+}
+
+// The wgmma forward against attention.cu's mma.sync forward on a small causal problem with grouped
+// heads, five key tiles (the stage ring wraps) and a partial last tile (fixed random bf16 inputs).
+// Empty on success, else what differed.
+std::string self_check(int D) {
+  constexpr int B = 1, T = 520, Hq = 4, Hkv = 2;
+  constexpr double kTolerance = 2e-2;
+  const size_t nq = size_t{B} * T * Hq * D, nkv = size_t{B} * T * Hkv * D, nstat = size_t{B} * Hq * T;
+  std::vector<bf16> host_q(nq), host_kv(2 * nkv);
+  uint64_t x = 0x243F6A8885A308D3ull;
+  const auto next = [&x] {  // uniform in [-2, 2)
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<float>(x >> 40) / float(1 << 24) * 4.f - 2.f;
+  };
+  for (bf16& e : host_q) e = __float2bfloat16_rn(next());
+  for (bf16& e : host_kv) e = __float2bfloat16_rn(next());
+  Scratch<bf16> q(nq), kv(2 * nkv), out_wgmma(nq), out_mma(nq);
+  Scratch<float> lse_wgmma(nstat), lse_mma(nstat);
+  constexpr const char* kFn = "attention wgmma self-check (copy)";
+  check(cudaMemcpy(q.ptr, host_q.data(), nq * sizeof(bf16), cudaMemcpyHostToDevice), kFn);
+  check(cudaMemcpy(kv.ptr, host_kv.data(), 2 * nkv * sizeof(bf16), cudaMemcpyHostToDevice), kFn);
+
+  Params p{};
+  p.B = B;
+  p.T = T;
+  p.Hq = Hq;
+  p.Hkv = Hkv;
+  p.D = D;
+  p.group = Hq / Hkv;
+  p.q_stride = Hq * D;
+  p.kv_stride = Hkv * D;
+  p.scale = 1.f / std::sqrt(static_cast<float>(D));
+  p.q = q.ptr;
+  p.k = kv.ptr;
+  p.v = kv.ptr + nkv;
+  p.o = out_wgmma.ptr;
+  p.lse_out = lse_wgmma.ptr;
+  if (D == 64) launch_wgmma<64>(p, nullptr);
+  else launch_wgmma<128>(p, nullptr);
+  p.o = out_mma.ptr;
+  p.lse_out = lse_mma.ptr;
+  flash_forward(p, nullptr);
+  check(cudaStreamSynchronize(nullptr), "attention wgmma self-check (running the kernels)");
+
+  std::vector<float> got(nq), want(nq), got_lse(nstat), want_lse(nstat);
+  const auto download = [&](std::vector<float>& dst, const bf16* src) {
+    std::vector<bf16> h(dst.size());
+    check(cudaMemcpy(h.data(), src, h.size() * sizeof(bf16), cudaMemcpyDeviceToHost), kFn);
+    for (size_t i = 0; i < h.size(); ++i) dst[i] = __bfloat162float(h[i]);
+  };
+  download(got, out_wgmma.ptr);
+  download(want, out_mma.ptr);
+  check(cudaMemcpy(got_lse.data(), lse_wgmma.ptr, nstat * sizeof(float), cudaMemcpyDeviceToHost), kFn);
+  check(cudaMemcpy(want_lse.data(), lse_mma.ptr, nstat * sizeof(float), cudaMemcpyDeviceToHost), kFn);
+  const double out_error = relative_error(got, want), lse_error = relative_error(got_lse, want_lse);
+  if (out_error <= kTolerance && lse_error <= kTolerance) return {};
+  return "out relative error " + std::to_string(out_error) + ", lse relative error " + std::to_string(lse_error) +
+         " against the mma.sync kernel (B=1 T=520 Hq=4 Hkv=2 D=" + std::to_string(D) + " causal)";
+}
+#endif
+
+}  // namespace
+
+bool forward_wgmma_usable(int64_t D) {
+#if defined(LLM_GEMM_WGMMA)
+  if ((D != 64 && D != 128) || !attention_wgmma_enabled() || !attention_wgmma_available()) return false;
+  static std::array<std::once_flag, 2> checked;
+  std::call_once(checked[D == 128], [D] {
+    const std::string error = self_check(static_cast<int>(D));
+    if (error.empty()) return;
+    set_attention_wgmma(false);
+    std::fprintf(stderr, "warning: cuda::attention_forward: the wgmma kernel (D=%d) failed its self-check (%s); "
+                 "using the mma.sync kernel for the rest of the process\n", static_cast<int>(D), error.c_str());
+  });
+  return attention_wgmma_enabled();
+#else
+  (void)D;
+  return false;
+#endif
+}
+
+void flash_forward_wgmma(const Params& p, cudaStream_t stream) {
+#if defined(LLM_GEMM_WGMMA)
+  if (p.D == 64) launch_wgmma<64>(p, stream);
+  else launch_wgmma<128>(p, stream);
+#else
+  (void)p;
+  (void)stream;
+  throw std::runtime_error("cuda::attention_forward: the wgmma kernel was not compiled in");
+#endif
+}
+
+}  // namespace attention_impl
+
+bool attention_wgmma_available() {
+#if defined(LLM_GEMM_WGMMA)
+  return gemm_wgmma_available();  // the same sm_90a build and compute capability 9.0 device
+#else
+  return false;
+#endif
+}
+
+}  // namespace llm::cuda
