@@ -162,10 +162,8 @@ class GPT2Block : public nn::Module {
   }
 
   Tensor forward(const Tensor& x, const Tensor& doc) const {
-    const int64_t B = x.size(0), T = x.size(1), C = x.size(2), hd = C / heads_;
-    const std::vector<Tensor> qkv = ops::split(c_attn.forward(ln_1.forward(x)), -1, {C, C, C});
-    const Shape heads{B, T, heads_, hd};
-    const Tensor y = ops::attention(qkv[0].view(heads), qkv[1].view(heads), qkv[2].view(heads), doc);
+    const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+    const Tensor y = ops::attention_qkv(c_attn.forward(ln_1.forward(x)), heads_, doc);
     const Tensor h = attn_proj.forward_residual(y.view(Shape{B, T, C}), x);
     return mlp_proj.forward_residual(c_fc.forward_gelu(ln_2.forward(h)), h);
   }

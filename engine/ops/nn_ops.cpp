@@ -448,39 +448,114 @@ cuda::AttentionKernel attention_kernel() {
 Tensor bf16_of(const Tensor& t) { return t.detach().contiguous().to(DType::BF16); }
 #endif
 
+// q, k and v as the kernels read them: three tensors, or (fused) one [B, T, 3·Hq·D] tensor holding
+// each token's q, k and v side by side (GPT-2's qkv projection), read through token strides.
+struct AttentionInputs {
+  Tensor q, k, v;  // fused: all three the same tensor
+  bool fused = false;
+  int64_t offset(int i, const cpu::AttentionShape& s) const { return fused ? i * s.Hq * s.D : 0; }
+};
+
 struct AttentionBackward : Node {
   SavedTensor q, k, v, doc, out, lse;  // on CUDA q, k, v and out are the bf16 tensors the kernels read
+  bool fused = false;                  // q, k, v (and so the gradient) are one fused tensor
   cpu::AttentionShape shape{};
   float scale = 1.f;
-  DType dtypes[3] = {DType::F32, DType::F32, DType::F32};  // of q, k, v: their gradients' dtypes
+  DType dtypes[3] = {DType::F32, DType::F32, DType::F32};  // of the inputs: their gradients' dtypes
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
-    const Tensor qv = q.get(*this), kv = k.get(*this), vv = v.get(*this), gc = g[0].contiguous();
+    AttentionInputs in{q.get(*this), fused ? Tensor() : k.get(*this), fused ? Tensor() : v.get(*this), fused};
+    if (fused) in.k = in.v = in.q;
+    const Tensor gc = g[0].contiguous();
     const Tensor docv = doc.defined() ? doc.get(*this) : Tensor();
-    if (gc.device().is_cuda()) {
-      Tensor dq = Tensor::empty(qv.shape(), DType::BF16, gc.device()), dk = Tensor::empty(kv.shape(), DType::BF16, gc.device()),
-             dv = Tensor::empty(vv.shape(), DType::BF16, gc.device());
+    const bool on_cuda = gc.device().is_cuda();
+    const DType grad_dtype = on_cuda ? DType::BF16 : DType::F32;
+    Tensor dq = Tensor::empty(in.q.shape(), grad_dtype, gc.device());
+    Tensor dk = fused ? dq : Tensor::empty(in.k.shape(), grad_dtype, gc.device());
+    Tensor dv = fused ? dq : Tensor::empty(in.v.shape(), grad_dtype, gc.device());
+    auto at = [&](const Tensor& t, int i, auto* type) { return static_cast<decltype(type)>(t.raw_data()) + in.offset(i, shape); };
+    if (on_cuda) {
 #ifdef LLM_HAVE_CUDA
+      using bf16 = cuda::bf16;
+      const bf16* kind = nullptr;
+      bf16* mut = nullptr;
       const cuda::AttentionShape cs = cuda_shape(shape);
       const Tensor dout = bf16_of(gc);
       Tensor work = Tensor::empty(Shape{static_cast<int64_t>(cuda::attention_backward_workspace_bytes(cs))}, DType::U8,
                                   gc.device());
-      cuda::attention_backward(cs, ptr<cuda::bf16>(qv), ptr<cuda::bf16>(kv), ptr<cuda::bf16>(vv),
-                               docv.defined() ? ptr<int32_t>(docv) : nullptr, scale, ptr<cuda::bf16>(out.get(*this)),
-                               ptr<float>(lse.get(*this)), ptr<cuda::bf16>(dout), ptr<cuda::bf16>(dq), ptr<cuda::bf16>(dk),
-                               ptr<cuda::bf16>(dv), work.raw_data(), stream_of(gc), attention_kernel());
+      cuda::attention_backward(cs, at(in.q, 0, kind), at(in.k, 1, kind), at(in.v, 2, kind),
+                               docv.defined() ? ptr<int32_t>(docv) : nullptr, scale, ptr<bf16>(out.get(*this)),
+                               ptr<float>(lse.get(*this)), ptr<bf16>(dout), at(dq, 0, mut), at(dk, 1, mut), at(dv, 2, mut),
+                               work.raw_data(), stream_of(gc), attention_kernel());
 #endif
-      return {dq.to(dtypes[0]), dk.to(dtypes[1]), dv.to(dtypes[2]), Tensor()};
+    } else {
+      const float* kind = nullptr;
+      float* mut = nullptr;
+      cpu::attention_backward(shape, at(in.q, 0, kind), at(in.k, 1, kind), at(in.v, 2, kind),
+                              docv.defined() ? docv.data<int32_t>() : nullptr, scale, out.get(*this).data<float>(),
+                              lse.get(*this).data<float>(), gc.data<float>(), at(dq, 0, mut), at(dk, 1, mut),
+                              at(dv, 2, mut));
     }
-    Tensor dq = Tensor::empty(qv.shape()), dk = Tensor::empty(kv.shape()), dv = Tensor::empty(vv.shape());
-    cpu::attention_backward(shape, qv.data<float>(), kv.data<float>(), vv.data<float>(),
-                            docv.defined() ? docv.data<int32_t>() : nullptr, scale, out.get(*this).data<float>(),
-                            lse.get(*this).data<float>(), gc.data<float>(), dq.data<float>(), dk.data<float>(),
-                            dv.data<float>());
-    return {dq, dk, dv, Tensor()};
+    if (fused) return {dq.to(dtypes[0]), Tensor()};
+    return {dq.to(dtypes[0]), dk.to(dtypes[1]), dv.to(dtypes[2]), Tensor()};
   }
   std::vector<SavedTensor*> saved() override { return {&q, &k, &v, &doc, &out, &lse}; }
   std::string name() const override { return "AttentionBackward"; }
 };
+
+// The forward for attention() and attention_qkv(): `inputs` are the op's graph inputs (q, k, v or
+// qkv, then doc), s the shape with its token strides.
+Tensor attention_forward_op(AttentionInputs in, const cpu::AttentionShape& s, const Tensor& doc_in, float scale,
+                            const std::vector<const Tensor*>& inputs) {
+  Tensor doc;
+  if (doc_in.defined()) {
+    doc = index_input(doc_in, "attention", "doc");
+    check_shape(doc, Shape{s.B, s.T}, "attention", "doc");
+  }
+  const float sc = scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(s.D));
+  Tensor lse = Tensor::empty(Shape{s.B, s.Hq, s.T}, DType::F32, in.q.device());
+  Tensor out, result;  // out: what the kernel wrote (and backward reads); result: in the op's output dtype
+  const DType dtypes[3] = {in.q.dtype(), in.k.dtype(), in.v.dtype()};
+  const Shape out_shape{s.B, s.T, s.Hq, s.D};
+  auto at = [&](const Tensor& t, int i, auto* type) { return static_cast<decltype(type)>(t.raw_data()) + in.offset(i, s); };
+  if (in.q.device().is_cuda()) {
+#ifdef LLM_HAVE_CUDA
+    // bf16 tensor-core kernels; f32 inputs are read as bf16 and an all-f32 call returns f32.
+    in.q = bf16_of(in.q);
+    in.k = in.fused ? in.q : bf16_of(in.k);
+    in.v = in.fused ? in.q : bf16_of(in.v);
+    const cuda::bf16* kind = nullptr;
+    out = Tensor::empty(out_shape, DType::BF16, in.q.device());
+    cuda::attention_forward(cuda_shape(s), at(in.q, 0, kind), at(in.k, 1, kind), at(in.v, 2, kind),
+                            doc.defined() ? ptr<int32_t>(doc) : nullptr, sc, ptr<cuda::bf16>(out), ptr<float>(lse),
+                            stream_of(in.q), attention_kernel());
+    const bool any_bf16 = dtypes[0] == DType::BF16 || dtypes[1] == DType::BF16 || dtypes[2] == DType::BF16;
+    result = any_bf16 ? out : out.to(DType::F32);
+#endif
+  } else {
+    in.q = in.q.contiguous();
+    in.k = in.fused ? in.q : in.k.contiguous();
+    in.v = in.fused ? in.q : in.v.contiguous();
+    const float* kind = nullptr;
+    out = result = Tensor::empty(out_shape);
+    cpu::attention_forward(s, at(in.q, 0, kind), at(in.k, 1, kind), at(in.v, 2, kind),
+                           doc.defined() ? doc.data<int32_t>() : nullptr, sc, out.data<float>(), lse.data<float>());
+  }
+  record_op<AttentionBackward>(inputs, {&result}, [&](AttentionBackward& n) {
+    n.q = SavedTensor(in.q);
+    if (!in.fused) {
+      n.k = SavedTensor(in.k);
+      n.v = SavedTensor(in.v);
+    }
+    n.fused = in.fused;
+    n.doc = SavedTensor(doc);
+    n.out = SavedTensor(out);
+    n.lse = SavedTensor(lse);
+    n.shape = s;
+    n.scale = sc;
+    for (int i = 0; i < 3; ++i) n.dtypes[i] = dtypes[i];
+  });
+  return result;
+}
 }  // namespace
 
 void set_attention_backend(AttentionBackend backend) { g_attention_backend = backend; }
@@ -508,52 +583,27 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
   check_same_device(q_in, k_in, "attention");
   check_same_device(q_in, v_in, "attention");
   if (doc_in.defined()) check_same_device(q_in, doc_in, "attention");
-  Tensor q = float_input(q_in, "attention", "q"), k = float_input(k_in, "attention", "k"), v = float_input(v_in, "attention", "v");
+  const Tensor q = float_input(q_in, "attention", "q"), k = float_input(k_in, "attention", "k"),
+               v = float_input(v_in, "attention", "v");
   LLM_CHECK(q.dim() == 4, "attention: q must be [B, T, Hq, D], got ", q.str());
   const cpu::AttentionShape s{q.size(0), q.size(1), q.size(2), k.dim() == 4 ? k.size(2) : 0, q.size(3), window};
   check_shape(k, Shape{s.B, s.T, s.Hkv, s.D}, "attention", "k");
   check_shape(v, k.shape(), "attention", "v");
   LLM_CHECK(s.Hkv > 0 && s.Hq % s.Hkv == 0, "attention: ", s.Hq, " query heads are not a multiple of ", s.Hkv,
             " key/value heads");
-  Tensor doc;
-  if (doc_in.defined()) {
-    doc = index_input(doc_in, "attention", "doc");
-    check_shape(doc, Shape{s.B, s.T}, "attention", "doc");
-  }
-  const float sc = scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(s.D));
-  Tensor lse = Tensor::empty(Shape{s.B, s.Hq, s.T}, DType::F32, q.device());
-  Tensor out, result;  // out: what the kernel wrote (and backward reads); result: in the op's output dtype
-  const DType dtypes[3] = {q.dtype(), k.dtype(), v.dtype()};
-  if (q.device().is_cuda()) {
-#ifdef LLM_HAVE_CUDA
-    // bf16 tensor-core kernels; f32 inputs are read as bf16 and an all-f32 call returns f32.
-    q = bf16_of(q);
-    k = bf16_of(k);
-    v = bf16_of(v);
-    out = Tensor::empty(q.shape(), DType::BF16, q.device());
-    cuda::attention_forward(cuda_shape(s), ptr<cuda::bf16>(q), ptr<cuda::bf16>(k), ptr<cuda::bf16>(v),
-                            doc.defined() ? ptr<int32_t>(doc) : nullptr, sc, ptr<cuda::bf16>(out), ptr<float>(lse),
-                            stream_of(q), attention_kernel());
-    const bool any_bf16 = dtypes[0] == DType::BF16 || dtypes[1] == DType::BF16 || dtypes[2] == DType::BF16;
-    result = any_bf16 ? out : out.to(DType::F32);
-#endif
-  } else {
-    out = result = Tensor::empty(q.shape());
-    cpu::attention_forward(s, q.data<float>(), k.data<float>(), v.data<float>(),
-                           doc.defined() ? doc.data<int32_t>() : nullptr, sc, out.data<float>(), lse.data<float>());
-  }
-  record_op<AttentionBackward>({&q_in, &k_in, &v_in, &doc_in}, {&result}, [&](AttentionBackward& n) {
-    n.q = SavedTensor(q);
-    n.k = SavedTensor(k);
-    n.v = SavedTensor(v);
-    n.doc = SavedTensor(doc);
-    n.out = SavedTensor(out);
-    n.lse = SavedTensor(lse);
-    n.shape = s;
-    n.scale = sc;
-    for (int i = 0; i < 3; ++i) n.dtypes[i] = dtypes[i];
-  });
-  return result;
+  return attention_forward_op({q, k, v, false}, s, doc_in, scale, {&q_in, &k_in, &v_in, &doc_in});
+}
+
+Tensor attention_qkv(const Tensor& qkv_in, int64_t heads, const Tensor& doc_in, float scale) {
+  check_defined(qkv_in, "attention_qkv", "qkv");
+  if (doc_in.defined()) check_same_device(qkv_in, doc_in, "attention_qkv");
+  const Tensor qkv = float_input(qkv_in, "attention_qkv", "qkv");
+  LLM_CHECK(qkv.dim() == 3 && heads > 0 && qkv.size(2) % (3 * heads) == 0, "attention_qkv: qkv must be [B, T, 3·",
+            heads, "·D] for ", heads, " heads, got ", qkv.str());
+  const int64_t C = qkv.size(2) / 3;
+  cpu::AttentionShape s{qkv.size(0), qkv.size(1), heads, heads, C / heads};
+  s.q_stride = s.kv_stride = 3 * C;
+  return attention_forward_op({qkv, qkv, qkv, true}, s, doc_in, scale, {&qkv_in, &doc_in});
 }
 
 Tensor attention_cached(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& past_in, float scale,

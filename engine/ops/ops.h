@@ -98,6 +98,9 @@ Tensor rope(const Tensor& x, const Tensor& positions, float theta,
 // t sees only keys t - window + 1 .. t. scale <= 0 means 1/sqrt(D).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& doc = Tensor(),
                  float scale = 0.f, int64_t window = 0);
+// The same over GPT-2's fused projection: qkv [B, T, 3·H·D] holds each token's q, k and v side by
+// side; read in place (no split copies), the gradient comes back in the same layout. → [B, T, H, D].
+Tensor attention_qkv(const Tensor& qkv, int64_t heads, const Tensor& doc = Tensor(), float scale = 0.f);
 // Which kernels run attention on CUDA, process-wide (config `kernels.attention`): auto (tensor cores
 // for head dims 64 and 128, else the simple kernels), simple (the slow reference everywhere) or
 // tensor_core (an error where it does not apply). No effect on the CPU.

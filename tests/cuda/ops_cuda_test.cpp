@@ -212,6 +212,12 @@ TEST(OpsCuda, Attention) {
               {BF16, BF16, BF16, F32}, kBf16Tol);
     match_cpu("attention window 5" + d, [](const V& v) { return ops::attention(v[0], v[1], v[2], Tensor(), 0.f, 5); },
               {in[0], in[1], in[2]}, {BF16, BF16, BF16}, kBf16Tol);
+    // GPT-2's fused qkv read in place through token strides, its gradient written in the same layout.
+    const V fused{values({2, 17, 3 * 4 * D}, 4), doc};
+    match_cpu("attention_qkv bf16" + d, [](const V& v) { return ops::attention_qkv(v[0], 4, v[1]); }, fused,
+              {BF16, F32}, kBf16Tol);
+    match_cpu("attention_qkv f32" + d, [](const V& v) { return ops::attention_qkv(v[0], 4); }, {fused[0]}, {F32},
+              kBf16Tol);
   }
 }
 

@@ -119,7 +119,8 @@ TEST(TrainCuda, LlamaFollowsTheCpuRun) {
 }
 
 // The op profile on the device: events on the stream, one row per op, each forward and backward
-// of the model's 9 linear layers (2 blocks × qkv, proj, fc, proj, and the tied output head) counted once.
+// of the model's 9 linear layers (2 blocks × qkv, proj, fc, proj, and the tied output head) counted once,
+// under the name of its fused form.
 TEST(TrainCuda, OpProfileCoversADeviceStep) {
   LLM_SKIP_WITHOUT_GPU();
   models::ModelConfig c;
@@ -147,8 +148,11 @@ TEST(TrainCuda, OpProfileCoversADeviceStep) {
     EXPECT_GE(r.seconds, 0.0) << r.name;
     by_name[r.name] = r;
   }
-  EXPECT_EQ(by_name["Linear fwd"].calls, 9);
-  EXPECT_EQ(by_name["Linear bwd"].calls, 9);
+  EXPECT_EQ(by_name["Linear fwd"].calls, 3);  // qkv ×2 and the output head
+  EXPECT_EQ(by_name["Linear bwd"].calls, 3);
+  EXPECT_EQ(by_name["LinearResidual fwd"].calls, 4);  // both projections ×2
+  EXPECT_EQ(by_name["LinearGelu fwd"].calls, 2);
+  EXPECT_EQ(by_name["LinearGelu bwd"].calls, 2);
   EXPECT_EQ(by_name["Attention bwd"].calls, 2);
   EXPECT_EQ(by_name["AdamW step"].calls, 1);
 }

@@ -103,6 +103,27 @@ TEST(OpsGrad, Attention) {
   for (bool packed : {false, true})
     gradcheck([&](const V& in) { return ops::attention(in[0], in[1], in[2], packed ? doc : Tensor()); },
               {param(Shape{2, 6, 4, 3}, 1), param(Shape{2, 6, 2, 3}, 2), param(Shape{2, 6, 2, 3}, 3)});
+  for (bool packed : {false, true})
+    gradcheck([&](const V& in) { return ops::attention_qkv(in[0], 2, packed ? doc : Tensor()); },
+              {param(Shape{2, 6, 3 * 2 * 3}, 4)});
+}
+
+TEST(OpsGrad, FusedQkvAttentionEqualsAttentionOnItsThirds) {
+  const Tensor doc = ids({0, 0, 1, 1, 1, 2, 7, 7, 7, 7, 7, 7}, Shape{2, 6});
+  const int64_t H = 3, D = 4, C = H * D;
+  Tensor qkv = param(Shape{2, 6, 3 * C}, 5), same = qkv.detach().clone().set_requires_grad();
+  const Tensor fused = ops::attention_qkv(qkv, H, doc);
+  const std::vector<Tensor> parts = ops::split(same, -1, {C, C, C});
+  const Shape heads{2, 6, H, D};
+  const Tensor split = ops::attention(parts[0].view(heads), parts[1].view(heads), parts[2].view(heads), doc);
+  const Tensor r = param(Shape{2, 6, H, D}, 6).detach();
+  ops::sum(fused * r).backward();
+  ops::sum(split * r).backward();
+  // The same kernels on the same numbers: equal to the last bit, values and gradients.
+  EXPECT_EQ(fused.to_vector<float>(), split.to_vector<float>());
+  EXPECT_EQ(qkv.grad().to_vector<float>(), same.grad().to_vector<float>());
+  EXPECT_NE(testing::error_of([&] { ops::attention_qkv(param(Shape{2, 6, 10}, 7), 2); }).find("3·2·D"),
+            std::string::npos);
 }
 
 // Ops must also compute the right values, not only consistent gradients: spot checks of the
