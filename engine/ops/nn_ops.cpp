@@ -453,7 +453,11 @@ Tensor bf16_of(const Tensor& t) { return t.detach().contiguous().to(DType::BF16)
 struct AttentionInputs {
   Tensor q, k, v;  // fused: all three the same tensor
   bool fused = false;
-  int64_t offset(int i, const cpu::AttentionShape& s) const { return fused ? i * s.Hq * s.D : 0; }
+  // Where the rows of input i (0: q, 1: k, 2: v) start in t: that input, or its gradient (same layout).
+  template <class T>
+  T* rows(const Tensor& t, int i, const cpu::AttentionShape& s) const {
+    return static_cast<T*>(t.raw_data()) + (fused ? i * s.Hq * s.D : 0);
+  }
 };
 
 struct AttentionBackward : Node {
@@ -472,28 +476,25 @@ struct AttentionBackward : Node {
     Tensor dq = Tensor::empty(in.q.shape(), grad_dtype, gc.device());
     Tensor dk = fused ? dq : Tensor::empty(in.k.shape(), grad_dtype, gc.device());
     Tensor dv = fused ? dq : Tensor::empty(in.v.shape(), grad_dtype, gc.device());
-    auto at = [&](const Tensor& t, int i, auto* type) { return static_cast<decltype(type)>(t.raw_data()) + in.offset(i, shape); };
+    const cpu::AttentionShape& s = shape;
     if (on_cuda) {
 #ifdef LLM_HAVE_CUDA
       using bf16 = cuda::bf16;
-      const bf16* kind = nullptr;
-      bf16* mut = nullptr;
-      const cuda::AttentionShape cs = cuda_shape(shape);
+      const cuda::AttentionShape cs = cuda_shape(s);
       const Tensor dout = bf16_of(gc);
       Tensor work = Tensor::empty(Shape{static_cast<int64_t>(cuda::attention_backward_workspace_bytes(cs))}, DType::U8,
                                   gc.device());
-      cuda::attention_backward(cs, at(in.q, 0, kind), at(in.k, 1, kind), at(in.v, 2, kind),
-                               docv.defined() ? ptr<int32_t>(docv) : nullptr, scale, ptr<bf16>(out.get(*this)),
-                               ptr<float>(lse.get(*this)), ptr<bf16>(dout), at(dq, 0, mut), at(dk, 1, mut), at(dv, 2, mut),
-                               work.raw_data(), stream_of(gc), attention_kernel());
+      cuda::attention_backward(cs, in.rows<const bf16>(in.q, 0, s), in.rows<const bf16>(in.k, 1, s),
+                               in.rows<const bf16>(in.v, 2, s), docv.defined() ? ptr<int32_t>(docv) : nullptr, scale,
+                               ptr<bf16>(out.get(*this)), ptr<float>(lse.get(*this)), ptr<bf16>(dout),
+                               in.rows<bf16>(dq, 0, s), in.rows<bf16>(dk, 1, s), in.rows<bf16>(dv, 2, s), work.raw_data(),
+                               stream_of(gc), attention_kernel());
 #endif
     } else {
-      const float* kind = nullptr;
-      float* mut = nullptr;
-      cpu::attention_backward(shape, at(in.q, 0, kind), at(in.k, 1, kind), at(in.v, 2, kind),
-                              docv.defined() ? docv.data<int32_t>() : nullptr, scale, out.get(*this).data<float>(),
-                              lse.get(*this).data<float>(), gc.data<float>(), at(dq, 0, mut), at(dk, 1, mut),
-                              at(dv, 2, mut));
+      cpu::attention_backward(s, in.rows<const float>(in.q, 0, s), in.rows<const float>(in.k, 1, s),
+                              in.rows<const float>(in.v, 2, s), docv.defined() ? docv.data<int32_t>() : nullptr, scale,
+                              out.get(*this).data<float>(), lse.get(*this).data<float>(), gc.data<float>(),
+                              in.rows<float>(dq, 0, s), in.rows<float>(dk, 1, s), in.rows<float>(dv, 2, s));
     }
     if (fused) return {dq.to(dtypes[0]), Tensor()};
     return {dq.to(dtypes[0]), dk.to(dtypes[1]), dv.to(dtypes[2]), Tensor()};
@@ -516,16 +517,16 @@ Tensor attention_forward_op(AttentionInputs in, const cpu::AttentionShape& s, co
   Tensor out, result;  // out: what the kernel wrote (and backward reads); result: in the op's output dtype
   const DType dtypes[3] = {in.q.dtype(), in.k.dtype(), in.v.dtype()};
   const Shape out_shape{s.B, s.T, s.Hq, s.D};
-  auto at = [&](const Tensor& t, int i, auto* type) { return static_cast<decltype(type)>(t.raw_data()) + in.offset(i, s); };
   if (in.q.device().is_cuda()) {
 #ifdef LLM_HAVE_CUDA
     // bf16 tensor-core kernels; f32 inputs are read as bf16 and an all-f32 call returns f32.
     in.q = bf16_of(in.q);
     in.k = in.fused ? in.q : bf16_of(in.k);
     in.v = in.fused ? in.q : bf16_of(in.v);
-    const cuda::bf16* kind = nullptr;
+    using bf16 = cuda::bf16;
     out = Tensor::empty(out_shape, DType::BF16, in.q.device());
-    cuda::attention_forward(cuda_shape(s), at(in.q, 0, kind), at(in.k, 1, kind), at(in.v, 2, kind),
+    cuda::attention_forward(cuda_shape(s), in.rows<const bf16>(in.q, 0, s), in.rows<const bf16>(in.k, 1, s),
+                            in.rows<const bf16>(in.v, 2, s),
                             doc.defined() ? ptr<int32_t>(doc) : nullptr, sc, ptr<cuda::bf16>(out), ptr<float>(lse),
                             stream_of(in.q), attention_kernel());
     const bool any_bf16 = dtypes[0] == DType::BF16 || dtypes[1] == DType::BF16 || dtypes[2] == DType::BF16;
@@ -535,9 +536,9 @@ Tensor attention_forward_op(AttentionInputs in, const cpu::AttentionShape& s, co
     in.q = in.q.contiguous();
     in.k = in.fused ? in.q : in.k.contiguous();
     in.v = in.fused ? in.q : in.v.contiguous();
-    const float* kind = nullptr;
     out = result = Tensor::empty(out_shape);
-    cpu::attention_forward(s, at(in.q, 0, kind), at(in.k, 1, kind), at(in.v, 2, kind),
+    cpu::attention_forward(s, in.rows<const float>(in.q, 0, s), in.rows<const float>(in.k, 1, s),
+                           in.rows<const float>(in.v, 2, s),
                            doc.defined() ? doc.data<int32_t>() : nullptr, sc, out.data<float>(), lse.data<float>());
   }
   record_op<AttentionBackward>(inputs, {&result}, [&](AttentionBackward& n) {
