@@ -56,9 +56,7 @@ cuda::GemmBackend gemm_backend() {
   return cuda::GemmBackend::kAuto;
 }
 
-// The bf16 operand the tensor cores read: t itself, or a contiguous bf16 copy (no graph node: the op
-// computes its gradient in t's dtype itself).
-Tensor bf16_operand(const Tensor& t) { return t.detach().contiguous().to(DType::BF16); }
+using detail::bf16_operand;
 
 // Whether t, as rows of its last dimension, is a matrix a GEMM reads in place: each row contiguous,
 // rows in order a fixed stride apart (every dimension above the last two packed), 16-byte aligned.

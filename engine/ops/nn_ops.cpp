@@ -445,7 +445,7 @@ cuda::AttentionKernel attention_kernel() {
   }
   return cuda::AttentionKernel::kAuto;
 }
-Tensor bf16_of(const Tensor& t) { return t.detach().contiguous().to(DType::BF16); }
+using detail::bf16_operand;
 #endif
 
 // q, k and v as the kernels read them: three tensors, or (fused) one [B, T, 3·Hq·D] tensor holding
@@ -481,7 +481,7 @@ struct AttentionBackward : Node {
 #ifdef LLM_HAVE_CUDA
       using bf16 = cuda::bf16;
       const cuda::AttentionShape cs = cuda_shape(s);
-      const Tensor dout = bf16_of(gc);
+      const Tensor dout = bf16_operand(gc);
       Tensor work = Tensor::empty(Shape{static_cast<int64_t>(cuda::attention_backward_workspace_bytes(cs))}, DType::U8,
                                   gc.device());
       cuda::attention_backward(cs, in.rows<const bf16>(in.q, 0, s), in.rows<const bf16>(in.k, 1, s),
@@ -520,9 +520,9 @@ Tensor attention_forward_op(AttentionInputs in, const cpu::AttentionShape& s, co
   if (in.q.device().is_cuda()) {
 #ifdef LLM_HAVE_CUDA
     // bf16 tensor-core kernels; f32 inputs are read as bf16 and an all-f32 call returns f32.
-    in.q = bf16_of(in.q);
-    in.k = in.fused ? in.q : bf16_of(in.k);
-    in.v = in.fused ? in.q : bf16_of(in.v);
+    in.q = bf16_operand(in.q);
+    in.k = in.fused ? in.q : bf16_operand(in.k);
+    in.v = in.fused ? in.q : bf16_operand(in.v);
     using bf16 = cuda::bf16;
     out = Tensor::empty(out_shape, DType::BF16, in.q.device());
     cuda::attention_forward(cuda_shape(s), in.rows<const bf16>(in.q, 0, s), in.rows<const bf16>(in.k, 1, s),

@@ -47,6 +47,9 @@ template <class T>
 T* ptr(const Tensor& t) {
   return static_cast<T*>(t.raw_data());
 }
+// The bf16 operand a tensor-core kernel reads: t itself, or a contiguous bf16 copy (no graph node:
+// the op computes its gradients in t's dtype itself).
+inline Tensor bf16_operand(const Tensor& t) { return t.detach().contiguous().to(DType::BF16); }
 // Calls f with a value of the element type of a floating CUDA tensor (float or cuda::bf16).
 template <class F>
 void with_float_type(DType dtype, F&& f) {
