@@ -184,6 +184,7 @@ const std::vector<Field>& fields() {
       integer("checkpoint", "interval", &C::checkpoint_interval),
       integer("checkpoint", "keep_last", &C::keep_last),
       integer("log", "interval", &C::log_interval),
+      integer("log", "profile_step", &C::profile_step),
       text("log", "metrics", &C::metrics_path),
       {"finetune", "method",
        [](C& c, const YAML::Node& n, const std::string& w) {

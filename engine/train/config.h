@@ -59,6 +59,7 @@ struct TrainConfig {
 
   // log
   int64_t log_interval = 10;
+  int64_t profile_step = 0;  // > 0: that step runs under the op profile (engine/core/profile.h), its table logged
   std::string metrics_path;  // JSON lines, one per step; default <checkpoint_dir>/metrics.jsonl
 
   // finetune (llm-finetune): the method, and how JSONL records become token rows (engine/train/sft_data.h)

@@ -658,8 +658,14 @@ std::vector<StepRecord> Trainer::run() {
   while (step_ < last_step) {
     const auto t0 = clock_type::now();
     const double lr = schedule_.at(step_);
+    const bool profiled = step_ + 1 == config_.profile_step;
+    if (profiled) profile::start(model_device(*model_));
     const double loss = train_step();
     ++step_;
+    if (profiled) {
+      const std::vector<profile::Row> rows = profile::stop();
+      log_ << "step " << step_ << ", time per op (log.profile_step):\n" << profile::format(rows, 1) << std::flush;
+    }
     // RL steps count the completion tokens they sampled (and spend most of their time sampling them).
     const int64_t step_tokens = config_.is_rl() ? std::llround(last_rl_.completion_length * static_cast<double>(
                                                       config_.prompts_per_step * config_.group_size))

@@ -162,6 +162,21 @@ TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
   EXPECT_NO_THROW(load_checkpoint(files.back()));
 }
 
+TEST(Trainer, ProfileStepLogsWhereThatStepsTimeWent) {
+  std::ostringstream log;
+  const TrainConfig cfg = tiny_config("random", "profile", {"log.profile_step=3", "train.max_steps=4",
+                                                             "train.eval_interval=0", "checkpoint.interval=0"});
+  Trainer t(cfg, log);
+  t.run();
+  const std::string text = log.str();
+  const std::string header = "step 3, time per op (log.profile_step):";
+  const size_t at = text.find(header);
+  ASSERT_NE(at, std::string::npos) << text;
+  EXPECT_EQ(text.find("time per op", at + header.size()), std::string::npos) << "profiled more than one step:\n" << text;
+  for (const char* row : {"LinearResidual fwd", "Attention bwd", "AdamW step", "gradient norm", "total"})
+    EXPECT_NE(text.find(row, at), std::string::npos) << row << " missing from:\n" << text.substr(at);
+}
+
 TEST(Checkpoint, RoundTripAndCorruption) {
   std::ostringstream log;
   const TrainConfig cfg = tiny_config("random", "ckpt", {"train.max_steps=2", "checkpoint.interval=0"});
