@@ -4,7 +4,8 @@
 # 1e-6), and a ZeRO-1 run resumed from the plain run's step-10 checkpoint must continue it (the
 # moments scattered to the device shard and gathered back for the last checkpoint).
 # The GEMM is pinned (kernels.matmul: auto times kernels per process and may settle differently).
-# scripts/gpu_check.sh runs it; DEVICE=cpu runs the same on the CPU (mpi), to check the script.
+# scripts/gpu_check.sh runs it; DEVICE=cpu runs the same on the CPU (mpi), to check the script. It
+# prints the op profile of one data-parallel step.
 # usage: gpu_train.sh LLM_DATA LLM_TRAIN DIST_COMPARE_RUNS SOURCE_DIR
 set -eu
 data_tool=$1 train=$2 compare=$3 src=$4
@@ -23,7 +24,7 @@ run() {  # run DIR [launcher...] -- [--set ...]: trains 20 steps into DIR, check
     --set kernels.matmul=native "$@" > "$d/$dir.log" 2>&1 || { echo "run $dir failed:"; cat "$d/$dir.log"; exit 1; }
 }
 run single --
-run nccl_plain $mpi --
+run nccl_plain $mpi -- --set log.profile_step=12
 run nccl_zero $mpi -- --set dist.zero=1
 mkdir -p "$d/zero_resumed" && cp "$d/single/ckpt_00000010.h5" "$d/zero_resumed/"
 run zero_resumed $mpi -- --set dist.zero=1 --resume auto
@@ -32,4 +33,6 @@ status=0
 for other in nccl_plain nccl_zero zero_resumed; do
   "$compare" "$d/single" "$d/$other" --rtol 1e-6 --moments-rtol 1e-5 || status=1
 done
+# Where a data-parallel step's time went (the op profile of step 12: all-reduce wait included).
+sed -n '/time per op/,/ total /p' "$d/nccl_plain.log"
 exit $status
