@@ -12,6 +12,8 @@
 #   GPU_CHECK_TESTS="cuda_gemm_test fused_test"   only these test programs
 #   GPU_CHECK_FILTER='*Gemm*'                      their --gtest_filter
 #   GPU_CHECK_SKIP="bench nccl"                    stages left out (bench, nccl)
+#   GPU_CHECK_BENCH="attention train"              only these sections of llm-bench cuda (gemm,
+#                                                  attention, attention_cached, fused, train)
 #   GPU_CHECK_SANITIZER=racecheck                  the tests under compute-sanitizer --tool racecheck
 #                                                  (memcheck, synccheck, initcheck); slow: filter them
 set -uo pipefail
@@ -165,7 +167,8 @@ rm -f "$log.part"
 : >"$log.bench"
 if ! skipped bench; then
   stage "benchmarks (llm-bench cuda)"
-  timeout 240 build-gpu/tools/llm-bench cuda >"$log.bench" 2>&1
+  # shellcheck disable=SC2086 # the section names are words
+  timeout 240 build-gpu/tools/llm-bench cuda ${GPU_CHECK_BENCH:-} >"$log.bench" 2>&1
   cat "$log.bench" >>"$log"
 fi
 

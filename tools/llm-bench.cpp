@@ -4,7 +4,7 @@
 //   llm-bench train --config FILE.yaml [--batch B] [--seq T] [--steps N] [--threads N] [--zero] [--profile] [--json]
 //   llm-bench generate [--shape llama-110m|gpt2-124m] [--prompt P] [--gen G] [--threads N] [--json]
 //   llm-bench allreduce [--backend auto|mpi|nccl] [--json]     (under mpirun -np N for N > 1)
-//   llm-bench cuda                                              (GPU kernels and training; CUDA builds)
+//   llm-bench cuda [SECTION...]     (GPU kernels and training, CUDA builds: gemm attention attention_cached fused train)
 //
 // Under mpirun, `train` runs data parallel: --batch is per rank, the world size is a column, and
 // only rank 0 prints. `train --profile` then runs two more steps under engine/core/profile.h and
@@ -505,13 +505,25 @@ int usage_error(const std::string& message) {
                "error: %s (usage: llm-bench kernels [--threads N] [--json] | llm-bench train --config FILE [--batch B] "
                "[--seq T] [--steps N] [--threads N] [--zero] [--profile] [--json] | llm-bench generate [--shape llama-110m|gpt2-124m] "
                "[--prompt P] [--gen G] [--quantize q8] [--threads N] [--json] | llm-bench allreduce [--backend auto|mpi|nccl] "
-               "[--json] | llm-bench cuda)\n",
+               "[--json] | llm-bench cuda [SECTION...])\n",
                message.c_str());
   return 2;
 }
 
 #if defined(LLM_HAVE_CUDA)
-int run_cuda() {
+// Every section, or only those named (a shorter rerun on a GPU whose time is short).
+int run_cuda(const std::vector<std::string>& only) {
+  std::vector<const llm::bench_cuda::Section*> chosen;
+  std::string known;
+  for (const auto* section : llm::bench_cuda::sections()) {
+    known += std::string(known.empty() ? "" : ", ") + section->name;
+    if (only.empty() || std::find(only.begin(), only.end(), section->name) != only.end()) chosen.push_back(section);
+  }
+  for (const std::string& name : only) {
+    bool found = false;
+    for (const auto* section : chosen) found |= name == section->name;
+    if (!found) return usage_error("llm-bench cuda: unknown section '" + name + "' (sections: " + known + ")");
+  }
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::fprintf(stderr, "error: llm-bench cuda: no CUDA device on this machine\n");
@@ -520,7 +532,7 @@ int run_cuda() {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   std::printf("%s, %d SMs, %.0f GiB\n", prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
-  for (const auto* section : llm::bench_cuda::sections()) {
+  for (const auto* section : chosen) {
     std::printf("\n== %s\n", section->name);
     try {
       section->run();
@@ -542,8 +554,7 @@ int main(int argc, char** argv) {
     return usage_error("unknown command '" + command + "'");
   if (command == "cuda") {
 #if defined(LLM_HAVE_CUDA)
-    if (argc > 2) return usage_error(std::string("unknown argument '") + argv[2] + "'");
-    return run_cuda();
+    return run_cuda(std::vector<std::string>(argv + 2, argv + argc));
 #else
     return usage_error("this llm-bench was built without CUDA, so it has no 'cuda' command");
 #endif
