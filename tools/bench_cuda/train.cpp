@@ -2,7 +2,8 @@
 // backward, gradient norm, AdamW) with bf16 activations and fp32 master weights, T = 1024, at the
 // largest micro-batch that fits (64, 32, 16, 8, 4 tried in turn). Tokens/s, and MFU against the
 // dense bf16 peak (models::kGpuPeakBf16Flops, 989 TFLOP/s: H100/H200 SXM). Then one more step under
-// the op profile (engine/core/profile.h): where the step's device time goes.
+// the op profile (engine/core/profile.h): where the step's device time goes; and the MFU again with
+// every GEMM on the hand-written kernels (kernels.matmul: native).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -85,6 +86,13 @@ void bench_train() {
       print_row("train MFU", shape, "bf16", flops * 1e-12, "TFLOP/s", models::kGpuPeakBf16Flops * 1e-12);
       std::printf("where one step's device time goes (%s; a mark's time runs from the previous mark):\n%s",
                   shape.c_str(), profile::format(rows, 1, 20).c_str());
+      // The same step on the hand-written GEMMs alone (auto may have picked cuBLAS for some shapes).
+      const ops::MatmulBackend was = ops::matmul_backend();
+      ops::set_matmul_backend(ops::MatmulBackend::kNative);
+      const double native_s = step_seconds(*model, optimizer, B, T, config.vocab_size, rows);
+      ops::set_matmul_backend(was);
+      const double native_flops = config.training_flops_per_token(T) * static_cast<double>(B * T) / native_s;
+      print_row("train MFU", shape, "native", native_flops * 1e-12, "TFLOP/s", models::kGpuPeakBf16Flops * 1e-12);
       return;
     } catch (const std::exception& e) {  // too large: free what the failed step cached, try half
       std::printf("%-14s %-28s did not run (%s)\n", "train step", shape.c_str(), e.what());
