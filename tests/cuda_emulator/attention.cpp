@@ -31,15 +31,6 @@ cpu::AttentionShape cpu_shape(const AttentionShape& s) {
 // Elements spanned by `rows` rows of `row` elements, `stride` apart (a q, k, v view with token strides).
 int64_t extent(int64_t rows, int64_t row, int64_t stride) { return (rows - 1) * stride + row; }
 
-// Writes back only the rows of a strided output: the elements between them may belong to other views.
-void write_rows(const std::vector<float>& values, bf16* p, int64_t rows, int64_t row, int64_t stride, const char* fn,
-                const char* argument) {
-  if (stride == row) return emu::write(values, p, fn, argument);
-  for (int64_t r = 0; r < rows; ++r)
-    emu::write(std::vector<float>(values.begin() + r * stride, values.begin() + r * stride + row), p + r * stride, fn,
-               argument);
-}
-
 }  // namespace
 
 // The emulator has one implementation of the forward; there is no wgmma kernel to run (its switch is
@@ -84,9 +75,11 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
       dvf(static_cast<size_t>(kv_extent));
   cpu::attention_backward(cpu_shape(shape), qf.data(), kf.data(), vf.data(), doc, scale, of.data(), lf.data(),
                           dof.data(), dqf.data(), dkf.data(), dvf.data());
-  write_rows(dqf, dq, rows, shape.Hq * shape.D, shape.q_row_stride(), kFn, "dq");
-  write_rows(dkf, dk, rows, shape.Hkv * shape.D, shape.kv_row_stride(), kFn, "dk");
-  write_rows(dvf, dv, rows, shape.Hkv * shape.D, shape.kv_row_stride(), kFn, "dv");
+  // Only the rows: with token strides the elements between them belong to other views.
+  const int64_t qs = shape.q_row_stride(), kvs = shape.kv_row_stride();
+  emu::write_rows(dqf, qs, dq, qs, rows, shape.Hq * shape.D, kFn, "dq");
+  emu::write_rows(dkf, kvs, dk, kvs, rows, shape.Hkv * shape.D, kFn, "dk");
+  emu::write_rows(dvf, kvs, dv, kvs, rows, shape.Hkv * shape.D, kFn, "dv");
 }
 
 }  // namespace llm::cuda

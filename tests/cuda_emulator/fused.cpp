@@ -178,8 +178,7 @@ void cross_entropy_backward(int64_t N, int64_t V, const T* logits, const int32_t
   emu::require(targets, N, kFn, "targets");
   auto df = buffer(N * V);
   cpu::cross_entropy_backward(N, V, lf.data(), targets, ignore_index, lsef.data(), dlf.data(), df.data());
-  for (int64_t i = 0; i < N; ++i)  // row by row: the elements between rows stay as they were
-    emu::write(std::vector<float>(df.begin() + i * V, df.begin() + (i + 1) * V), dlogits + i * ld_dlogits, kFn, "dlogits");
+  emu::write_rows(df, V, dlogits, ld_dlogits, N, V, kFn, "dlogits");
 }
 
 // ---- embedding ---------------------------------------------------------------------------------
@@ -280,7 +279,7 @@ void clip_scale(const float* sumsq_device, float max_norm, float* scale_device, 
   template void cross_entropy_forward<T>(int64_t, int64_t, const T*, const int32_t*, int32_t, float*, float*,       \
                                          cudaStream_t);                                                             \
   template void cross_entropy_backward<T>(int64_t, int64_t, const T*, const int32_t*, int32_t, const float*,        \
-                                          const float*, T*, int64_t, cudaStream_t);                                          \
+                                          const float*, T*, int64_t, cudaStream_t);                                 \
   template void embedding_forward<T>(int64_t, int64_t, const int32_t*, const T*, T*, cudaStream_t);                 \
   template void embedding_backward<T>(int64_t, int64_t, int64_t, const int32_t*, const T*, float*, cudaStream_t);
 LLM_INSTANTIATE(float)

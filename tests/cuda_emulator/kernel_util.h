@@ -40,4 +40,15 @@ void write(const std::vector<float>& values, T* p, const char* function, const c
   for (size_t i = 0; i < values.size(); ++i) narrow(values[i], p + i);
 }
 
+// Writes `rows` rows of `row` elements, taken from values every `src_stride` elements, to p every
+// `dst_stride` elements: the elements between the rows at p (padding, or other views' data) are
+// left as they were.
+template <class T>
+void write_rows(const std::vector<float>& values, int64_t src_stride, T* p, int64_t dst_stride, int64_t rows,
+                int64_t row, const char* function, const char* argument) {
+  for (int64_t r = 0; r < rows; ++r)
+    write(std::vector<float>(values.begin() + r * src_stride, values.begin() + r * src_stride + row), p + r * dst_stride,
+          function, argument);
+}
+
 }  // namespace llm::cuda_emulator

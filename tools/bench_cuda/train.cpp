@@ -45,10 +45,10 @@ void step(models::CausalLM& model, optim::AdamW& optimizer, const Tensor& x, con
   profile::mark("AdamW step");
 }
 
-// Median seconds per training step at micro-batch B (throws when it does not fit); with `profile`,
-// one more step under the op profile, whose rows it fills.
+// Median seconds per training step at micro-batch B (throws when it does not fit); with `rows`, one
+// more step under the op profile, whose rows it fills.
 double step_seconds(models::CausalLM& model, optim::AdamW& optimizer, int64_t B, int64_t T, int64_t vocab,
-                    std::vector<profile::Row>& rows) {
+                    std::vector<profile::Row>* rows = nullptr) {
   std::vector<int32_t> ids(static_cast<size_t>(B * T));
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7919 + 13) % static_cast<size_t>(vocab));
   const Tensor x = Tensor::from_vector(ids, Shape{B, T}).to(Device::cuda());
@@ -61,9 +61,11 @@ double step_seconds(models::CausalLM& model, optim::AdamW& optimizer, int64_t B,
     cuda_context::synchronize(0);
     if (i >= 2) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  profile::start(Device::cuda());
-  step(model, optimizer, x, y);
-  rows = profile::stop();
+  if (rows) {
+    profile::start(Device::cuda());
+    step(model, optimizer, x, y);
+    *rows = profile::stop();
+  }
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
 }
@@ -79,7 +81,7 @@ void bench_train() {
     const std::string shape = "gpt2-124m B=" + std::to_string(B) + " T=" + std::to_string(T);
     try {
       std::vector<profile::Row> rows;
-      const double s = step_seconds(*model, optimizer, B, T, config.vocab_size, rows);
+      const double s = step_seconds(*model, optimizer, B, T, config.vocab_size, &rows);
       const double tokens_per_s = static_cast<double>(B * T) / s;
       const double flops = config.training_flops_per_token(T) * tokens_per_s;
       print_row("train step", shape, ops::to_string(ops::matmul_backend()), tokens_per_s * 1e-3, "ktok/s");
@@ -89,7 +91,7 @@ void bench_train() {
       // The same step on the hand-written GEMMs alone (auto may have picked cuBLAS for some shapes).
       const ops::MatmulBackend was = ops::matmul_backend();
       ops::set_matmul_backend(ops::MatmulBackend::kNative);
-      const double native_s = step_seconds(*model, optimizer, B, T, config.vocab_size, rows);
+      const double native_s = step_seconds(*model, optimizer, B, T, config.vocab_size);
       ops::set_matmul_backend(was);
       const double native_flops = config.training_flops_per_token(T) * static_cast<double>(B * T) / native_s;
       print_row("train MFU", shape, "native", native_flops * 1e-12, "TFLOP/s", models::kGpuPeakBf16Flops * 1e-12);
