@@ -167,27 +167,6 @@ __global__ void max_difference_kernel(const T* x, const T* y, int64_t n, unsigne
   atomicMax(out + 1, __float_as_uint(ref));
 }
 
-// Whether two results of the same product (extent elements of C's type) agree to within bf16
-// rounding: a largest difference of at most 2% of the largest |reference| element (an output rounded
-// to bf16 differs by 0.4% at most; a wrong kernel is off by the size of the values themselves).
-bool results_agree(const Gemm& g, const void* x, const void* reference, int64_t extent, cudaStream_t stream,
-                   float& diff, float& scale) {
-  StreamScratch out(2 * sizeof(unsigned int), stream, "gemm auto (comparison)");
-  auto* bits = out.as<unsigned int>();
-  check(cudaMemsetAsync(bits, 0, 2 * sizeof(unsigned int), stream), "gemm auto (comparison)");
-  if (g.c_fp32)
-    max_difference_kernel<<<256, 256, 0, stream>>>(static_cast<const float*>(x), static_cast<const float*>(reference), extent, bits);
-  else
-    max_difference_kernel<<<256, 256, 0, stream>>>(static_cast<const bf16*>(x), static_cast<const bf16*>(reference), extent, bits);
-  check_launch("gemm auto (comparison)");
-  unsigned int host[2] = {0, 0};
-  check(cudaMemcpyAsync(host, bits, sizeof(host), cudaMemcpyDeviceToHost, stream), "gemm auto (comparison)");
-  check(cudaStreamSynchronize(stream), "gemm auto (comparison)");
-  std::memcpy(&diff, &host[0], sizeof(float));
-  std::memcpy(&scale, &host[1], sizeof(float));
-  return diff <= 2e-2f * scale;  // false for a NaN difference
-}
-
 using AutoKey = std::array<int64_t, 14>;
 AutoKey auto_key(const Gemm& g) {
   return {g.trans_a, g.trans_b, g.M, g.N, g.K, g.batch, g.c_fp32, g.bias != nullptr, g.gelu,
@@ -196,6 +175,27 @@ AutoKey auto_key(const Gemm& g) {
 }
 
 }  // namespace
+
+// results_agree: a largest difference of at most 2% of the largest |reference| element (an output rounded
+// to bf16 differs by 0.4% at most; a wrong kernel is off by the size of the values themselves).
+bool results_agree(const Gemm& g, const void* x, const void* reference, int64_t extent, cudaStream_t stream,
+                   float& diff, float& scale) {
+  StreamScratch out(2 * sizeof(unsigned int), stream, "gemm (comparing two results)");
+  auto* bits = out.as<unsigned int>();
+  check(cudaMemsetAsync(bits, 0, 2 * sizeof(unsigned int), stream), "gemm (comparing two results)");
+  if (g.c_fp32)
+    max_difference_kernel<<<256, 256, 0, stream>>>(static_cast<const float*>(x), static_cast<const float*>(reference), extent, bits);
+  else
+    max_difference_kernel<<<256, 256, 0, stream>>>(static_cast<const bf16*>(x), static_cast<const bf16*>(reference), extent, bits);
+  check_launch("gemm (comparing two results)");
+  unsigned int host[2] = {0, 0};
+  check(cudaMemcpyAsync(host, bits, sizeof(host), cudaMemcpyDeviceToHost, stream), "gemm (comparing two results)");
+  check(cudaStreamSynchronize(stream), "gemm (comparing two results)");
+  std::memcpy(&diff, &host[0], sizeof(float));
+  std::memcpy(&scale, &host[1], sizeof(float));
+  return diff <= 2e-2f * scale;  // false for a NaN difference
+}
+
 }  // namespace gemm_impl
 
 GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream) {

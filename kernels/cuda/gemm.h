@@ -59,6 +59,14 @@ void set_gemm_wgmma(bool enabled);
 bool gemm_wgmma_enabled();
 // Whether the wgmma kernel can run here at all (compiled in, device 9.0), whatever the switch says.
 bool gemm_wgmma_available();
+// The wgmma kernel has two forms: tiles loaded by the Tensor Memory Accelerator in a producer
+// warpgroup (the default) or by cp.async in every thread (operands the TMA cannot describe, or this
+// switch off: LLM_CUDA_TMA=0 or set_gemm_tma(false)). The first TMA product in a process first runs
+// a self-check against the mma.sync kernel; a failure turns this switch off (one line on stderr).
+void set_gemm_tma(bool enabled);
+bool gemm_tma_enabled();
+// Whether the TMA form can run here (the wgmma kernel can, and the driver encodes tensor maps).
+bool gemm_tma_available();
 
 // db[n] (= db[n] when accumulate) + sum over the M rows of dy[m, n] (bf16 M×N, leading dim ldy): the
 // bias gradient of a linear layer, deterministic (fixed reduction order).

@@ -42,6 +42,11 @@ bool wgmma_usable(const Gemm& g);
 void gemm_wgmma(const Gemm& g, cudaStream_t stream);
 // cuBLASLt; returns false (having launched nothing) when it cannot express g.
 bool gemm_cublas(const Gemm& g, cudaStream_t stream);
+// Whether x and reference, two results of g's product (extent elements of C's type, on the device),
+// agree to within bf16 rounding; diff and scale get the largest difference and largest |reference|.
+// Synchronizes the stream.
+bool results_agree(const Gemm& g, const void* x, const void* reference, int64_t extent, cudaStream_t stream,
+                   float& diff, float& scale);
 // C = epilogue(P) where P (C's type, ldc, stride_c) holds the product: the part of the epilogue
 // that cuBLASLt could not fuse. P may be C or pre_gelu (each element is read before it is written).
 void epilogue_from(const Epilogue& e, const void* P, int64_t M, int64_t N, int64_t batch, cudaStream_t stream);
@@ -82,12 +87,10 @@ struct TileArgs {
   Epilogue ep;
 };
 
-// Launches `kernel` over g's bm×bn block tiles with `smem` bytes of dynamic shared memory, the batch
-// along z in chunks of at most kMaxGridZ items; `what` names the kernel in errors.
-template <class Kernel>
-void launch_tiles(Kernel kernel, const Gemm& g, int64_t bm, int64_t bn, int threads, int smem, cudaStream_t stream,
-                  const char* what) {
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), what);
+// Calls launch(chunk, grid) over g's bm×bn block tiles, the batch along z in chunks of at most
+// kMaxGridZ items (chunk: the operands and epilogue shifted to the chunk's first item).
+template <class Launch>
+void for_each_chunk(const Gemm& g, int64_t bm, int64_t bn, Launch launch) {
   const TileArgs args{g.A, g.B, g.lda, g.ldb, g.stride_a, g.stride_b, g.M, g.N, g.K, make_epilogue(g)};
   for (int64_t first = 0; first < g.batch; first += kMaxGridZ) {
     const dim3 grid(static_cast<unsigned>((g.N + bn - 1) / bn), static_cast<unsigned>((g.M + bm - 1) / bm),
@@ -96,11 +99,20 @@ void launch_tiles(Kernel kernel, const Gemm& g, int64_t bm, int64_t bn, int thre
     chunk.A += first * g.stride_a;
     chunk.B += first * g.stride_b;
     chunk.ep = shift_batch(args.ep, first);
-    kernel<<<grid, threads, smem, stream>>>(chunk);
-    check_launch(what);
+    launch(static_cast<const TileArgs&>(chunk), grid);
   }
 }
-
+// Launches `kernel` over g's bm×bn block tiles with `smem` bytes of dynamic shared memory; `what`
+// names the kernel in errors.
+template <class Kernel>
+void launch_tiles(Kernel kernel, const Gemm& g, int64_t bm, int64_t bn, int threads, int smem, cudaStream_t stream,
+                  const char* what) {
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), what);
+  for_each_chunk(g, bm, bn, [&](const TileArgs& chunk, dim3 grid) {
+    kernel<<<grid, threads, smem, stream>>>(chunk);
+    check_launch(what);
+  });
+}
 // Blocks start in launch order (x fastest). Walking the tiles in bands of kBandRows block rows,
 // column by column within a band, keeps a band's A rows and a few B columns in L2 together
 // instead of streaming all of B once per block row. A bijection on the grid's tiles.

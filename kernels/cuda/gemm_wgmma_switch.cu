@@ -1,6 +1,6 @@
-// The process-wide switches for the wgmma kernels: kNative's GEMM (kernels/cuda/gemm.h) and the
-// attention forward (kernels/cuda/attention.h). Both start on, or off when the environment variable
-// LLM_CUDA_WGMMA=0 is set.
+// The process-wide switches for the wgmma kernels: kNative's GEMM and its TMA form (kernels/cuda/gemm.h)
+// and the attention forward (kernels/cuda/attention.h). They start on; the environment variable
+// LLM_CUDA_WGMMA=0 turns the wgmma kernels off, LLM_CUDA_TMA=0 the GEMM's TMA form.
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -11,22 +11,29 @@
 namespace llm::cuda {
 
 namespace {
-bool wgmma_allowed_by_environment() {
-  const char* env = std::getenv("LLM_CUDA_WGMMA");
+bool allowed_by_environment(const char* variable) {
+  const char* env = std::getenv(variable);
   return !(env && std::strcmp(env, "0") == 0);
 }
 std::atomic<bool>& gemm_switch() {
-  static std::atomic<bool> on{wgmma_allowed_by_environment()};
+  static std::atomic<bool> on{allowed_by_environment("LLM_CUDA_WGMMA")};
+  return on;
+}
+std::atomic<bool>& tma_switch() {
+  static std::atomic<bool> on{allowed_by_environment("LLM_CUDA_TMA")};
   return on;
 }
 std::atomic<bool>& attention_switch() {
-  static std::atomic<bool> on{wgmma_allowed_by_environment()};
+  static std::atomic<bool> on{allowed_by_environment("LLM_CUDA_WGMMA")};
   return on;
 }
 }  // namespace
 
 void set_gemm_wgmma(bool enabled) { gemm_switch().store(enabled); }
 bool gemm_wgmma_enabled() { return gemm_switch().load(); }
+
+void set_gemm_tma(bool enabled) { tma_switch().store(enabled); }
+bool gemm_tma_enabled() { return tma_switch().load(); }
 
 void set_attention_wgmma(bool enabled) { attention_switch().store(enabled); }
 bool attention_wgmma_enabled() { return attention_switch().load(); }

@@ -1,7 +1,8 @@
 // The PTX instructions the tensor-core kernels (gemm_native.cu, gemm_wgmma.cu, attention.cu,
 // attention_wgmma.cu) are built from: asynchronous global→shared copies, ldmatrix and the bf16
-// m16n8k16 tensor-core product (sm_80+); Hopper's warpgroup product wgmma and its fences (sm_90a
-// only: use them inside `#if defined(__CUDA_ARCH_FEAT_SM90_ALL)`). The "memory" clobbers keep the
+// m16n8k16 tensor-core product (sm_80+); Hopper's warpgroup product wgmma and its fences, mbarriers,
+// TMA copies and register reallocation (sm_90a only: use them inside
+// `#if defined(__CUDA_ARCH_FEAT_SM90_ALL)`). The "memory" clobbers keep the
 // compiler from moving shared-memory traffic across the copies, their waits and the barriers.
 #pragma once
 #include <cuda_bf16.h>
@@ -197,6 +198,76 @@ __device__ __forceinline__ void wgmma_m64n64k16_bf16_rs_tnsp_b(float (&d)[32], c
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(1)  // scale-d 1: accumulate into d
       : "memory");
+}
+
+
+// ---- Hopper: mbarriers, the Tensor Memory Accelerator and register reallocation (sm_90a) -------
+
+// A shared-memory barrier (8 bytes) whose phase completes once `count` threads have arrived and the
+// bytes announced by arrive_expect_tx have landed.
+__device__ __forceinline__ void mbarrier_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the async proxy (the TMA unit) before first use.
+__device__ __forceinline__ void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// Arrives once and announces `bytes` of asynchronous copies that complete on this barrier's phase.
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ bool mbarrier_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.b32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+__device__ __forceinline__ uint64_t global_timer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+// Waits until the barrier's phase of the given parity (0 for its first phase, then 1, 0, ...) has
+// completed. A phase that never completes is a bug in the kernel (a miscounted arrival or byte
+// count); after 20 s the kernel traps, so the launch fails with an error instead of hanging.
+__device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
+  if (mbarrier_try_wait(bar, parity)) return;
+  const uint64_t start = global_timer_ns();
+  while (!mbarrier_try_wait(bar, parity))
+    if (global_timer_ns() - start > 20'000'000'000ull) __trap();
+}
+
+// Fetches a tensor map (a __grid_constant__ kernel parameter) ahead of its first use.
+__device__ __forceinline__ void prefetch_tensormap(const void* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+// The TMA copy of one box of a 3-D tensor map at coordinates (c0 innermost, c1, c2) into shared
+// memory at dst; its bytes complete the current phase of barrier `bar`. Elements outside the
+// tensor are written as zeros (and still counted).
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const void* map, uint32_t bar, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], "
+      "[%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+// Hands registers back to (dec) or takes them from (inc) the block's pool, for every thread of the
+// warpgroup: a producer warpgroup that only issues copies needs few, the ones holding accumulators
+// many. kCount: a multiple of 8 in [24, 256].
+template <int kCount>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kCount));
+}
+template <int kCount>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kCount));
 }
 
 }  // namespace llm::cuda::ptx

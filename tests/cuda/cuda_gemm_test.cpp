@@ -51,9 +51,13 @@ int64_t ldb_of(const Case& c) {
 std::string describe(const Case& c, GemmBackend backend) {
   std::ostringstream s;
   s << "backend " << cuda::to_string(backend);
-  // kNative's NT products have two tensor-core kernels (gemm.h): say which one this run could use.
-  if (backend == GemmBackend::kNative && !c.ta && c.tb)
-    s << (cuda::gemm_wgmma_enabled() && cuda::gemm_wgmma_available() ? " (wgmma kernel)" : " (mma.sync kernel)");
+  // kNative's NT products have three tensor-core kernels (gemm.h): say which one this run could use.
+  if (backend == GemmBackend::kNative && !c.ta && c.tb) {
+    const bool wgmma = cuda::gemm_wgmma_enabled() && cuda::gemm_wgmma_available();
+    s << (!wgmma ? " (mma.sync kernel)"
+                 : cuda::gemm_tma_enabled() && cuda::gemm_tma_available() ? " (wgmma TMA kernel)"
+                                                                          : " (wgmma cp.async kernel)");
+  }
   s << ", " << (c.ta ? "T" : "N") << (c.tb ? "T" : "N") << ", M " << c.M
     << " N " << c.N << " K " << c.K << ", batch " << c.batch << (c.share_b ? " (shared B)" : "") << ", out "
     << (c.c_fp32 ? "fp32" : "bf16") << ", alpha " << c.alpha << " beta " << c.beta << (c.bias ? ", bias" : "")
@@ -257,15 +261,21 @@ TEST(CudaGemm, EveryEpilogue) {
   }
 }
 
-// kNative's NT products (x·Wᵀ) through both of its tensor-core kernels, each against the CPU: Hopper's
-// wgmma kernel (forced on; this half is skipped, saying so, where it cannot run) and the mma.sync
-// kernel (forced off). Sizes off the 128×256×64 tile grid, K below 64, batches, every epilogue.
-TEST(CudaGemm, NativeNtOnBothKernels) {
+struct RestoreGemmSwitches {
+  bool wgmma = cuda::gemm_wgmma_enabled(), tma = cuda::gemm_tma_enabled();
+  ~RestoreGemmSwitches() {
+    cuda::set_gemm_wgmma(wgmma);
+    cuda::set_gemm_tma(tma);
+  }
+};
+
+// kNative's NT products (x·Wᵀ) through each of its tensor-core kernels against the CPU: Hopper's wgmma
+// kernel with TMA loads, the same with cp.async loads (these two are skipped, saying so, where they
+// cannot run) and the mma.sync kernel. Sizes off the 128×256×64 tile grid, K below 64, batches (a
+// shared B among them), every epilogue.
+TEST(CudaGemm, NativeNtOnEveryKernel) {
   LLM_SKIP_WITHOUT_GPU();
-  struct RestoreSwitch {
-    bool was = cuda::gemm_wgmma_enabled();
-    ~RestoreSwitch() { cuda::set_gemm_wgmma(was); }
-  } restore;
+  RestoreGemmSwitches restore;
   std::vector<Case> cases;
   const int64_t sizes[][3] = {{1, 1, 1},       {3, 5, 7},       {17, 33, 9},    {64, 64, 64},   {128, 256, 64},
                               {127, 129, 257}, {129, 257, 65},  {200, 300, 8},  {257, 520, 200}, {1000, 770, 3072}};
@@ -305,15 +315,45 @@ TEST(CudaGemm, NativeNtOnBothKernels) {
       cases.push_back(c);
     }
   }
-  for (bool wgmma : {true, false}) {
-    if (wgmma && !cuda::gemm_wgmma_available()) {
-      std::printf("[ SKIPPED  ] the wgmma kernel half of CudaGemm.NativeNtOnBothKernels: not compiled in (CUDA "
-                  "architectures without 90a) or the device is not compute capability 9.0\n");
+  struct Kernel {
+    bool wgmma, tma;
+    const char* name;
+  };
+  for (const Kernel k : {Kernel{true, true, "wgmma TMA"}, Kernel{true, false, "wgmma cp.async"},
+                         Kernel{false, false, "mma.sync"}}) {
+    if (k.wgmma && !cuda::gemm_wgmma_available()) {
+      std::printf("[ SKIPPED  ] the %s kernel's part of CudaGemm.NativeNtOnEveryKernel: not compiled in (CUDA "
+                  "architectures without 90a) or the device is not compute capability 9.0\n", k.name);
       continue;
     }
-    cuda::set_gemm_wgmma(wgmma);
+    if (k.tma && !cuda::gemm_tma_available()) {
+      std::printf("[ SKIPPED  ] the wgmma TMA kernel's part of CudaGemm.NativeNtOnEveryKernel: the driver offers no "
+                  "cuTensorMapEncodeTiled\n");
+      continue;
+    }
+    cuda::set_gemm_wgmma(k.wgmma);
+    cuda::set_gemm_tma(k.tma);
     for (const Case& c : cases) check_case(c, GemmBackend::kNative);
+    if (k.tma && !cuda::gemm_tma_enabled())
+      ADD_FAILURE() << "the wgmma TMA kernel failed its self-check (see its stderr line): the products above ran on "
+                    << "the cp.async kernel";
   }
+}
+
+// The TMA kernel's self-check (gemm.h) passes: the switch is still on after the first TMA product.
+TEST(CudaGemm, WgmmaTmaPassesItsSelfCheck) {
+  LLM_SKIP_WITHOUT_GPU();
+  if (!cuda::gemm_tma_available())
+    GTEST_SKIP() << "the wgmma kernel is not compiled in (CUDA architectures without 90a), the device is not "
+                    "compute capability 9.0, or the driver offers no cuTensorMapEncodeTiled";
+  if (!cuda::gemm_wgmma_enabled() || !cuda::gemm_tma_enabled())
+    GTEST_SKIP() << "LLM_CUDA_WGMMA=0 or LLM_CUDA_TMA=0 turned the kernel off";
+  Case c;
+  c.tb = true, c.M = 300, c.N = 520, c.K = 200;
+  check_case(c, GemmBackend::kNative);
+  EXPECT_TRUE(cuda::gemm_tma_enabled())
+      << "the wgmma TMA kernel failed its self-check against the mma.sync kernel and turned itself off (its stderr "
+      << "line says how far off it was)";
 }
 
 // Operands the tensor-core kernel cannot load with 16-byte copies run on the reference kernel.

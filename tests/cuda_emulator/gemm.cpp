@@ -91,6 +91,7 @@ GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream) {
 
 // The emulator has one implementation for every backend; there is no wgmma kernel to run.
 bool gemm_wgmma_available() { return false; }
+bool gemm_tma_available() { return false; }
 
 void bias_grad(int64_t M, int64_t N, const bf16* dy, int64_t ldy, float* db, bool accumulate, cudaStream_t stream) {
   constexpr const char* kFn = "cuda::bias_grad";

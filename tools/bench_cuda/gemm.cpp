@@ -1,7 +1,7 @@
 // `llm-bench cuda` gemm section: the native tensor-core kernels against cuBLASLt, in TFLOP/s, at
-// 4096³ (on Hopper once per native kernel: wgmma and mma.sync) and at every product of a GPT-2 124M
-// training step with B·T = 8·1024 tokens (forward x·Wᵀ with its epilogue, backward dX = dY·W and
-// dW += dYᵀ·X in fp32).
+// 4096³ (on Hopper once per native kernel: wgmma with TMA loads, with cp.async loads, and mma.sync)
+// and at every product of a GPT-2 124M training step with B·T = 8·1024 tokens (forward x·Wᵀ with its
+// epilogue, backward dX = dY·W and dW += dYᵀ·X in fp32).
 #include <memory>
 #include <random>
 #include <string>
@@ -96,14 +96,25 @@ void bench_gemm() {
     const std::string shape = std::to_string(s.M) + "x" + std::to_string(s.N) + "x" + std::to_string(s.K);
     print_row(s.name, shape, "cublas", cublas, "TFLOP/s");
     if (&s == &shapes.front() && cuda::gemm_wgmma_available()) {
-      // The square NT product on both of kNative's tensor-core kernels; the other rows use the default.
-      const bool was = cuda::gemm_wgmma_enabled();
-      for (bool wgmma : {true, false}) {
-        cuda::set_gemm_wgmma(wgmma);
-        print_row(s.name, shape, wgmma ? "native (wgmma)" : "native (mma.sync)", tflops(cuda::GemmBackend::kNative),
-                  "TFLOP/s", cublas);
+      // The square NT product on each of kNative's tensor-core kernels; the other rows use the default.
+      const bool wgmma_was = cuda::gemm_wgmma_enabled(), tma_was = cuda::gemm_tma_enabled();
+      bool tma_failed = false;
+      struct Kernel {
+        bool wgmma, tma;
+        const char* name;
+      };
+      for (const Kernel k : {Kernel{true, true, "native (wgmma TMA)"}, Kernel{true, false, "native (wgmma cp.async)"},
+                             Kernel{false, false, "native (mma.sync)"}}) {
+        if (k.tma && !cuda::gemm_tma_available()) continue;
+        cuda::set_gemm_wgmma(k.wgmma);
+        cuda::set_gemm_tma(k.tma);
+        const double rate = tflops(cuda::GemmBackend::kNative);
+        // A failed self-check turns the TMA switch off, and the row measures the cp.async kernel.
+        tma_failed = tma_failed || (k.tma && !cuda::gemm_tma_enabled());
+        print_row(s.name, shape, k.tma && tma_failed ? "native (wgmma TMA-off)" : k.name, rate, "TFLOP/s", cublas);
       }
-      cuda::set_gemm_wgmma(was);
+      cuda::set_gemm_wgmma(wgmma_was);
+      cuda::set_gemm_tma(tma_was && !tma_failed);
     } else {
       print_row(s.name, shape, "native", tflops(cuda::GemmBackend::kNative), "TFLOP/s", cublas);
     }
