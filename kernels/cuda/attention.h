@@ -49,6 +49,14 @@ void set_attention_wgmma(bool enabled);
 bool attention_wgmma_enabled();
 // Whether the wgmma forward can run here at all (compiled in, device 9.0), whatever the switch says.
 bool attention_wgmma_available();
+// The wgmma forward has two forms: tiles loaded by the TMA in a producer warpgroup (the default) or
+// by cp.async in every thread (inputs the TMA cannot describe, or this switch off: LLM_CUDA_TMA=0,
+// which the GEMM's TMA switch reads too, or set_attention_tma(false)). The TMA form's first use per
+// D runs its own self-check against the mma.sync kernel; a failure turns this switch off (stderr).
+void set_attention_tma(bool enabled);
+bool attention_tma_enabled();
+// Whether the TMA form can run here (the wgmma forward can, and the driver encodes tensor maps).
+bool attention_tma_available();
 
 // Scratch the backward needs, in bytes: Δ = rowsum(dO ⊙ O) (fp32 [B, Hq, T]) and each query's first
 // visible key (int32 [B, T]); the same for every kernel choice.

@@ -36,6 +36,17 @@
 // cores, wait for it (wait_group 0), rescale O and pack P of tile j. The last tile's P·V follows the
 // loop. Iteration j reads only stages j % 3 (K) and (j - 1) % 3 (V), never the one being filled.
 //
+// The TMA form (kTma, the default where the tensor maps can be made): a third warpgroup is the
+// producer, in which one thread copies Q once and K and V per tile with the TMA (boxes of 128 tokens ×
+// 64 columns of the head, written in the same swizzled layout, rows past T zero-filled) while the
+// two computing warpgroups issue no copies and never meet at a block barrier. Barriers hand the
+// stages over: Q landed; K of stage s landed; V of stage s landed (the P·V waits for it separately,
+// a step later than S waits for K); stage s released by all 256 computing threads once the P·V of
+// its tile finished (its S finished before). The producer refills a stage after its release, so
+// tile j + 2 is copied while tile j computes: the same 3 stages, one tile more ahead. The n-th use of
+// a stage waits for phase parity n % 2. The producer keeps 24 registers and the computing
+// warpgroups get 240 (setmaxnreg): the cp.async form of D = 128 needs 250 of its 255.
+//
 // The kernel body exists only in sm_90a code (wgmma has no plain sm_90 form); the host launches it
 // only when LLM_GEMM_WGMMA says that code was built and the device is compute capability 9.0, and,
 // since no GPU has run it before its first use in a process, only after a self-check against
@@ -52,6 +63,7 @@
 #include "kernels/cuda/attention_impl.cuh"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ptx.cuh"
+#include "kernels/cuda/tensor_map.h"
 
 namespace llm::cuda {
 namespace attention_impl {
@@ -68,11 +80,26 @@ static_assert(kBM == 128 && kBN == 128, "the tiles are 128 rows of D/64 sub-tile
 template <int D>
 constexpr int kTileBytes = kSubTileBytes * (D / 64);
 constexpr int kStages = 3;  // K and V tiles in flight: being copied, read by S, read by P·V
-// Q, then K and V of each stage, + room to align the base to 1024 bytes.
+// The TMA form: warpgroups 0 and 1 compute as above, warpgroup 2 is the producer. Its one working
+// thread keeps few registers and the consumers get the rest: 128·24 + 256·240 ≤ 65536.
+constexpr int kTmaThreads = 384;
+constexpr int kTmaConsumers = 256;
+constexpr int kProducerRegisters = 24, kConsumerRegisters = 240;
+// Its barriers (8 bytes each, after the tiles): Q landed; K of stage s landed; V of stage s landed;
+// stage s read by both warpgroups (S and P·V), free to refill.
+constexpr int kBarQ = 0, kBarK = 8, kBarV = 8 + 8 * kStages, kBarFree = 8 + 16 * kStages;
+constexpr int kBarrierBytes = 8 + 24 * kStages;
+// Q, then K and V of each stage, + room to align the base to 1024 bytes (+ the TMA form's barriers).
 template <int D>
-constexpr size_t smem_bytes() {
-  return (1 + 2 * kStages) * kTileBytes<D> + 1024;
+constexpr size_t smem_bytes(bool tma) {
+  return (1 + 2 * kStages) * kTileBytes<D> + 1024 + (tma ? kBarrierBytes : 0);
 }
+
+// The TMA form's tensor maps of q, k and v: rows are tokens, boxes 128 tokens × 64 columns of one
+// head (coordinates: column h·D + 64·sub, token, batch row).
+struct TmaMaps {
+  CUtensorMap q, k, v;
+};
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // Rows row0 .. row0 + 127 of a [.., T, H, D] tensor (`rows`: its row 0 of this head, rows `stride`
@@ -92,8 +119,11 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const bf16* rows, int64
 }
 #endif
 
-template <int D>
-__global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params p) {
+// kTma: tiles loaded by the TMA in a producer warpgroup, handed over through mbarriers (see the
+// file comment); else by cp.async in every thread. `maps` is used only by the TMA form.
+template <int D, bool kTma>
+__global__ void __launch_bounds__(kTma ? kTmaThreads : kThreads, 1)
+    flash_forward_wgmma_kernel(Params p, const __grid_constant__ TmaMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   __shared__ int first_s[kBM];  // first(t0 + i), T for rows past the end
@@ -101,6 +131,17 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
   const uint32_t q_tile = smem;
   auto k_tile = [&](int stage) { return smem + (1 + 2 * stage) * kTileBytes<D>; };
   auto v_tile = [&](int stage) { return smem + (2 + 2 * stage) * kTileBytes<D>; };
+  const uint32_t barriers = smem + (1 + 2 * kStages) * kTileBytes<D>;
+  auto barrier = [&](int kind, int stage) { return barriers + kind + 8 * stage; };
+  if (kTma && threadIdx.x == 0) {
+    ptx::mbarrier_init(barrier(kBarQ, 0), 1);  // the producer's arrive, plus the tile's bytes
+    for (int st = 0; st < kStages; ++st) {
+      ptx::mbarrier_init(barrier(kBarK, st), 1);
+      ptx::mbarrier_init(barrier(kBarV, st), 1);
+      ptx::mbarrier_init(barrier(kBarFree, st), kTmaConsumers);
+    }
+    ptx::fence_mbarrier_init();
+  }
 
   // Later query tiles see more keys: they come first in the grid so the tail of the launch is short.
   const int num_q_tiles = (p.T + kBM - 1) / kBM;
@@ -116,6 +157,38 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
   __syncthreads();
   const int tile_begin = first_s[0] / kBN, tile_end = (min(t0 + kBM, p.T) - 1) / kBN + 1;
 
+  if constexpr (kTma) {
+    if (threadIdx.x >= kTmaConsumers) {  // warpgroup 2: the producer
+      ptx::setmaxnreg_dec<kProducerRegisters>();
+      if (threadIdx.x == kTmaConsumers) {
+        ptx::prefetch_tensormap(&maps.q);
+        ptx::prefetch_tensormap(&maps.k);
+        ptx::prefetch_tensormap(&maps.v);
+        const int hk = h / p.group;
+        ptx::mbarrier_arrive_expect_tx(barrier(kBarQ, 0), kTileBytes<D>);
+#pragma unroll
+        for (int sub = 0; sub < D / 64; ++sub)
+          ptx::tma_load_3d(q_tile + sub * kSubTileBytes, &maps.q, barrier(kBarQ, 0), h * D + 64 * sub, t0, b);
+        for (int tile = tile_begin; tile < tile_end; ++tile) {
+          const int j = tile - tile_begin, st = j % kStages, use = j / kStages;
+          if (use > 0) ptx::mbarrier_wait(barrier(kBarFree, st), (use - 1) & 1);
+          ptx::mbarrier_arrive_expect_tx(barrier(kBarK, st), kTileBytes<D>);
+#pragma unroll
+          for (int sub = 0; sub < D / 64; ++sub)
+            ptx::tma_load_3d(k_tile(st) + sub * kSubTileBytes, &maps.k, barrier(kBarK, st), hk * D + 64 * sub,
+                             tile * kBN, b);
+          ptx::mbarrier_arrive_expect_tx(barrier(kBarV, st), kTileBytes<D>);
+#pragma unroll
+          for (int sub = 0; sub < D / 64; ++sub)
+            ptx::tma_load_3d(v_tile(st) + sub * kSubTileBytes, &maps.v, barrier(kBarV, st), hk * D + 64 * sub,
+                             tile * kBN, b);
+        }
+      }
+      return;  // the consumers keep the block (and so the copies' barriers) alive
+    }
+    ptx::setmaxnreg_inc<kConsumerRegisters>();
+  }
+
   // This warpgroup owns block rows wg0 .. wg0 + 63 (queries r0 ..); warp w of it rows 16w .. 16w + 15,
   // and this thread the accumulator rows g and g + 8 of those: queries row_lo and row_lo + 8.
   const int warpgroup = static_cast<int>(threadIdx.x / 128), warp = static_cast<int>(threadIdx.x % 128) / 32;
@@ -128,10 +201,12 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
   const int64_t kv_stride = p.kv_stride;
   const bf16* k_rows = p.k + p.kv_row(b, 0, hk);
   const bf16* v_rows = p.v + p.kv_row(b, 0, hk);
-  load_tile<D>(q_tile, p.q + p.q_row(b, 0, h), p.q_stride, t0, p.T);
-  load_tile<D>(k_tile(0), k_rows, kv_stride, tile_begin * kBN, p.T);
-  load_tile<D>(v_tile(0), v_rows, kv_stride, tile_begin * kBN, p.T);
-  ptx::cp_async_commit();
+  if constexpr (!kTma) {
+    load_tile<D>(q_tile, p.q + p.q_row(b, 0, h), p.q_stride, t0, p.T);
+    load_tile<D>(k_tile(0), k_rows, kv_stride, tile_begin * kBN, p.T);
+    load_tile<D>(v_tile(0), v_rows, kv_stride, tile_begin * kBN, p.T);
+    ptx::cp_async_commit();
+  }
 
   const float scale_log2 = p.scale * kLog2e;  // scores in log2 units: the softmax uses exp2
   float o[D / 64][32];                        // O, one m64n64 accumulator per 64 columns of d
@@ -237,22 +312,37 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
   // start, into the stage of tile j - 2, whose last reader (the P·V of tile j - 2) every warpgroup
   // waited for in iteration j - 1, before this barrier. Iteration j reads K of tile j and V of tile
   // j - 1: the other two stages.
+  // The TMA form instead waits for K of tile j only; V and the release of a stage have their own steps
+  // (await_v, release), and the producer refills a stage once both warpgroups released it.
   auto next_tile = [&](int tile) {
     const int j = tile - tile_begin;
-    ptx::cp_async_wait<0>();  // tile j is the newest group, committed in the previous iteration
-    ptx::fence_proxy_async_shared();
-    __syncthreads();
-    if (tile + 1 < tile_end) {
-      load_tile<D>(k_tile((j + 1) % kStages), k_rows, kv_stride, (tile + 1) * kBN, p.T);
-      load_tile<D>(v_tile((j + 1) % kStages), v_rows, kv_stride, (tile + 1) * kBN, p.T);
+    if constexpr (kTma) {
+      ptx::mbarrier_wait(barrier(kBarK, j % kStages), (j / kStages) & 1);
+    } else {
+      ptx::cp_async_wait<0>();  // tile j is the newest group, committed in the previous iteration
+      ptx::fence_proxy_async_shared();
+      __syncthreads();
+      if (tile + 1 < tile_end) {
+        load_tile<D>(k_tile((j + 1) % kStages), k_rows, kv_stride, (tile + 1) * kBN, p.T);
+        load_tile<D>(v_tile((j + 1) % kStages), v_rows, kv_stride, (tile + 1) * kBN, p.T);
+      }
+      ptx::cp_async_commit();
     }
-    ptx::cp_async_commit();
     return j % kStages;
+  };
+  auto await_v = [&](int tile) {  // before the P·V of `tile`
+    const int j = tile - tile_begin;
+    if constexpr (kTma) ptx::mbarrier_wait(barrier(kBarV, j % kStages), (j / kStages) & 1);
+  };
+  auto release = [&](int tile) {  // after the S and the P·V of `tile` finished
+    const int j = tile - tile_begin;
+    if constexpr (kTma) ptx::mbarrier_arrive(barrier(kBarFree, j % kStages));
   };
 
   // Every warpgroup walks every key tile of the block (a tile it sees nothing of is all masked: P = 0,
   // O unchanged), so the wgmma sequence never depends on data. The first tile has no P·V before it.
   float alpha_lo, alpha_hi;
+  if constexpr (kTma) ptx::mbarrier_wait(barrier(kBarQ, 0), 0);
   int stage = next_tile(tile_begin);
   issue_s(stage);
   ptx::wgmma_wait<0>();
@@ -264,18 +354,21 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
     stage = next_tile(tile);
     // S of this tile, then the previous tile's P·V behind it on the tensor cores while the softmax runs.
     issue_s(stage);
+    await_v(tile - 1);
     issue_pv(previous);
     ptx::wgmma_wait<1>();  // S: every group but the newest (P·V) is done
     ptx::wgmma_fence_operand(s);
     softmax(tile * kBN, alpha_lo, alpha_hi);
     ptx::wgmma_wait<0>();
     finish_pv();
+    release(tile - 1);
     rescale_and_pack(alpha_lo, alpha_hi);
   }
+  await_v(tile_end - 1);
   issue_pv(stage);  // the last tile's (no copy overwrites its stage any more)
   ptx::wgmma_wait<0>();
   finish_pv();
-  ptx::cp_async_wait<0>();  // only an empty group can be pending here; leave none behind
+  if constexpr (!kTma) ptx::cp_async_wait<0>();  // only an empty group can be pending here; leave none behind
   if (r0 >= p.T) return;  // this warpgroup's rows are all past the end
 
   l_lo += __shfl_xor_sync(kFullMask, l_lo, 1);
@@ -298,18 +391,41 @@ __global__ void __launch_bounds__(kThreads, 1) flash_forward_wgmma_kernel(Params
     if (c == 0) p.lse_out[p.stat(b, h, row)] = (m + log2f(l)) * kLn2;  // Σ exp = 2^m · l
   }
 #else
-  (void)p;
+  (void)p, (void)maps;
 #endif
 }
 
 #if defined(LLM_GEMM_WGMMA)
+// The map of one of q, k, v (`heads` heads of D columns per token, tokens `stride` elements apart,
+// T tokens per batch row). False where the TMA cannot describe it (then the cp.async form runs).
+bool encode_rows(CUtensorMap* map, const bf16* x, const Params& p, int heads, int stride) {
+  const uint64_t dims[3] = {static_cast<uint64_t>(heads) * p.D, static_cast<uint64_t>(p.T),
+                            static_cast<uint64_t>(p.B)};
+  const uint64_t strides[2] = {static_cast<uint64_t>(stride) * 2, static_cast<uint64_t>(stride) * 2 * p.T};
+  const uint32_t box[3] = {64, kBM, 1};
+  return detail::encode_bf16_map(map, x, 3, dims, strides, box);
+}
+
+// The wgmma forward of p on its TMA form when `tma` and the maps can be made, else on its cp.async
+// form; returns whether it was the TMA form.
 template <int D>
-void launch_wgmma(const Params& p, cudaStream_t stream) {
-  constexpr const char* kFn = "cuda::attention_forward (wgmma kernel)";
-  const unsigned int blocks = blocks_for(detail::ceil_div(p.T, kBM) * p.B * p.Hq, 1, kFn);
-  allow_shared_memory(flash_forward_wgmma_kernel<D>, smem_bytes<D>(), kFn);
-  flash_forward_wgmma_kernel<D><<<blocks, kThreads, smem_bytes<D>(), stream>>>(p);
-  check_launch(kFn);
+bool launch_wgmma(const Params& p, bool tma, cudaStream_t stream) {
+  const unsigned int blocks = blocks_for(detail::ceil_div(p.T, kBM) * p.B * p.Hq, 1, "cuda::attention_forward");
+  TmaMaps maps{};
+  tma = tma && encode_rows(&maps.q, p.q, p, p.Hq, p.q_stride) && encode_rows(&maps.k, p.k, p, p.Hkv, p.kv_stride) &&
+        encode_rows(&maps.v, p.v, p, p.Hkv, p.kv_stride);
+  if (tma) {
+    constexpr const char* kFn = "cuda::attention_forward (wgmma TMA kernel)";
+    allow_shared_memory(flash_forward_wgmma_kernel<D, true>, smem_bytes<D>(true), kFn);
+    flash_forward_wgmma_kernel<D, true><<<blocks, kTmaThreads, smem_bytes<D>(true), stream>>>(p, maps);
+    check_launch(kFn);
+  } else {
+    constexpr const char* kFn = "cuda::attention_forward (wgmma kernel)";
+    allow_shared_memory(flash_forward_wgmma_kernel<D, false>, smem_bytes<D>(false), kFn);
+    flash_forward_wgmma_kernel<D, false><<<blocks, kThreads, smem_bytes<D>(false), stream>>>(p, maps);
+    check_launch(kFn);
+  }
+  return tma;
 }
 
 // A device allocation for the self-check, freed on every path out.
@@ -333,11 +449,12 @@ double relative_error(const std::vector<float>& got, const std::vector<float>& w
   return max_diff / max_want;
 }
 
-// The wgmma forward against attention.cu's mma.sync forward on a small causal problem with grouped
-// heads, five key tiles (the stage ring wraps) and a partial last tile (fixed random bf16 inputs).
-// Empty on success, else what differed.
-std::string self_check(int D) {
-  constexpr int B = 1, T = 520, Hq = 4, Hkv = 2;
+// The wgmma forward (its TMA form if `tma`, else its cp.async form) against attention.cu's mma.sync
+// forward on a small causal problem with two batch rows, grouped heads, five key tiles (the stage
+// ring wraps) and a partial last tile (fixed random bf16 inputs). Empty on success, else what
+// differed.
+std::string self_check(int D, bool tma) {
+  constexpr int B = 2, T = 520, Hq = 4, Hkv = 2;
   constexpr double kTolerance = 2e-2;
   const size_t nq = size_t{B} * T * Hq * D, nkv = size_t{B} * T * Hkv * D, nstat = size_t{B} * Hq * T;
   std::vector<bf16> host_q(nq), host_kv(2 * nkv);
@@ -369,8 +486,8 @@ std::string self_check(int D) {
   p.v = kv.ptr + nkv;
   p.o = out_wgmma.ptr;
   p.lse_out = lse_wgmma.ptr;
-  if (D == 64) launch_wgmma<64>(p, nullptr);
-  else launch_wgmma<128>(p, nullptr);
+  const bool ran_tma = D == 64 ? launch_wgmma<64>(p, tma, nullptr) : launch_wgmma<128>(p, tma, nullptr);
+  if (ran_tma != tma) return "no tensor maps for its inputs";
   p.o = out_mma.ptr;
   p.lse_out = lse_mma.ptr;
   flash_forward(p, nullptr);
@@ -386,10 +503,13 @@ std::string self_check(int D) {
   download(want, out_mma.ptr);
   check(cudaMemcpy(got_lse.data(), lse_wgmma.ptr, nstat * sizeof(float), cudaMemcpyDeviceToHost), kFn);
   check(cudaMemcpy(want_lse.data(), lse_mma.ptr, nstat * sizeof(float), cudaMemcpyDeviceToHost), kFn);
+  unsigned int timed_out = 0;
+  check(cudaMemcpyFromSymbol(&timed_out, ptx::mbarrier_timed_out, sizeof(timed_out)), kFn);
+  if (timed_out) return "a barrier wait timed out: a tile's copies never completed";
   const double out_error = relative_error(got, want), lse_error = relative_error(got_lse, want_lse);
   if (out_error <= kTolerance && lse_error <= kTolerance) return {};
   return "out relative error " + std::to_string(out_error) + ", lse relative error " + std::to_string(lse_error) +
-         " against the mma.sync kernel (B=1 T=520 Hq=4 Hkv=2 D=" + std::to_string(D) + " causal)";
+         " against the mma.sync kernel (B=2 T=520 Hq=4 Hkv=2 D=" + std::to_string(D) + " causal)";
 }
 #endif
 
@@ -400,7 +520,7 @@ bool forward_wgmma_usable(int64_t D) {
   if ((D != 64 && D != 128) || !attention_wgmma_enabled() || !attention_wgmma_available()) return false;
   static std::array<std::once_flag, 2> checked;
   std::call_once(checked[D == 128], [D] {
-    const std::string error = self_check(static_cast<int>(D));
+    const std::string error = self_check(static_cast<int>(D), false);
     if (error.empty()) return;
     set_attention_wgmma(false);
     std::fprintf(stderr, "warning: cuda::attention_forward: the wgmma kernel (D=%d) failed its self-check (%s); "
@@ -413,10 +533,31 @@ bool forward_wgmma_usable(int64_t D) {
 #endif
 }
 
+namespace {
+#if defined(LLM_GEMM_WGMMA)
+// Whether the wgmma forward may take its TMA form for D: the switch is on, the driver makes tensor
+// maps, and the form's own self-check passed on its first use for D (a failure turns the switch off
+// with one line on stderr; the cp.async form then runs).
+bool tma_usable(int D) {
+  if (!attention_tma_enabled() || !detail::tensor_maps_available()) return false;
+  static std::array<std::once_flag, 2> checked;
+  std::call_once(checked[D == 128], [D] {
+    const std::string error = self_check(D, true);
+    if (error.empty()) return;
+    set_attention_tma(false);
+    std::fprintf(stderr, "warning: cuda::attention_forward: the wgmma kernel's TMA form (D=%d) failed its self-check "
+                 "(%s); using its cp.async form for the rest of the process\n", D, error.c_str());
+  });
+  return attention_tma_enabled();
+}
+#endif
+}  // namespace
+
 void flash_forward_wgmma(const Params& p, cudaStream_t stream) {
 #if defined(LLM_GEMM_WGMMA)
-  if (p.D == 64) launch_wgmma<64>(p, stream);
-  else launch_wgmma<128>(p, stream);
+  const bool tma = tma_usable(p.D);
+  if (p.D == 64) launch_wgmma<64>(p, tma, stream);
+  else launch_wgmma<128>(p, tma, stream);
 #else
   (void)p;
   (void)stream;
@@ -433,5 +574,7 @@ bool attention_wgmma_available() {
   return false;
 #endif
 }
+
+bool attention_tma_available() { return attention_wgmma_available() && detail::tensor_maps_available(); }
 
 }  // namespace llm::cuda

@@ -34,9 +34,6 @@
 // exist only in sm_90a code (wgmma has no plain sm_90 form); the host launches them only when
 // LLM_GEMM_WGMMA says that code was built (kernels/CMakeLists.txt) and the device is compute
 // capability 9.0.
-#include <cuda.h>  // CUtensorMap and its enums (types only: the driver is reached through the runtime)
-#include <cudaTypedefs.h>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -48,6 +45,7 @@
 
 #include "kernels/cuda/gemm_impl.cuh"
 #include "kernels/cuda/ptx.cuh"
+#include "kernels/cuda/tensor_map.h"
 
 namespace llm::cuda {
 namespace gemm_impl {
@@ -246,42 +244,19 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
 }
 
 #if defined(LLM_GEMM_WGMMA)
-using EncodeTiled = PFN_cuTensorMapEncodeTiled_v12000;
-
-// The driver's cuTensorMapEncodeTiled, through the runtime (no link to libcuda); null where the
-// driver does not offer it.
-EncodeTiled encode_tiled() {
-  static const EncodeTiled fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      cudaGetLastError();  // a failed query is not sticky; leave no error behind
-      return EncodeTiled{nullptr};
-    }
-    return reinterpret_cast<EncodeTiled>(p);
-  }();
-  return fn;
-}
-
 // The tensor map of a K-major operand X (rows × K, leading dimension ld; `items` batch items
-// `stride` elements apart) in boxes of box_rows × 64 elements, 128-byte swizzled. A stride of 0 (one
-// matrix shared by every item) gets a map of one item. False where the TMA cannot describe X.
+// `stride` elements apart) in boxes of box_rows × 64 elements. A stride of 0 (one matrix shared by
+// every item) gets a map of one item. False where the TMA cannot describe X.
 bool encode_operand(CUtensorMap* map, const bf16* X, int64_t rows, int64_t K, int64_t ld, int64_t items,
                     int64_t stride, int box_rows) {
-  const EncodeTiled encode = encode_tiled();
-  if (!encode || stride < 0) return false;
+  if (stride < 0) return false;
   const bool stepped = items > 1 && stride != 0;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(rows),
-                              static_cast<cuuint64_t>(stepped ? items : 1)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(ld) * 2,
-                                 static_cast<cuuint64_t>(stepped ? stride : rows * ld) * 2};  // bytes
-  const cuuint32_t box[3] = {kBK, static_cast<cuuint32_t>(box_rows), 1};
-  const cuuint32_t element_steps[3] = {1, 1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<bf16*>(X), dims, strides, box, element_steps,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  const uint64_t dims[3] = {static_cast<uint64_t>(K), static_cast<uint64_t>(rows),
+                            static_cast<uint64_t>(stepped ? items : 1)};
+  const uint64_t strides[2] = {static_cast<uint64_t>(ld) * 2,
+                               static_cast<uint64_t>(stepped ? stride : rows * ld) * 2};  // bytes
+  const uint32_t box[3] = {kBK, static_cast<uint32_t>(box_rows), 1};
+  return detail::encode_bf16_map(map, X, 3, dims, strides, box);
 }
 
 // g on the TMA kernel, or on the cp.async kernel for any batch chunk whose operands have no tensor
@@ -338,7 +313,11 @@ std::string tma_self_check(cudaStream_t stream) {
   g.C = c_ref.as<void>();
   gemm_native_fast(g, stream);
   float diff = 0.f, scale = 0.f;
-  if (results_agree(g, c_tma.as<void>(), c_ref.as<void>(), M * N, stream, diff, scale)) return {};
+  const bool agree = results_agree(g, c_tma.as<void>(), c_ref.as<void>(), M * N, stream, diff, scale);
+  unsigned int timed_out = 0;
+  check(cudaMemcpyFromSymbol(&timed_out, ptx::mbarrier_timed_out, sizeof(timed_out)), kFn);
+  if (timed_out) return "a barrier wait timed out: a stage's copies never completed";
+  if (agree) return {};
   return "largest difference " + std::to_string(diff) + ", largest |C| " + std::to_string(scale) +
          " against the mma.sync kernel (M 200, N 300, K 520, fp32 output)";
 }
@@ -346,7 +325,7 @@ std::string tma_self_check(cudaStream_t stream) {
 // Whether the TMA kernel may run: switched on and, on its first use in the process, its self-check
 // passed (a failure switches it off, with one line on stderr).
 bool tma_allowed(cudaStream_t stream) {
-  if (!gemm_tma_enabled() || !encode_tiled()) return false;
+  if (!gemm_tma_enabled() || !detail::tensor_maps_available()) return false;
   static std::once_flag checked;
   std::call_once(checked, [stream] {
     const std::string error = tma_self_check(stream);
@@ -407,7 +386,7 @@ bool gemm_wgmma_available() {
 
 bool gemm_tma_available() {
 #if defined(LLM_GEMM_WGMMA)
-  return gemm_impl::device_is_sm90() && gemm_impl::encode_tiled() != nullptr;
+  return gemm_impl::device_is_sm90() && detail::tensor_maps_available();
 #else
   return false;
 #endif

@@ -1,6 +1,6 @@
-// The process-wide switches for the wgmma kernels: kNative's GEMM and its TMA form (kernels/cuda/gemm.h)
+// The process-wide switches for the wgmma kernels and their TMA forms: kNative's GEMM (kernels/cuda/gemm.h)
 // and the attention forward (kernels/cuda/attention.h). They start on; the environment variable
-// LLM_CUDA_WGMMA=0 turns the wgmma kernels off, LLM_CUDA_TMA=0 the GEMM's TMA form.
+// LLM_CUDA_WGMMA=0 turns the wgmma kernels off, LLM_CUDA_TMA=0 their TMA forms.
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +27,10 @@ std::atomic<bool>& attention_switch() {
   static std::atomic<bool> on{allowed_by_environment("LLM_CUDA_WGMMA")};
   return on;
 }
+std::atomic<bool>& attention_tma_switch() {
+  static std::atomic<bool> on{allowed_by_environment("LLM_CUDA_TMA")};
+  return on;
+}
 }  // namespace
 
 void set_gemm_wgmma(bool enabled) { gemm_switch().store(enabled); }
@@ -37,5 +41,8 @@ bool gemm_tma_enabled() { return tma_switch().load(); }
 
 void set_attention_wgmma(bool enabled) { attention_switch().store(enabled); }
 bool attention_wgmma_enabled() { return attention_switch().load(); }
+
+void set_attention_tma(bool enabled) { attention_tma_switch().store(enabled); }
+bool attention_tma_enabled() { return attention_tma_switch().load(); }
 
 }  // namespace llm::cuda

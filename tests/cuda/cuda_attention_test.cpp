@@ -191,15 +191,52 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
                                   std::to_string(std::get<1>(case_info.param));
                          });
 
-// The wgmma forward's self-check (attention.h) passes: the switch is still on after the first forward of
-// each D. The first test of this file to run (plain tests run in their order, before the parameterized
-// ones), so nothing has forced the switch yet.
+// The forward kernels of kTensorCore (attention.h): the wgmma kernel in its TMA and cp.async forms
+// where this machine runs them (the parts left out are printed as skipped parts of `test`), and
+// mma.sync.
+struct ForwardKernel {
+  bool wgmma, tma;
+  const char* name;
+};
+std::vector<ForwardKernel> forward_kernels(const char* test) {
+  std::vector<ForwardKernel> kernels;
+  if (!cuda::attention_wgmma_available())
+    std::printf("[ SKIPPED  ] the wgmma kernel's parts of %s: not compiled in (CUDA architectures without 90a) or "
+                "the device is not compute capability 9.0\n", test);
+  else if (!cuda::attention_tma_available())
+    std::printf("[ SKIPPED  ] the wgmma TMA kernel's part of %s: the driver offers no cuTensorMapEncodeTiled\n", test);
+  if (cuda::attention_tma_available()) kernels.push_back({true, true, "wgmma TMA"});
+  if (cuda::attention_wgmma_available()) kernels.push_back({true, false, "wgmma cp.async"});
+  kernels.push_back({false, false, "mma.sync"});
+  return kernels;
+}
+// Tests force the switches; each restores them.
+struct RestoreForwardSwitches {
+  bool wgmma = cuda::attention_wgmma_enabled(), tma = cuda::attention_tma_enabled();
+  ~RestoreForwardSwitches() {
+    cuda::set_attention_wgmma(wgmma);
+    cuda::set_attention_tma(tma);
+  }
+};
+void use_forward_kernel(const ForwardKernel& k) {
+  cuda::set_attention_wgmma(k.wgmma);
+  cuda::set_attention_tma(k.tma);
+}
+
+// The wgmma forward's self-checks (attention.h) pass, of both forms: the switches are still on after
+// the first forward of each D. The first test of this file to run (plain tests run in their order,
+// before the parameterized ones), so nothing has forced the switches yet.
 TEST(CudaAttention, WgmmaForwardPassesItsSelfCheck) {
   LLM_SKIP_WITHOUT_GPU();
   if (!cuda::attention_wgmma_available())
     GTEST_SKIP() << "the wgmma forward is not compiled in (CUDA architectures without 90a) or the device is not "
                     "compute capability 9.0";
   if (!cuda::attention_wgmma_enabled()) GTEST_SKIP() << "LLM_CUDA_WGMMA=0 turned the wgmma kernels off";
+  const bool tma = cuda::attention_tma_available() && cuda::attention_tma_enabled();
+  if (!tma)
+    std::printf("[ SKIPPED  ] the TMA form's part of CudaAttention.WgmmaForwardPassesItsSelfCheck: %s\n",
+                cuda::attention_tma_available() ? "LLM_CUDA_TMA=0 turned it off"
+                                                : "the driver offers no cuTensorMapEncodeTiled");
   for (int64_t D : {64, 128}) {
     const cuda::AttentionShape s{1, 130, 2, 1, D, 0};
     DeviceBuffer<bf16> q(testing::to_bf16(testing::random_floats(130 * 2 * D, 21)));
@@ -210,24 +247,21 @@ TEST(CudaAttention, WgmmaForwardPassesItsSelfCheck) {
     EXPECT_TRUE(cuda::attention_wgmma_enabled())
         << "the wgmma forward (D=" << D << ") failed its self-check against the mma.sync kernel and turned "
         << "itself off: its stderr line says by how much";
+    if (tma) {
+      EXPECT_TRUE(cuda::attention_tma_enabled())
+          << "the wgmma forward's TMA form (D=" << D << ") failed its self-check against the mma.sync kernel and "
+          << "turned itself off: its stderr line says why";
+    }
   }
 }
 
-// The tensor-core forward on each of its kernels, wgmma (Hopper) and mma.sync, against the CPU: sequence
-// lengths around the wgmma kernel's 128-query blocks and 128-key tiles, grouped heads, documents,
-// windows.
-TEST(CudaAttention, TensorCoreForwardOnBothKernels) {
+// The tensor-core forward on each of its kernels, wgmma (Hopper: TMA and cp.async forms) and mma.sync,
+// against the CPU: sequence lengths around the wgmma kernel's 128-query blocks and 128-key tiles,
+// grouped heads, documents, windows.
+TEST(CudaAttention, TensorCoreForwardOnEveryKernel) {
   LLM_SKIP_WITHOUT_GPU();
-  struct RestoreSwitch {
-    bool was = cuda::attention_wgmma_enabled();
-    ~RestoreSwitch() { cuda::set_attention_wgmma(was); }
-  } restore;
-  std::vector<bool> paths{false};  // wgmma on?
-  if (cuda::attention_wgmma_available())
-    paths.push_back(true);
-  else
-    std::printf("[ SKIPPED  ] the wgmma kernel half of CudaAttention.TensorCoreForwardOnBothKernels: not compiled "
-                "in (CUDA architectures without 90a) or the device is not compute capability 9.0\n");
+  RestoreForwardSwitches restore;
+  const std::vector<ForwardKernel> kernels = forward_kernels("CudaAttention.TensorCoreForwardOnEveryKernel");
   for (int64_t D : {64, 128})
     for (int64_t T : {1, 17, 127, 129, 257, 1000})
       for (int64_t Hkv : {4, 2, 1})
@@ -249,12 +283,12 @@ TEST(CudaAttention, TensorCoreForwardOnBothKernels) {
           DeviceBuffer<int32_t> ddoc(docs.empty() ? std::vector<int32_t>{0} : docs);
           DeviceBuffer<bf16> dout(q.size());
           DeviceBuffer<float> dlse(lse.size());
-          for (bool wgmma : paths) {
-            const std::string what = std::string(wgmma ? "wgmma" : "mma.sync") + " forward, " +
+          for (const ForwardKernel& kernel : kernels) {
+            const std::string what = std::string(kernel.name) + " forward, " +
                                      describe(AttentionKernel::kTensorCore, s, m);
             dout.poison();
             dlse.poison();
-            cuda::set_attention_wgmma(wgmma);
+            use_forward_kernel(kernel);
             try {
               cuda::attention_forward(gs, dq.get(), dk.get(), dv.get(), m.docs ? ddoc.get() : nullptr, scale,
                                       dout.get(), dlse.get(), nullptr, AttentionKernel::kTensorCore);
@@ -262,9 +296,9 @@ TEST(CudaAttention, TensorCoreForwardOnBothKernels) {
             } catch (const std::exception& e) {
               FAIL() << what << ": " << e.what();  // a failed launch leaves the device unusable: stop here
             }
-            if (wgmma && !cuda::attention_wgmma_enabled())  // this was the first wgmma forward of this D
-              ADD_FAILURE() << what << ": the self-check turned the wgmma kernel off (see its stderr line); this "
-                            << "shape ran on mma.sync, the following ones test the wgmma kernel itself";
+            if ((kernel.wgmma && !cuda::attention_wgmma_enabled()) || (kernel.tma && !cuda::attention_tma_enabled()))
+              ADD_FAILURE() << what << ": a self-check turned this kernel off (see its stderr line); this shape "
+                            << "ran on its fallback";
             const std::vector<float> gpu_out = testing::to_float(dout.download()), gpu_lse = dlse.download();
             EXPECT_TENSOR_NEAR(what, gpu_out, out, q_dims, "bthd", kBf16Tol);
             EXPECT_TENSOR_NEAR(what, gpu_lse, lse, lse_dims, "bht", kLseTol);
@@ -277,19 +311,15 @@ TEST(CudaAttention, TensorCoreForwardOnBothKernels) {
 // the CPU on dense copies, and the padding between the views' rows left as it was.
 TEST(CudaAttention, TokenStridesOnEveryKernel) {
   LLM_SKIP_WITHOUT_GPU();
-  struct RestoreSwitch {
-    bool was = cuda::attention_wgmma_enabled();
-    ~RestoreSwitch() { cuda::set_attention_wgmma(was); }
-  } restore;
+  RestoreForwardSwitches restore;
   struct Path {
     AttentionKernel kernel;
-    bool wgmma;
-    const char* name;
+    ForwardKernel forward;
+    std::string name;
   };
-  std::vector<Path> paths{{AttentionKernel::kSimple, false, "simple"},
-                          {AttentionKernel::kTensorCore, false, "tensor-core (mma.sync forward)"}};
-  if (cuda::attention_wgmma_available())
-    paths.push_back({AttentionKernel::kTensorCore, true, "tensor-core (wgmma forward)"});
+  std::vector<Path> paths{{AttentionKernel::kSimple, {false, false, ""}, "simple"}};
+  for (const ForwardKernel& k : forward_kernels("CudaAttention.TokenStridesOnEveryKernel"))
+    paths.push_back({AttentionKernel::kTensorCore, k, std::string("tensor-core (") + k.name + " forward)"});
   for (int64_t D : {64, 128})
     for (int64_t T : {129, 257}) {
       const cpu::AttentionShape s{2, T, 4, 2, D, 0};
@@ -320,10 +350,10 @@ TEST(CudaAttention, TokenStridesOnEveryKernel) {
       DeviceBuffer<float> lse_in(lse);
       const bf16 *gq = dqkv.get(), *gk = gq + q_row, *gv = gk + kv_row;
       for (const Path& path : paths) {
-        const std::string what = std::string(path.name) + " kernel with token strides " + std::to_string(stride) +
+        const std::string what = path.name + " kernel with token strides " + std::to_string(stride) +
                                  ", B=2 T=" + std::to_string(T) + " Hq=4 Hkv=2 D=" + std::to_string(D) +
                                  " with documents";
-        cuda::set_attention_wgmma(path.wgmma);
+        use_forward_kernel(path.forward);
         DeviceBuffer<bf16> gout(q.size()), grads(qkv.size());
         DeviceBuffer<float> glse(lse.size());
         DeviceBuffer<unsigned char> workspace(cuda::attention_backward_workspace_bytes(gs));

@@ -1,6 +1,6 @@
-// `llm-bench cuda` attention rows: the tensor-core flash attention, forward (on the wgmma and the
-// mma.sync kernel) and backward, causal, at the shape of a mid-sized model's layer (B = 8, 16 heads of
-// 128) for T = 1024 and 4096.
+// `llm-bench cuda` attention rows: the tensor-core flash attention, forward (on the wgmma kernel's TMA
+// and cp.async forms and on the mma.sync kernel) and backward, causal, at the shape of a mid-sized
+// model's layer (B = 8, 16 heads of 128) for T = 1024 and 4096.
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -63,17 +63,28 @@ void bench_attention() {
     // (five products instead of two).
     const double forward_flops = 0.5 * 4.0 * B * H * double(T) * T * D, backward_flops = 2.5 * forward_flops;
     const std::string shape = "B8 H16 T" + std::to_string(T) + " D128 causal";
-    // The forward on each of its kernels: wgmma (Hopper; where it can run) and mma.sync.
-    const bool wgmma_was = cuda::attention_wgmma_enabled();
-    for (bool wgmma : {true, false}) {
-      if (wgmma && !cuda::attention_wgmma_available()) continue;
-      cuda::set_attention_wgmma(wgmma);
+    // The forward on each of its kernels: wgmma in its TMA and cp.async forms (Hopper; where they can
+    // run) and mma.sync. A form whose self-check failed is switched off: its row says "-off".
+    const bool wgmma_was = cuda::attention_wgmma_enabled(), tma_was = cuda::attention_tma_enabled();
+    bool wgmma_failed = false, tma_failed = false;
+    struct Kernel {
+      bool wgmma, tma;
+      const char* name;
+      const char* off;
+    };
+    for (const Kernel kf : {Kernel{true, true, "wgmma TMA", "wgmma TMA-off"},
+                            Kernel{true, false, "wgmma cp.async", "wgmma-off"}, Kernel{false, false, "mma.sync", ""}}) {
+      if ((kf.tma && !cuda::attention_tma_available()) || (kf.wgmma && !cuda::attention_wgmma_available())) continue;
+      cuda::set_attention_wgmma(kf.wgmma && !wgmma_failed);
+      cuda::set_attention_tma(kf.tma && !tma_failed);
       const double fwd_ms = median_ms(forward, stream);
-      const bool ran_wgmma = wgmma && cuda::attention_wgmma_enabled();  // off if its self-check failed
-      print_row("attention fwd", shape, wgmma ? (ran_wgmma ? "wgmma" : "wgmma-off") : "mma.sync",
-                forward_flops / fwd_ms / 1e9, "TFLOP/s", kPeakTflops);
+      wgmma_failed = wgmma_failed || (kf.wgmma && !cuda::attention_wgmma_enabled());
+      tma_failed = tma_failed || (kf.tma && !cuda::attention_tma_enabled());
+      const bool off = (kf.wgmma && wgmma_failed) || (kf.tma && tma_failed);
+      print_row("attention fwd", shape, off ? kf.off : kf.name, forward_flops / fwd_ms / 1e9, "TFLOP/s", kPeakTflops);
     }
-    cuda::set_attention_wgmma(wgmma_was);
+    cuda::set_attention_wgmma(wgmma_was && !wgmma_failed);
+    cuda::set_attention_tma(tma_was && !tma_failed);
     const double bwd_ms = median_ms(backward, stream);
     print_row("attention bwd", shape, "flash-tc", backward_flops / bwd_ms / 1e9, "TFLOP/s", kPeakTflops);
     cuda::check(cudaGetLastError(), "bench attention");
