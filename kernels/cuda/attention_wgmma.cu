@@ -164,7 +164,6 @@ __global__ void __launch_bounds__(kTma ? kTmaThreads : kThreads, 1)
         ptx::prefetch_tensormap(&maps.q);
         ptx::prefetch_tensormap(&maps.k);
         ptx::prefetch_tensormap(&maps.v);
-        const int hk = h / p.group;
         ptx::mbarrier_arrive_expect_tx(barrier(kBarQ, 0), kTileBytes<D>);
 #pragma unroll
         for (int sub = 0; sub < D / 64; ++sub)
