@@ -16,6 +16,9 @@
 #                                                  attention, attention_cached, fused, train)
 #   GPU_CHECK_SANITIZER=racecheck                  the tests under compute-sanitizer --tool racecheck
 #                                                  (memcheck, synccheck, initcheck); slow: filter them
+#   LLM_CUDA_TMA=0 / LLM_CUDA_WGMMA=0              (the engine's own switches) the wgmma kernels without
+#                                                  their TMA forms / the mma.sync kernels only: to tell
+#                                                  which kernel a failure or a hang belongs to
 set -uo pipefail
 cd "$(dirname "$0")/.."
 debs=gpu-debs
