@@ -758,6 +758,30 @@ void flash_forward(const Params& p, cudaStream_t stream) {
   check_launch(kFn);
 }
 
+void flash_dq(const Params& p, cudaStream_t stream) {
+  constexpr const char* kFn = "cuda::attention_backward (tensor-core dq)";
+  const unsigned int blocks = blocks_for(detail::ceil_div(p.T, kTile) * p.B * p.Hq, 1, kFn);
+  if (p.D == 64) {
+    allow_shared_memory(flash_dq_kernel<64>, dq_smem_bytes<64>(), kFn);
+    flash_dq_kernel<64><<<blocks, kThreads, dq_smem_bytes<64>(), stream>>>(p);
+  } else {
+    allow_shared_memory(flash_dq_kernel<128>, dq_smem_bytes<128>(), kFn);
+    flash_dq_kernel<128><<<blocks, kThreads, dq_smem_bytes<128>(), stream>>>(p);
+  }
+  check_launch(kFn);
+}
+
+void backward_prologue(const Params& p, const int32_t* doc, int32_t* first_key, cudaStream_t stream) {
+  constexpr const char* kFn = "cuda::attention_backward";
+  constexpr int kWarpsPerBlock = 4;
+  const dim3 first_grid(blocks_for(detail::ceil_div(p.T, 32), kWarpsPerBlock, kFn), static_cast<unsigned int>(p.B));
+  first_keys_kernel<<<first_grid, kWarpsPerBlock * 32, 0, stream>>>(doc, p.T, p.window, first_key);
+  check_launch("cuda::attention_backward (first keys)");
+  const int64_t q_rows = static_cast<int64_t>(p.B) * p.T * p.Hq;
+  delta_kernel<<<blocks_for(q_rows, kWarpsPerBlock, kFn), kWarpsPerBlock * 32, 0, stream>>>(p);
+  check_launch("cuda::attention_backward (delta)");
+}
+
 }  // namespace attention_impl
 
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
@@ -797,32 +821,24 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
   p.dv = dv;
 
   const bool tensor_cores = checks::attention_tensor_cores(kernel, shape, {q, k, v, dout, dq, dk, dv}, kFn);
-  constexpr int kWarpsPerBlock = 4;
-  const dim3 first_grid(blocks_for(detail::ceil_div(shape.T, 32), kWarpsPerBlock, kFn), static_cast<unsigned int>(shape.B));
-  first_keys_kernel<<<first_grid, kWarpsPerBlock * 32, 0, stream>>>(doc, p.T, p.window, first_key);
-  check_launch("cuda::attention_backward (first keys)");
-  const int64_t q_rows = shape.B * shape.T * shape.Hq;
-  delta_kernel<<<blocks_for(q_rows, kWarpsPerBlock, kFn), kWarpsPerBlock * 32, 0, stream>>>(p);
-  check_launch("cuda::attention_backward (delta)");
+  backward_prologue(p, doc, first_key, stream);
 
   if (tensor_cores) {
     const unsigned int kv_blocks = blocks_for(detail::ceil_div(shape.T, kTile) * shape.B * shape.Hkv, 1, kFn);
-    const unsigned int q_blocks = blocks_for(detail::ceil_div(shape.T, kTile) * shape.B * shape.Hq, 1, kFn);
     if (shape.D == 64) {
       allow_shared_memory(flash_dkv_kernel<64>, dkv_smem_bytes<64>(), kFn);
       flash_dkv_kernel<64><<<kv_blocks, kThreads, dkv_smem_bytes<64>(), stream>>>(p);
-      check_launch("cuda::attention_backward (tensor-core dk, dv)");
-      allow_shared_memory(flash_dq_kernel<64>, dq_smem_bytes<64>(), kFn);
-      flash_dq_kernel<64><<<q_blocks, kThreads, dq_smem_bytes<64>(), stream>>>(p);
     } else {
       allow_shared_memory(flash_dkv_kernel<128>, dkv_smem_bytes<128>(), kFn);
       flash_dkv_kernel<128><<<kv_blocks, kThreads, dkv_smem_bytes<128>(), stream>>>(p);
-      check_launch("cuda::attention_backward (tensor-core dk, dv)");
-      allow_shared_memory(flash_dq_kernel<128>, dq_smem_bytes<128>(), kFn);
-      flash_dq_kernel<128><<<q_blocks, kThreads, dq_smem_bytes<128>(), stream>>>(p);
     }
-    check_launch("cuda::attention_backward (tensor-core dq)");
+    check_launch("cuda::attention_backward (tensor-core dk, dv)");
+    if (dq_wgmma_usable(shape.D))
+      flash_dq_wgmma(p, stream);
+    else
+      flash_dq(p, stream);
   } else {
+    const int64_t q_rows = shape.B * shape.T * shape.Hq;
     simple_dq_kernel<<<blocks_for(q_rows, kSimpleWarps, kFn), kSimpleWarps * 32, 0, stream>>>(p);
     check_launch("cuda::attention_backward (simple dq)");
     simple_dkv_kernel<<<blocks_for(shape.B * shape.T * shape.Hkv, kSimpleWarps, kFn), kSimpleWarps * 32, 0, stream>>>(p);

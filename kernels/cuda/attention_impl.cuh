@@ -84,6 +84,12 @@ void allow_shared_memory(Kernel kernel, size_t bytes, const char* fn) {
 // attention.cu: the FlashAttention-2 mma.sync forward of p (D = 64 or 128, p.o and p.lse_out set).
 void flash_forward(const Params& p, cudaStream_t stream);
 
+// attention.cu: the backward's first step: first(t) into first_key (where p.first_key points) and
+// Δ = rowsum(dO ⊙ O) into p.delta (p.out, p.dout set).
+void backward_prologue(const Params& p, const int32_t* doc, int32_t* first_key, cudaStream_t stream);
+// attention.cu: the mma.sync dQ kernel (after backward_prologue; p.dq, p.lse, p.dout set).
+void flash_dq(const Params& p, cudaStream_t stream);
+
 // attention_wgmma.cu: whether the wgmma forward takes head dimension D now (compiled in, device of
 // compute capability 9.0, the process-wide switch on). The first time it would say yes for a D, it
 // runs the self-check first (the wgmma kernel against flash_forward on a small problem), which
@@ -91,5 +97,11 @@ void flash_forward(const Params& p, cudaStream_t stream);
 bool forward_wgmma_usable(int64_t D);
 // The wgmma forward of p (D = 64 or 128, 16-byte aligned q, k, v, out).
 void flash_forward_wgmma(const Params& p, cudaStream_t stream);
+// attention_wgmma.cu: whether the wgmma dQ kernel takes head dimension D now: as
+// forward_wgmma_usable, with a self-check of its own against flash_dq on first use per D (a failure
+// turns this kernel off, not the forward, with one line on stderr).
+bool dq_wgmma_usable(int64_t D);
+// The wgmma dQ of p (as flash_dq).
+void flash_dq_wgmma(const Params& p, cudaStream_t stream);
 
 }  // namespace llm::cuda::attention_impl

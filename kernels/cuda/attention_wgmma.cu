@@ -52,6 +52,7 @@
 // since no GPU has run it before its first use in a process, only after a self-check against
 // attention.cu's forward passes (forward_wgmma_usable).
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -102,19 +103,21 @@ struct TmaMaps {
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// Rows row0 .. row0 + 127 of a [.., T, H, D] tensor (`rows`: its row 0 of this head, rows `stride`
-// elements apart; rows past T zero-filled, nothing read) into the tile at shared address `tile`: the
-// 16-byte chunk c of row r goes to sub-tile c / 8, chunk (c % 8) ^ (r % 8) of the sub-tile's row r.
-template <int D>
+// Rows row0 .. row0 + kRows - 1 of a [.., T, H, D] tensor (`rows`: its row 0 of this head, rows
+// `stride` elements apart; rows past T zero-filled, nothing read) into the tile at shared address
+// `tile`: the 16-byte chunk c of row r goes to sub-tile c / 8 (kRows × 128 bytes each), chunk
+// (c % 8) ^ (r % 8) of the sub-tile's row r. All kThreads threads take part.
+template <int D, int kRows = 128>
 __device__ __forceinline__ void load_tile(uint32_t tile, const bf16* rows, int64_t stride, int row0, int T) {
   constexpr int kChunks = D / 8;
 #pragma unroll
-  for (int i = 0; i < 128 * kChunks / kThreads; ++i) {
+  for (int i = 0; i < kRows * kChunks / kThreads; ++i) {
     const int idx = static_cast<int>(threadIdx.x) + i * kThreads;
     const int r = idx / kChunks, c = idx % kChunks;
     const bool valid = row0 + r < T;
     const bf16* src = valid ? rows + (row0 + r) * stride + c * 8 : rows;
-    ptx::cp_async_16(tile + (c / 8) * kSubTileBytes + r * kRowBytes + (((c % 8) ^ (r % 8)) * 16), src, valid ? 16 : 0);
+    ptx::cp_async_16(tile + (c / 8) * (kRows * kRowBytes) + r * kRowBytes + (((c % 8) ^ (r % 8)) * 16), src,
+                     valid ? 16 : 0);
   }
 }
 #endif
@@ -394,6 +397,156 @@ __global__ void __launch_bounds__(kTma ? kTmaThreads : kThreads, 1)
 #endif
 }
 
+// ---- dQ on wgmma ---------------------------------------------------------------------------------
+// One block per (batch row, query head, 128 queries), two warpgroups of 64 query rows, walking the
+// key tiles the block's queries see as the forward does, in tiles of 64 keys through 2 stages:
+//   S = Q·Kᵀ, dP = dO·Vᵀ   wgmma m64n64k16, D/16 k-steps each, all operands K-major from shared
+//                          memory (Q and dO of the block loaded once);
+//   dS = P ⊙ (dP − Δ)      P = exp2(S·scale·log2e − lse·log2e) with the row's saved lse, masked as
+//                          the forward masks (first(t) from the backward's workspace);
+//   dQ += dS·K            wgmma m64n64k16 per 64 columns of d, A = dS from registers (the forward's
+//                          P·V trick), B = K read MN-major (the forward's V descriptor).
+// Every product of a tile is waited for within its iteration, so 2 stages suffice: the copies into
+// stage (j + 1) % 2 start after the barrier of iteration j, when iteration j - 1's products are done.
+// dQ is scaled by the softmax scale once, at the end, like the mma.sync kernel's.
+constexpr int kDqKeys = 64;
+template <int D>
+constexpr int kKeyTileBytes = kDqKeys * kRowBytes * (D / 64);  // 64 keys × D, in 64-column sub-tiles
+template <int D>
+constexpr size_t dq_smem_bytes() {
+  return 2 * kTileBytes<D> + 2 * 2 * kKeyTileBytes<D> + 1024;  // Q, dO; K and V of 2 stages
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1) flash_dq_wgmma_kernel(Params p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t smem = (ptx::smem_address(smem_raw) + 1023) & ~uint32_t{1023};
+  const uint32_t q_tile = smem, do_tile = smem + kTileBytes<D>;
+  auto k_tile = [&](int stage) { return smem + 2 * kTileBytes<D> + stage * 2 * kKeyTileBytes<D>; };
+  auto v_tile = [&](int stage) { return k_tile(stage) + kKeyTileBytes<D>; };
+  constexpr int kKeySubTileBytes = kDqKeys * kRowBytes;
+
+  const int num_q_tiles = (p.T + kBM - 1) / kBM;  // later query tiles (more keys) first, as the forward
+  const int64_t job = blockIdx.x;
+  const int t0 = (num_q_tiles - 1 - static_cast<int>(job / (static_cast<int64_t>(p.B) * p.Hq))) * kBM;
+  const int h = static_cast<int>(job % p.Hq), b = static_cast<int>(job / p.Hq % p.B), hk = h / p.group;
+  const int32_t* first_key = p.first_key + static_cast<int64_t>(b) * p.T;
+
+  const int warpgroup = static_cast<int>(threadIdx.x / 128), warp = static_cast<int>(threadIdx.x % 128) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32), g = lane / 4, c = lane % 4;
+  const int wg0 = warpgroup * 64, r0 = t0 + wg0;
+  const int row_lo = r0 + warp * 16 + g;
+  // Rows past T compute with the last row's statistics and are never stored.
+  const int last = p.T - 1, lo = min(row_lo, last), hi = min(row_lo + 8, last);
+  const int first_lo = first_key[lo], first_hi = first_key[hi], first_max = first_key[min(r0 + 63, last)];
+  const float lse_lo = p.lse[p.stat(b, h, lo)] * kLog2e, lse_hi = p.lse[p.stat(b, h, hi)] * kLog2e;
+  const float delta_lo = p.delta[p.stat(b, h, lo)], delta_hi = p.delta[p.stat(b, h, hi)];
+  const int tile_begin = first_key[t0] / kDqKeys, tile_end = (min(t0 + kBM, p.T) - 1) / kDqKeys + 1;
+
+  const int64_t kv_stride = p.kv_stride;
+  const bf16* k_rows = p.k + p.kv_row(b, 0, hk);
+  const bf16* v_rows = p.v + p.kv_row(b, 0, hk);
+  load_tile<D>(q_tile, p.q + p.q_row(b, 0, h), p.q_stride, t0, p.T);
+  load_tile<D>(do_tile, p.dout + p.o_row(b, 0, h), static_cast<int64_t>(p.Hq) * D, t0, p.T);
+  load_tile<D, kDqKeys>(k_tile(0), k_rows, kv_stride, tile_begin * kDqKeys, p.T);
+  load_tile<D, kDqKeys>(v_tile(0), v_rows, kv_stride, tile_begin * kDqKeys, p.T);
+  ptx::cp_async_commit();
+
+  const float scale_log2 = p.scale * kLog2e;
+  float dq[D / 64][32];  // dQ, one m64n64 accumulator per 64 columns of d
+#pragma unroll
+  for (int n = 0; n < D / 64; ++n)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dq[n][i] = 0.f;
+
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int stage = (tile - tile_begin) % 2;
+    ptx::cp_async_wait<0>();  // this tile's copies (the only group in flight)
+    ptx::fence_proxy_async_shared();
+    __syncthreads();  // ... visible to every thread; the other stage's readers are all done
+    if (tile + 1 < tile_end) {
+      load_tile<D, kDqKeys>(k_tile(stage ^ 1), k_rows, kv_stride, (tile + 1) * kDqKeys, p.T);
+      load_tile<D, kDqKeys>(v_tile(stage ^ 1), v_rows, kv_stride, (tile + 1) * kDqKeys, p.T);
+    }
+    ptx::cp_async_commit();
+
+    // S and dP of this warpgroup's 64 rows × the tile's 64 keys; k-step kk reads d 16kk .. 16kk + 15.
+    float s[32], dp[32];
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t row_offset = (kk / 4) * kSubTileBytes + wg0 * kRowBytes + (kk % 4) * 32;
+      const uint32_t key_offset = (kk / 4) * kKeySubTileBytes + (kk % 4) * 32;
+      ptx::wgmma_m64n64k16_bf16(s, ptx::wgmma_desc_k_sw128(q_tile + row_offset),
+                                ptx::wgmma_desc_k_sw128(k_tile(stage) + key_offset), kk > 0);
+      ptx::wgmma_m64n64k16_bf16(dp, ptx::wgmma_desc_k_sw128(do_tile + row_offset),
+                                ptx::wgmma_desc_k_sw128(v_tile(stage) + key_offset), kk > 0);
+    }
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+    ptx::wgmma_fence_operand(s);
+    ptx::wgmma_fence_operand(dp);
+
+    // dS in place of S: s[4jj + e] is row row_lo + 8·(e / 2), key k0 + 8jj + 2c + e % 2. Branch-free
+    // (selects), as the forward's softmax.
+    const int k0 = tile * kDqKeys;
+    const bool whole = k0 + kDqKeys - 1 <= r0 && k0 >= first_max;  // every row sees every key
+#pragma unroll
+    for (int jj = 0; jj < kDqKeys / 8; ++jj)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + 8 * jj + 2 * c + (e & 1);
+        const bool high = e >> 1;
+        const bool visible = whole | ((key >= (high ? first_hi : first_lo)) & (key <= row_lo + 8 * high));
+        const float prob = exp2f(s[4 * jj + e] * scale_log2 - (high ? lse_hi : lse_lo));
+        s[4 * jj + e] = visible ? prob * (dp[4 * jj + e] - (high ? delta_hi : delta_lo)) : 0.f;
+      }
+    // dS as the A fragments of key steps kk (keys 16kk ..), in the forward's P order.
+    uint32_t da[kDqKeys / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kDqKeys / 16; ++kk)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) da[kk][r] = ptx::pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+
+    // dQ += dS·K: key step kk reads K's keys 16kk .. 16kk + 15, 2048 bytes into each sub-tile.
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(dq[n]);
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kDqKeys / 16; ++kk)
+#pragma unroll
+      for (int n = 0; n < D / 64; ++n)
+        ptx::wgmma_m64n64k16_bf16_rs_tnsp_b(
+            dq[n], da[kk], ptx::wgmma_desc_mn_sw128_n64(k_tile(stage) + n * kKeySubTileBytes + kk * 16 * kRowBytes));
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(dq[n]);
+#pragma unroll
+    for (int kk = 0; kk < kDqKeys / 16; ++kk) ptx::wgmma_fence_operand(da[kk]);
+  }
+  ptx::cp_async_wait<0>();  // only an empty group can be pending here; leave none behind
+  if (r0 >= p.T) return;    // this warpgroup's rows are all past the end
+
+  // dq[n][4j + 2·half + e]: row row_lo + 8·half, column 64n + 8j + 2c + e.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row_lo + half * 8;
+    if (row >= p.T) continue;
+    bf16* dst = p.dq + p.q_row(b, row, h) + 2 * c;
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        *reinterpret_cast<__nv_bfloat162*>(dst + 64 * n + 8 * j) =
+            __floats2bfloat162_rn(p.scale * dq[n][4 * j + 2 * half], p.scale * dq[n][4 * j + 2 * half + 1]);
+  }
+#else
+  (void)p;
+#endif
+}
+
 #if defined(LLM_GEMM_WGMMA)
 // The map of one of q, k, v (`heads` heads of D columns per token, tokens `stride` elements apart,
 // T tokens per batch row). False where the TMA cannot describe it (then the cp.async form runs).
@@ -448,41 +601,68 @@ double relative_error(const std::vector<float>& got, const std::vector<float>& w
   return max_diff / max_want;
 }
 
-// The wgmma forward (its TMA form if `tma`, else its cp.async form) against attention.cu's mma.sync
-// forward on a small causal problem with two batch rows, grouped heads, five key tiles (the stage
-// ring wraps) and a partial last tile (fixed random bf16 inputs). Empty on success, else what
-// differed.
-std::string self_check(int D, bool tma) {
-  constexpr int B = 2, T = 520, Hq = 4, Hkv = 2;
-  constexpr double kTolerance = 2e-2;
-  const size_t nq = size_t{B} * T * Hq * D, nkv = size_t{B} * T * Hkv * D, nstat = size_t{B} * Hq * T;
-  std::vector<bf16> host_q(nq), host_kv(2 * nkv);
-  uint64_t x = 0x243F6A8885A308D3ull;
-  const auto next = [&x] {  // uniform in [-2, 2)
-    x = x * 6364136223846793005ull + 1442695040888963407ull;
-    return static_cast<float>(x >> 40) / float(1 << 24) * 4.f - 2.f;
-  };
-  for (bf16& e : host_q) e = __float2bfloat16_rn(next());
-  for (bf16& e : host_kv) e = __float2bfloat16_rn(next());
-  Scratch<bf16> q(nq), kv(2 * nkv), out_wgmma(nq), out_mma(nq);
-  Scratch<float> lse_wgmma(nstat), lse_mma(nstat);
-  constexpr const char* kFn = "attention wgmma self-check (copy)";
-  check(cudaMemcpy(q.ptr, host_q.data(), nq * sizeof(bf16), cudaMemcpyHostToDevice), kFn);
-  check(cudaMemcpy(kv.ptr, host_kv.data(), 2 * nkv * sizeof(bf16), cudaMemcpyHostToDevice), kFn);
-
+// The self-checks' problem: causal, two batch rows, grouped heads, five 128-key tiles (the
+// forward's stage ring wraps) and a partial last one; fixed random bf16 q, k, v and dO on the device.
+struct CheckProblem {
+  static constexpr int B = 2, T = 520, Hq = 4, Hkv = 2;
+  static constexpr double kTolerance = 2e-2;
+  static constexpr const char* kFn = "attention wgmma self-check";
+  int D;
+  size_t nq, nkv, nstat;
+  Scratch<bf16> q, kv, dout;
   Params p{};
-  p.B = B;
-  p.T = T;
-  p.Hq = Hq;
-  p.Hkv = Hkv;
-  p.D = D;
-  p.group = Hq / Hkv;
-  p.q_stride = Hq * D;
-  p.kv_stride = Hkv * D;
-  p.scale = 1.f / std::sqrt(static_cast<float>(D));
-  p.q = q.ptr;
-  p.k = kv.ptr;
-  p.v = kv.ptr + nkv;
+
+  explicit CheckProblem(int D_)
+      : D(D_), nq(size_t{B} * T * Hq * D_), nkv(size_t{B} * T * Hkv * D_), nstat(size_t{B} * Hq * T), q(nq),
+        kv(2 * nkv), dout(nq) {
+    uint64_t x = 0x243F6A8885A308D3ull;
+    const auto upload_random = [&x](bf16* dst, size_t n) {  // uniform in [-2, 2)
+      std::vector<bf16> host(n);
+      for (bf16& e : host) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        e = __float2bfloat16_rn(static_cast<float>(x >> 40) / float(1 << 24) * 4.f - 2.f);
+      }
+      check(cudaMemcpy(dst, host.data(), n * sizeof(bf16), cudaMemcpyHostToDevice), kFn);
+    };
+    upload_random(q.ptr, nq);
+    upload_random(kv.ptr, 2 * nkv);
+    upload_random(dout.ptr, nq);
+    p.B = B;
+    p.T = T;
+    p.Hq = Hq;
+    p.Hkv = Hkv;
+    p.D = D;
+    p.group = Hq / Hkv;
+    p.q_stride = Hq * D;
+    p.kv_stride = Hkv * D;
+    p.scale = 1.f / std::sqrt(static_cast<float>(D));
+    p.q = q.ptr;
+    p.k = kv.ptr;
+    p.v = kv.ptr + nkv;
+  }
+  std::string name() const { return "B=2 T=520 Hq=4 Hkv=2 D=" + std::to_string(D) + " causal"; }
+};
+
+std::vector<float> download(const bf16* src, size_t n) {
+  std::vector<bf16> h(n);
+  check(cudaMemcpy(h.data(), src, n * sizeof(bf16), cudaMemcpyDeviceToHost), CheckProblem::kFn);
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = __bfloat162float(h[i]);
+  return out;
+}
+std::vector<float> download(const float* src, size_t n) {
+  std::vector<float> out(n);
+  check(cudaMemcpy(out.data(), src, n * sizeof(float), cudaMemcpyDeviceToHost), CheckProblem::kFn);
+  return out;
+}
+
+// The wgmma forward (its TMA form if `tma`, else its cp.async form) against attention.cu's mma.sync
+// forward. Empty on success, else what differed.
+std::string self_check(int D, bool tma) {
+  CheckProblem c(D);
+  Scratch<bf16> out_wgmma(c.nq), out_mma(c.nq);
+  Scratch<float> lse_wgmma(c.nstat), lse_mma(c.nstat);
+  Params p = c.p;
   p.o = out_wgmma.ptr;
   p.lse_out = lse_wgmma.ptr;
   const bool ran_tma = D == 64 ? launch_wgmma<64>(p, tma, nullptr) : launch_wgmma<128>(p, tma, nullptr);
@@ -491,24 +671,51 @@ std::string self_check(int D, bool tma) {
   p.lse_out = lse_mma.ptr;
   flash_forward(p, nullptr);
   check(cudaStreamSynchronize(nullptr), "attention wgmma self-check (running the kernels)");
-
-  std::vector<float> got(nq), want(nq), got_lse(nstat), want_lse(nstat);
-  const auto download = [&](std::vector<float>& dst, const bf16* src) {
-    std::vector<bf16> h(dst.size());
-    check(cudaMemcpy(h.data(), src, h.size() * sizeof(bf16), cudaMemcpyDeviceToHost), kFn);
-    for (size_t i = 0; i < h.size(); ++i) dst[i] = __bfloat162float(h[i]);
-  };
-  download(got, out_wgmma.ptr);
-  download(want, out_mma.ptr);
-  check(cudaMemcpy(got_lse.data(), lse_wgmma.ptr, nstat * sizeof(float), cudaMemcpyDeviceToHost), kFn);
-  check(cudaMemcpy(want_lse.data(), lse_mma.ptr, nstat * sizeof(float), cudaMemcpyDeviceToHost), kFn);
   unsigned int timed_out = 0;
-  check(cudaMemcpyFromSymbol(&timed_out, ptx::mbarrier_timed_out, sizeof(timed_out)), kFn);
+  check(cudaMemcpyFromSymbol(&timed_out, ptx::mbarrier_timed_out, sizeof(timed_out)), CheckProblem::kFn);
   if (timed_out) return "a barrier wait timed out: a tile's copies never completed";
-  const double out_error = relative_error(got, want), lse_error = relative_error(got_lse, want_lse);
-  if (out_error <= kTolerance && lse_error <= kTolerance) return {};
+  const double out_error = relative_error(download(out_wgmma.ptr, c.nq), download(out_mma.ptr, c.nq));
+  const double lse_error = relative_error(download(lse_wgmma.ptr, c.nstat), download(lse_mma.ptr, c.nstat));
+  if (out_error <= CheckProblem::kTolerance && lse_error <= CheckProblem::kTolerance) return {};
   return "out relative error " + std::to_string(out_error) + ", lse relative error " + std::to_string(lse_error) +
-         " against the mma.sync kernel (B=2 T=520 Hq=4 Hkv=2 D=" + std::to_string(D) + " causal)";
+         " against the mma.sync kernel (" + c.name() + ")";
+}
+
+template <int D>
+void launch_dq_wgmma(const Params& p, cudaStream_t stream) {
+  constexpr const char* kFn = "cuda::attention_backward (wgmma dq)";
+  const unsigned int blocks = blocks_for(detail::ceil_div(p.T, kBM) * p.B * p.Hq, 1, kFn);
+  allow_shared_memory(flash_dq_wgmma_kernel<D>, dq_smem_bytes<D>(), kFn);
+  flash_dq_wgmma_kernel<D><<<blocks, kThreads, dq_smem_bytes<D>(), stream>>>(p);
+  check_launch(kFn);
+}
+
+// The wgmma dQ kernel against attention.cu's mma.sync one, after the mma.sync forward and the
+// backward's prologue. Empty on success, else what differed.
+std::string dq_self_check(int D) {
+  CheckProblem c(D);
+  Scratch<bf16> out(c.nq), dq_wgmma(c.nq), dq_mma(c.nq);
+  Scratch<float> lse(c.nstat), delta(c.nstat);
+  Scratch<int32_t> first_key(size_t{CheckProblem::B} * CheckProblem::T);
+  Params p = c.p;
+  p.o = out.ptr;
+  p.lse_out = lse.ptr;
+  flash_forward(p, nullptr);
+  p.out = out.ptr;
+  p.dout = c.dout.ptr;
+  p.lse = lse.ptr;
+  p.delta = delta.ptr;
+  p.first_key = first_key.ptr;
+  backward_prologue(p, nullptr, first_key.ptr, nullptr);
+  p.dq = dq_mma.ptr;
+  flash_dq(p, nullptr);
+  p.dq = dq_wgmma.ptr;
+  if (D == 64) launch_dq_wgmma<64>(p, nullptr);
+  else launch_dq_wgmma<128>(p, nullptr);
+  check(cudaStreamSynchronize(nullptr), "attention wgmma dq self-check (running the kernels)");
+  const double error = relative_error(download(dq_wgmma.ptr, c.nq), download(dq_mma.ptr, c.nq));
+  if (error <= CheckProblem::kTolerance) return {};
+  return "dq relative error " + std::to_string(error) + " against the mma.sync kernel (" + c.name() + ")";
 }
 #endif
 
@@ -552,6 +759,36 @@ bool tma_usable(int D) {
 #endif
 }  // namespace
 
+bool dq_wgmma_usable(int64_t D) {
+#if defined(LLM_GEMM_WGMMA)
+  if ((D != 64 && D != 128) || !attention_wgmma_enabled() || !attention_wgmma_available()) return false;
+  static std::array<std::atomic<bool>, 2> failed{};
+  static std::array<std::once_flag, 2> checked;
+  std::call_once(checked[D == 128], [D] {
+    const std::string error = dq_self_check(static_cast<int>(D));
+    if (error.empty()) return;
+    failed[D == 128] = true;
+    std::fprintf(stderr, "warning: cuda::attention_backward: the wgmma dq kernel (D=%d) failed its self-check (%s); "
+                 "using the mma.sync kernel for the rest of the process\n", static_cast<int>(D), error.c_str());
+  });
+  return !failed[D == 128];
+#else
+  (void)D;
+  return false;
+#endif
+}
+
+void flash_dq_wgmma(const Params& p, cudaStream_t stream) {
+#if defined(LLM_GEMM_WGMMA)
+  if (p.D == 64) launch_dq_wgmma<64>(p, stream);
+  else launch_dq_wgmma<128>(p, stream);
+#else
+  (void)p;
+  (void)stream;
+  throw std::runtime_error("cuda::attention_backward: the wgmma dq kernel was not compiled in");
+#endif
+}
+
 void flash_forward_wgmma(const Params& p, cudaStream_t stream) {
 #if defined(LLM_GEMM_WGMMA)
   const bool tma = tma_usable(p.D);
@@ -575,5 +812,7 @@ bool attention_wgmma_available() {
 }
 
 bool attention_tma_available() { return attention_wgmma_available() && detail::tensor_maps_available(); }
+
+bool attention_dq_wgmma_in_use(int64_t D) { return attention_impl::dq_wgmma_usable(D); }
 
 }  // namespace llm::cuda

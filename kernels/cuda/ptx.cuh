@@ -180,6 +180,25 @@ __device__ __forceinline__ void wgmma_m64n128k16_bf16(float (&d)[64], uint64_t a
       : "memory");
 }
 
+// d (+)= A·B for the warpgroup: A 64×16 and B 16×64 (stored as 64×16, K-major) from shared memory
+// through their descriptors; accumulate_d 0 overwrites d. Fragment layout of d as
+// wgmma_m64n256k16_bf16 (columns 0..63).
+__device__ __forceinline__ void wgmma_m64n64k16_bf16(float (&d)[32], uint64_t a_desc, uint64_t b_desc,
+                                                     int accumulate_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a_desc), "l"(b_desc), "r"(accumulate_d)
+      : "memory");
+}
+
 // d += A·B for the warpgroup: A 64×16 from registers (a: the bf16 pairs of mma.m16n8k16's A fragment,
 // per warp w over rows 16w..16w+15) and B 16×64 from shared memory stored MN-major (N contiguous:
 // row k of B holds its 64 n values), hence imm-trans-b = 1 (PTX ISA: transposing is allowed for

@@ -1,6 +1,6 @@
 // `llm-bench cuda` attention rows: the tensor-core flash attention, forward (on the wgmma kernel's TMA
-// and cp.async forms and on the mma.sync kernel) and backward, causal, at the shape of a mid-sized
-// model's layer (B = 8, 16 heads of 128) for T = 1024 and 4096.
+// and cp.async forms and on the mma.sync kernel) and backward (dQ on wgmma and on mma.sync), causal,
+// at the shape of a mid-sized model's layer (B = 8, 16 heads of 128) for T = 1024 and 4096.
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -83,10 +83,16 @@ void bench_attention() {
       const bool off = (kf.wgmma && wgmma_failed) || (kf.tma && tma_failed);
       print_row("attention fwd", shape, off ? kf.off : kf.name, forward_flops / fwd_ms / 1e9, "TFLOP/s", kPeakTflops);
     }
+    // The backward with dQ on each of its kernels (dK, dV are mma.sync either way).
+    for (bool wgmma : {true, false}) {
+      if (wgmma && (wgmma_failed || !cuda::attention_wgmma_available())) continue;
+      cuda::set_attention_wgmma(wgmma);
+      const double bwd_ms = median_ms(backward, stream);
+      const char* name = !wgmma ? "mma.sync" : cuda::attention_dq_wgmma_in_use(128) ? "wgmma dq" : "wgmma dq-off";
+      print_row("attention bwd", shape, name, backward_flops / bwd_ms / 1e9, "TFLOP/s", kPeakTflops);
+    }
     cuda::set_attention_wgmma(wgmma_was && !wgmma_failed);
     cuda::set_attention_tma(tma_was && !tma_failed);
-    const double bwd_ms = median_ms(backward, stream);
-    print_row("attention bwd", shape, "flash-tc", backward_flops / bwd_ms / 1e9, "TFLOP/s", kPeakTflops);
     cuda::check(cudaGetLastError(), "bench attention");
 
     for (void* p : {static_cast<void*>(q), static_cast<void*>(k), static_cast<void*>(v), static_cast<void*>(dout),
