@@ -758,6 +758,19 @@ void flash_forward(const Params& p, cudaStream_t stream) {
   check_launch(kFn);
 }
 
+void flash_dkv(const Params& p, cudaStream_t stream) {
+  constexpr const char* kFn = "cuda::attention_backward (tensor-core dk, dv)";
+  const unsigned int blocks = blocks_for(detail::ceil_div(p.T, kTile) * p.B * p.Hkv, 1, kFn);
+  if (p.D == 64) {
+    allow_shared_memory(flash_dkv_kernel<64>, dkv_smem_bytes<64>(), kFn);
+    flash_dkv_kernel<64><<<blocks, kThreads, dkv_smem_bytes<64>(), stream>>>(p);
+  } else {
+    allow_shared_memory(flash_dkv_kernel<128>, dkv_smem_bytes<128>(), kFn);
+    flash_dkv_kernel<128><<<blocks, kThreads, dkv_smem_bytes<128>(), stream>>>(p);
+  }
+  check_launch(kFn);
+}
+
 void flash_dq(const Params& p, cudaStream_t stream) {
   constexpr const char* kFn = "cuda::attention_backward (tensor-core dq)";
   const unsigned int blocks = blocks_for(detail::ceil_div(p.T, kTile) * p.B * p.Hq, 1, kFn);
@@ -824,16 +837,12 @@ void attention_backward(const AttentionShape& shape, const bf16* q, const bf16* 
   backward_prologue(p, doc, first_key, stream);
 
   if (tensor_cores) {
-    const unsigned int kv_blocks = blocks_for(detail::ceil_div(shape.T, kTile) * shape.B * shape.Hkv, 1, kFn);
-    if (shape.D == 64) {
-      allow_shared_memory(flash_dkv_kernel<64>, dkv_smem_bytes<64>(), kFn);
-      flash_dkv_kernel<64><<<kv_blocks, kThreads, dkv_smem_bytes<64>(), stream>>>(p);
-    } else {
-      allow_shared_memory(flash_dkv_kernel<128>, dkv_smem_bytes<128>(), kFn);
-      flash_dkv_kernel<128><<<kv_blocks, kThreads, dkv_smem_bytes<128>(), stream>>>(p);
-    }
-    check_launch("cuda::attention_backward (tensor-core dk, dv)");
-    if (dq_wgmma_usable(shape.D))
+    const BackwardKernels wgmma = backward_wgmma_usable(shape.D);
+    if (wgmma.dkv)
+      flash_dkv_wgmma(p, stream);
+    else
+      flash_dkv(p, stream);
+    if (wgmma.dq)
       flash_dq_wgmma(p, stream);
     else
       flash_dq(p, stream);

@@ -40,9 +40,9 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
 
 // kTensorCore's (and so kAuto's) forward runs on Hopper's wgmma kernel (attention_wgmma.cu) when it was
 // compiled in (CUDA architectures with 90a), the device is compute capability 9.0 and the switch is on,
-// else on the mma.sync kernel; the backward's dK, dV are always mma.sync (dQ: see below). The switch
-// is process-wide; it starts on, or off when the environment variable LLM_CUDA_WGMMA=0 is set (the
-// GEMM's switch reads the same).
+// else on the mma.sync kernel; the same for the backward (see below). The switch is process-wide;
+// it starts on, or off when the environment variable LLM_CUDA_WGMMA=0 is set (the GEMM's switch
+// reads the same).
 // The first wgmma forward of each D in a process first runs a self-check against the mma.sync kernel
 // (a small causal problem, about a millisecond); if they disagree it turns the switch off and says so
 // once on stderr. Tests use the switch to check both kernels.
@@ -58,11 +58,11 @@ void set_attention_tma(bool enabled);
 bool attention_tma_enabled();
 // Whether the TMA form can run here (the wgmma forward can, and the driver encodes tensor maps).
 bool attention_tma_available();
-// The backward's dQ runs on a wgmma kernel too where the forward's can, under the same switch
-// (attention_wgmma_enabled), after a self-check of its own against the mma.sync dQ kernel on its
-// first use per D; a failure keeps dQ on mma.sync (one line on stderr) and leaves the forward alone.
-// Whether it does for head dimension D (running that self-check now if it has not run).
-bool attention_dq_wgmma_in_use(int64_t D);
+// The backward's dK, dV and dQ run on wgmma kernels too where the forward's can, under the same
+// switch (attention_wgmma_enabled), after a self-check of their own against the mma.sync kernels on
+// first use per D; a kernel that fails it stays on mma.sync (one line on stderr) and leaves the
+// forward alone. Whether both do for head dimension D (running that self-check now if it has not).
+bool attention_backward_wgmma_in_use(int64_t D);
 
 // Scratch the backward needs, in bytes: Δ = rowsum(dO ⊙ O) (fp32 [B, Hq, T]) and each query's first
 // visible key (int32 [B, T]); the same for every kernel choice.

@@ -87,7 +87,9 @@ void flash_forward(const Params& p, cudaStream_t stream);
 // attention.cu: the backward's first step: first(t) into first_key (where p.first_key points) and
 // Δ = rowsum(dO ⊙ O) into p.delta (p.out, p.dout set).
 void backward_prologue(const Params& p, const int32_t* doc, int32_t* first_key, cudaStream_t stream);
-// attention.cu: the mma.sync dQ kernel (after backward_prologue; p.dq, p.lse, p.dout set).
+// attention.cu: the mma.sync dK, dV and dQ kernels (after backward_prologue; p.lse, p.dout and the
+// outputs set).
+void flash_dkv(const Params& p, cudaStream_t stream);
 void flash_dq(const Params& p, cudaStream_t stream);
 
 // attention_wgmma.cu: whether the wgmma forward takes head dimension D now (compiled in, device of
@@ -97,11 +99,16 @@ void flash_dq(const Params& p, cudaStream_t stream);
 bool forward_wgmma_usable(int64_t D);
 // The wgmma forward of p (D = 64 or 128, 16-byte aligned q, k, v, out).
 void flash_forward_wgmma(const Params& p, cudaStream_t stream);
-// attention_wgmma.cu: whether the wgmma dQ kernel takes head dimension D now: as
-// forward_wgmma_usable, with a self-check of its own against flash_dq on first use per D (a failure
-// turns this kernel off, not the forward, with one line on stderr).
-bool dq_wgmma_usable(int64_t D);
-// The wgmma dQ of p (as flash_dq).
+// attention_wgmma.cu: which backward kernels run on wgmma for head dimension D now: as
+// forward_wgmma_usable, with a self-check of their own against flash_dkv and flash_dq on first use
+// per D (a kernel that fails it stays off for the process, with one line on stderr; the forward
+// is not affected).
+struct BackwardKernels {
+  bool dkv = false, dq = false;
+};
+BackwardKernels backward_wgmma_usable(int64_t D);
+// The wgmma dK, dV and dQ of p (as flash_dkv, flash_dq).
+void flash_dkv_wgmma(const Params& p, cudaStream_t stream);
 void flash_dq_wgmma(const Params& p, cudaStream_t stream);
 
 }  // namespace llm::cuda::attention_impl

@@ -52,7 +52,6 @@
 // since no GPU has run it before its first use in a process, only after a self-check against
 // attention.cu's forward passes (forward_wgmma_usable).
 #include <array>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -547,6 +546,223 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dq_wgmma_kernel(Params p) {
 #endif
 }
 
+// ---- dK, dV on wgmma ------------------------------------------------------------------------------
+// One block per (batch row, kv head, 128 keys), two warpgroups of 64 keys, each holding its dK and
+// dV rows in registers; K and V of the block are loaded once. For each query head of the group and
+// each 64-query tile that sees the block's keys (a prefix of the tiles from t0 = first key on,
+// counted as the mma.sync kernel counts it), through 2 stages of Q, dO and the queries' lse, Δ and
+// first():
+//   Sᵀ = K·Qᵀ            wgmma m64n64k16 from shared memory (keys × queries), then
+//   Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e), masked, kept only as bf16 A fragments;
+//   dPᵀ = V·dOᵀ          wgmma m64n64k16 from shared memory, issued together with
+//   dV += Pᵀ·dO          wgmma m64n64k16 per 64 columns of d, A = Pᵀ from registers, B = dO MN-major;
+//   dSᵀ = Pᵀ ⊙ (dPᵀ − Δ)  (P from its bf16 fragments, as the mma.sync kernel),
+//   dK += dSᵀ·Q          the same form as dV's.
+// Sᵀ and dPᵀ are never live together next to the dK, dV accumulators. Every product is waited for
+// within its iteration, so 2 stages suffice (as the dQ kernel). dK is scaled by the softmax scale
+// at the end. A warpgroup whose keys a tile does not reach computes all-masked products (P = 0), so
+// the wgmma sequence never depends on data.
+constexpr int kDkvQueries = 64;
+template <int D>
+constexpr int kQueryTileBytes = kDkvQueries * kRowBytes * (D / 64);  // 64 queries × D
+constexpr int kStatBytes = kDkvQueries * 12;  // lse, Δ (float) and first() (int) of 64 queries
+template <int D>
+constexpr size_t dkv_smem_bytes() {
+  return 2 * kTileBytes<D> + 2 * (2 * kQueryTileBytes<D> + kStatBytes) + 1024;  // K, V; 2 stages
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1) flash_dkv_wgmma_kernel(Params p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t smem = (ptx::smem_address(smem_raw) + 1023) & ~uint32_t{1023};
+  const uint32_t k_tile = smem, v_tile = smem + kTileBytes<D>;
+  auto q_tile = [&](int stage) { return smem + 2 * kTileBytes<D> + stage * 2 * kQueryTileBytes<D>; };
+  auto do_tile = [&](int stage) { return q_tile(stage) + kQueryTileBytes<D>; };
+  // The stats after the tiles (1024-aligned tiles stay aligned): generic pointers for plain loads.
+  unsigned char* stats_base = smem_raw + (smem - ptx::smem_address(smem_raw)) + 2 * kTileBytes<D> +
+                              2 * 2 * kQueryTileBytes<D>;
+  auto lse_s = [&](int stage) { return reinterpret_cast<float*>(stats_base + stage * kStatBytes); };
+  auto delta_s = [&](int stage) { return lse_s(stage) + kDkvQueries; };
+  auto first_s = [&](int stage) { return reinterpret_cast<int*>(delta_s(stage) + kDkvQueries); };
+  constexpr int kQuerySubTileBytes = kDkvQueries * kRowBytes;
+
+  // Earlier key tiles are seen by more queries: they come first in the grid.
+  const int64_t job = blockIdx.x;
+  const int kv_tile = static_cast<int>(job / (static_cast<int64_t>(p.B) * p.Hkv));
+  const int hk = static_cast<int>(job % p.Hkv), b = static_cast<int>(job / p.Hkv % p.B);
+  const int k0 = kv_tile * kBM, k_last = min(k0 + kBM, p.T) - 1;
+  const int32_t* first_key = p.first_key + static_cast<int64_t>(b) * p.T;
+
+  // Query tiles t0 = k0, k0 + 64, ... see these keys while first(t0) ≤ k_last: a prefix, counted
+  // with one candidate tile per thread.
+  int n_q = 0;  // ≥ 1: query k0 sees key k0
+  for (int base = k0;; base += kDkvQueries * kThreads) {
+    const int t = base + static_cast<int>(threadIdx.x) * kDkvQueries;
+    const int seen = __syncthreads_count(t < p.T && first_key[t] <= k_last);
+    n_q += seen;
+    if (seen < kThreads) break;
+  }
+  const int n_iter = n_q * p.group;
+
+  auto load_stage = [&](int it, int stage) {
+    const int h = hk * p.group + it / n_q, t0 = k0 + (it % n_q) * kDkvQueries;
+    load_tile<D, kDkvQueries>(q_tile(stage), p.q + p.q_row(b, 0, h), p.q_stride, t0, p.T);
+    load_tile<D, kDkvQueries>(do_tile(stage), p.dout + p.o_row(b, 0, h), static_cast<int64_t>(p.Hq) * D, t0, p.T);
+    if (threadIdx.x < kDkvQueries) {
+      const int t = t0 + static_cast<int>(threadIdx.x);
+      const bool valid = t < p.T;
+      const int64_t i = valid ? p.stat(b, h, t) : 0;
+      ptx::cp_async_4(ptx::smem_address(lse_s(stage) + threadIdx.x), p.lse + i, valid ? 4 : 0);
+      ptx::cp_async_4(ptx::smem_address(delta_s(stage) + threadIdx.x), p.delta + i, valid ? 4 : 0);
+      ptx::cp_async_4(ptx::smem_address(first_s(stage) + threadIdx.x), first_key + (valid ? t : 0), valid ? 4 : 0);
+    }
+  };
+  load_tile<D>(k_tile, p.k + p.kv_row(b, 0, hk), p.kv_stride, k0, p.T);
+  load_tile<D>(v_tile, p.v + p.kv_row(b, 0, hk), p.kv_stride, k0, p.T);
+  load_stage(0, 0);
+  ptx::cp_async_commit();
+
+  const int warpgroup = static_cast<int>(threadIdx.x / 128), warp = static_cast<int>(threadIdx.x % 128) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32), g = lane / 4, c = lane % 4;
+  const int wk0 = k0 + warpgroup * 64;                  // this warpgroup's first key
+  const int key_lo = wk0 + warp * 16 + g;               // this thread's rows of Sᵀ: keys key_lo, key_lo + 8
+  const float scale_log2 = p.scale * kLog2e;
+  float dk[D / 64][32], dv[D / 64][32];
+#pragma unroll
+  for (int n = 0; n < D / 64; ++n)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) dk[n][i] = dv[n][i] = 0.f;
+
+  for (int it = 0; it < n_iter; ++it) {
+    const int stage = it % 2;
+    ptx::cp_async_wait<0>();  // this iteration's copies (the only group in flight)
+    ptx::fence_proxy_async_shared();
+    __syncthreads();  // ... visible to every thread; the other stage's readers are all done
+    if (it + 1 < n_iter) load_stage(it + 1, stage ^ 1);
+    ptx::cp_async_commit();
+    const int t0 = k0 + (it % n_q) * kDkvQueries;
+    const float* lse = lse_s(stage);
+    const float* delta = delta_s(stage);
+    const int* first = first_s(stage);
+
+    // k-step kk of a keys × queries product reads d 16kk .. 16kk + 15 of both operands.
+    auto key_rows = [&](uint32_t tile, int kk) {
+      return ptx::wgmma_desc_k_sw128(tile + (kk / 4) * kSubTileBytes + warpgroup * 64 * kRowBytes + (kk % 4) * 32);
+    };
+    auto query_rows = [&](uint32_t tile, int kk) {
+      return ptx::wgmma_desc_k_sw128(tile + (kk / 4) * kQuerySubTileBytes + (kk % 4) * 32);
+    };
+    // A = this thread's keys × the tile's queries (a[kq]: queries 16kq ..), B = the stage's `tile`
+    // (queries × d) read MN-major: acc[n] += A·B over the 64 queries.
+    auto accumulate = [&](float (&acc)[D / 64][32], const uint32_t (&a)[kDkvQueries / 16][4], uint32_t tile) {
+#pragma unroll
+      for (int n = 0; n < D / 64; ++n)
+#pragma unroll
+        for (int kq = 0; kq < kDkvQueries / 16; ++kq)
+          ptx::wgmma_m64n64k16_bf16_rs_tnsp_b(
+              acc[n], a[kq], ptx::wgmma_desc_mn_sw128_n64(tile + n * kQuerySubTileBytes + kq * 16 * kRowBytes));
+    };
+
+    // Sᵀ, then Pᵀ as bf16 A fragments: s[4jj + e] is key key_lo + 8·(e / 2), query t0 + 8jj + 2c + e % 2.
+    uint32_t pa[kDkvQueries / 16][4];
+    {
+      float s[32];
+      ptx::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        ptx::wgmma_m64n64k16_bf16(s, key_rows(k_tile, kk), query_rows(q_tile(stage), kk), kk > 0);
+      ptx::wgmma_commit();
+      ptx::wgmma_wait<0>();
+      ptx::wgmma_fence_operand(s);
+      // Every key seen by every query: all queries real, after the last key, first() at or before the first.
+      const bool whole = t0 + kDkvQueries <= p.T && wk0 + 63 <= t0 && first[kDkvQueries - 1] <= wk0;
+#pragma unroll
+      for (int jj = 0; jj < kDkvQueries / 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = 8 * jj + 2 * c + (e & 1), t = t0 + qi, key = key_lo + 8 * (e >> 1);
+          const bool visible = whole | ((t < p.T) & (first[qi] <= key) & (key <= t));
+          const float prob = exp2f(s[4 * jj + e] * scale_log2 - lse[qi] * kLog2e);
+          s[4 * jj + e] = visible ? prob : 0.f;
+        }
+#pragma unroll
+      for (int kq = 0; kq < kDkvQueries / 16; ++kq)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) pa[kq][r] = ptx::pack_bf16(s[8 * kq + 2 * r], s[8 * kq + 2 * r + 1]);
+    }
+
+    // dPᵀ and dV += Pᵀ·dO, one group.
+    float dp[32];
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(dv[n]);
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      ptx::wgmma_m64n64k16_bf16(dp, key_rows(v_tile, kk), query_rows(do_tile(stage), kk), kk > 0);
+    accumulate(dv, pa, do_tile(stage));
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+    ptx::wgmma_fence_operand(dp);
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(dv[n]);
+#pragma unroll
+    for (int kq = 0; kq < kDkvQueries / 16; ++kq) ptx::wgmma_fence_operand(pa[kq]);
+
+    // dSᵀ = Pᵀ ⊙ (dPᵀ − Δ), P read back from its bf16 pairs (accumulator i sits in pa[i / 8][(i % 8) / 2],
+    // half i % 2), then as A fragments in the same order.
+    uint32_t da[kDkvQueries / 16][4];
+#pragma unroll
+    for (int kq = 0; kq < kDkvQueries / 16; ++kq)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        float ds[2];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int i = 8 * kq + 2 * r + half;              // accumulator index: query column 8(i / 4) + 2c + i % 2
+          const uint32_t pair = pa[kq][r];
+          const float prob = __uint_as_float((half ? pair >> 16 : pair & 0xffffu) << 16);  // bf16 → fp32
+          ds[half] = prob * (dp[i] - delta[8 * (i / 4) + 2 * c + (i & 1)]);
+        }
+        da[kq][r] = ptx::pack_bf16(ds[0], ds[1]);
+      }
+
+    // dK += dSᵀ·Q.
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(dk[n]);
+    ptx::wgmma_fence();
+    accumulate(dk, da, q_tile(stage));
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(dk[n]);
+#pragma unroll
+    for (int kq = 0; kq < kDkvQueries / 16; ++kq) ptx::wgmma_fence_operand(da[kq]);
+  }
+  ptx::cp_async_wait<0>();  // only an empty group can be pending here; leave none behind
+
+  // dk[n][4j + 2·half + e]: key key_lo + 8·half, column 64n + 8j + 2c + e.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int key = key_lo + half * 8;
+    if (key >= p.T) continue;
+    bf16* dk_row = p.dk + p.kv_row(b, key, hk) + 2 * c;
+    bf16* dv_row = p.dv + p.kv_row(b, key, hk) + 2 * c;
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int i = 4 * j + 2 * half;
+        *reinterpret_cast<__nv_bfloat162*>(dk_row + 64 * n + 8 * j) =
+            __floats2bfloat162_rn(p.scale * dk[n][i], p.scale * dk[n][i + 1]);
+        *reinterpret_cast<__nv_bfloat162*>(dv_row + 64 * n + 8 * j) = __floats2bfloat162_rn(dv[n][i], dv[n][i + 1]);
+      }
+  }
+#else
+  (void)p;
+#endif
+}
+
 #if defined(LLM_GEMM_WGMMA)
 // The map of one of q, k, v (`heads` heads of D columns per token, tokens `stride` elements apart,
 // T tokens per batch row). False where the TMA cannot describe it (then the cp.async form runs).
@@ -690,11 +906,24 @@ void launch_dq_wgmma(const Params& p, cudaStream_t stream) {
   check_launch(kFn);
 }
 
-// The wgmma dQ kernel against attention.cu's mma.sync one, after the mma.sync forward and the
-// backward's prologue. Empty on success, else what differed.
-std::string dq_self_check(int D) {
+template <int D>
+void launch_dkv_wgmma(const Params& p, cudaStream_t stream) {
+  constexpr const char* kFn = "cuda::attention_backward (wgmma dk, dv)";
+  const unsigned int blocks = blocks_for(detail::ceil_div(p.T, kBM) * p.B * p.Hkv, 1, kFn);
+  allow_shared_memory(flash_dkv_wgmma_kernel<D>, dkv_smem_bytes<D>(), kFn);
+  flash_dkv_wgmma_kernel<D><<<blocks, kThreads, dkv_smem_bytes<D>(), stream>>>(p);
+  check_launch(kFn);
+}
+
+// The wgmma dK, dV and dQ kernels against attention.cu's mma.sync ones, after the mma.sync forward
+// and the backward's prologue: per kernel, empty on success, else what differed.
+struct BackwardErrors {
+  std::string dkv, dq;
+};
+BackwardErrors backward_self_check(int D) {
   CheckProblem c(D);
   Scratch<bf16> out(c.nq), dq_wgmma(c.nq), dq_mma(c.nq);
+  Scratch<bf16> dkv_wgmma(2 * c.nkv), dkv_mma(2 * c.nkv);  // dK, then dV
   Scratch<float> lse(c.nstat), delta(c.nstat);
   Scratch<int32_t> first_key(size_t{CheckProblem::B} * CheckProblem::T);
   Params p = c.p;
@@ -707,15 +936,27 @@ std::string dq_self_check(int D) {
   p.delta = delta.ptr;
   p.first_key = first_key.ptr;
   backward_prologue(p, nullptr, first_key.ptr, nullptr);
-  p.dq = dq_mma.ptr;
+  const auto outputs = [&](bf16* dq, bf16* dkv) {
+    p.dq = dq;
+    p.dk = dkv;
+    p.dv = dkv + c.nkv;
+  };
+  outputs(dq_mma.ptr, dkv_mma.ptr);
+  flash_dkv(p, nullptr);
   flash_dq(p, nullptr);
-  p.dq = dq_wgmma.ptr;
-  if (D == 64) launch_dq_wgmma<64>(p, nullptr);
-  else launch_dq_wgmma<128>(p, nullptr);
-  check(cudaStreamSynchronize(nullptr), "attention wgmma dq self-check (running the kernels)");
-  const double error = relative_error(download(dq_wgmma.ptr, c.nq), download(dq_mma.ptr, c.nq));
-  if (error <= CheckProblem::kTolerance) return {};
-  return "dq relative error " + std::to_string(error) + " against the mma.sync kernel (" + c.name() + ")";
+  outputs(dq_wgmma.ptr, dkv_wgmma.ptr);
+  if (D == 64) launch_dkv_wgmma<64>(p, nullptr), launch_dq_wgmma<64>(p, nullptr);
+  else launch_dkv_wgmma<128>(p, nullptr), launch_dq_wgmma<128>(p, nullptr);
+  check(cudaStreamSynchronize(nullptr), "attention wgmma backward self-check (running the kernels)");
+  const auto compare = [&](const char* what, const bf16* got, const bf16* want, size_t n) -> std::string {
+    const double error = relative_error(download(got, n), download(want, n));
+    if (error <= CheckProblem::kTolerance) return {};
+    return std::string(what) + " relative error " + std::to_string(error) + " against the mma.sync kernel (" +
+           c.name() + ")";
+  };
+  std::string dkv = compare("dk", dkv_wgmma.ptr, dkv_mma.ptr, c.nkv);
+  if (dkv.empty()) dkv = compare("dv", dkv_wgmma.ptr + c.nkv, dkv_mma.ptr + c.nkv, c.nkv);
+  return {dkv, compare("dq", dq_wgmma.ptr, dq_mma.ptr, c.nq)};
 }
 #endif
 
@@ -759,22 +1000,35 @@ bool tma_usable(int D) {
 #endif
 }  // namespace
 
-bool dq_wgmma_usable(int64_t D) {
+BackwardKernels backward_wgmma_usable(int64_t D) {
 #if defined(LLM_GEMM_WGMMA)
-  if ((D != 64 && D != 128) || !attention_wgmma_enabled() || !attention_wgmma_available()) return false;
-  static std::array<std::atomic<bool>, 2> failed{};
+  if ((D != 64 && D != 128) || !attention_wgmma_enabled() || !attention_wgmma_available()) return {};
+  static std::array<BackwardKernels, 2> passed;
   static std::array<std::once_flag, 2> checked;
   std::call_once(checked[D == 128], [D] {
-    const std::string error = dq_self_check(static_cast<int>(D));
-    if (error.empty()) return;
-    failed[D == 128] = true;
-    std::fprintf(stderr, "warning: cuda::attention_backward: the wgmma dq kernel (D=%d) failed its self-check (%s); "
-                 "using the mma.sync kernel for the rest of the process\n", static_cast<int>(D), error.c_str());
+    const BackwardErrors errors = backward_self_check(static_cast<int>(D));
+    passed[D == 128] = {errors.dkv.empty(), errors.dq.empty()};
+    for (const auto& [kernel, error] : {std::pair{"dk, dv", errors.dkv}, std::pair{"dq", errors.dq}})
+      if (!error.empty())
+        std::fprintf(stderr, "warning: cuda::attention_backward: the wgmma %s kernel (D=%d) failed its self-check "
+                     "(%s); using the mma.sync kernel for the rest of the process\n", kernel, static_cast<int>(D),
+                     error.c_str());
   });
-  return !failed[D == 128];
+  return passed[D == 128];
 #else
   (void)D;
-  return false;
+  return {};
+#endif
+}
+
+void flash_dkv_wgmma(const Params& p, cudaStream_t stream) {
+#if defined(LLM_GEMM_WGMMA)
+  if (p.D == 64) launch_dkv_wgmma<64>(p, stream);
+  else launch_dkv_wgmma<128>(p, stream);
+#else
+  (void)p;
+  (void)stream;
+  throw std::runtime_error("cuda::attention_backward: the wgmma dk, dv kernel was not compiled in");
 #endif
 }
 
@@ -813,6 +1067,9 @@ bool attention_wgmma_available() {
 
 bool attention_tma_available() { return attention_wgmma_available() && detail::tensor_maps_available(); }
 
-bool attention_dq_wgmma_in_use(int64_t D) { return attention_impl::dq_wgmma_usable(D); }
+bool attention_backward_wgmma_in_use(int64_t D) {
+  const attention_impl::BackwardKernels kernels = attention_impl::backward_wgmma_usable(D);
+  return kernels.dkv && kernels.dq;
+}
 
 }  // namespace llm::cuda

@@ -255,19 +255,19 @@ TEST(CudaAttention, WgmmaForwardPassesItsSelfCheck) {
   }
 }
 
-// The wgmma dQ kernel's self-check (attention.h) passes for both head dims. The backward on both dQ
-// kernels is tested against the CPU by TokenStridesOnEveryKernel (switch on and off) and the Shapes
-// tests (the default kernels).
-TEST(CudaAttention, WgmmaDqPassesItsSelfCheck) {
+// The wgmma backward kernels' self-check (attention.h) passes for both head dims. The backward on
+// both sets of kernels is tested against the CPU by TokenStridesOnEveryKernel (switch on and off)
+// and the Shapes tests (the default kernels).
+TEST(CudaAttention, WgmmaBackwardPassesItsSelfCheck) {
   LLM_SKIP_WITHOUT_GPU();
   if (!cuda::attention_wgmma_available())
     GTEST_SKIP() << "the wgmma kernels are not compiled in (CUDA architectures without 90a) or the device is not "
                     "compute capability 9.0";
   if (!cuda::attention_wgmma_enabled()) GTEST_SKIP() << "LLM_CUDA_WGMMA=0 turned the wgmma kernels off";
   for (int64_t D : {64, 128})
-    EXPECT_TRUE(cuda::attention_dq_wgmma_in_use(D))
-        << "the wgmma dq kernel (D=" << D << ") failed its self-check against the mma.sync kernel: its stderr line "
-        << "says by how much";
+    EXPECT_TRUE(cuda::attention_backward_wgmma_in_use(D))
+        << "a wgmma backward kernel (D=" << D << ") failed its self-check against the mma.sync kernels: its stderr "
+        << "line says which and by how much";
 }
 
 // The tensor-core forward on each of its kernels, wgmma (Hopper: TMA and cp.async forms) and mma.sync,
