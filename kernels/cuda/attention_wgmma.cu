@@ -416,8 +416,10 @@ constexpr size_t dq_smem_bytes() {
   return 2 * kTileBytes<D> + 2 * 2 * kKeyTileBytes<D> + 1024;  // Q, dO; K and V of 2 stages
 }
 
+// D = 64 fits two blocks per SM (124 registers, no spills), so one block's elementwise work can run
+// beside the other's products.
 template <int D>
-__global__ void __launch_bounds__(kThreads, 1) flash_dq_wgmma_kernel(Params p) {
+__global__ void __launch_bounds__(kThreads, D == 64 ? 2 : 1) flash_dq_wgmma_kernel(Params p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   const uint32_t smem = (ptx::smem_address(smem_raw) + 1023) & ~uint32_t{1023};
