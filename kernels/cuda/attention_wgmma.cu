@@ -1,6 +1,6 @@
-// Hopper's flash-attention forward (sm_90a): the contract and masks of attention.cu's mma.sync forward
-// (causal, grouped-query heads, packed documents, sliding window, lse saved), with the two products
-// of each key tile on wgmma.
+// Hopper's flash attention (sm_90a): the contracts and masks of attention.cu's mma.sync kernels
+// (causal, grouped-query heads, packed documents, sliding window, lse saved), with the products on
+// wgmma. The forward is described here; the backward's dQ and dK, dV kernels further down.
 //
 // One block per (batch row, query head, 128 queries): two warpgroups of 64 query rows each. The Q
 // tile is copied into shared memory once; key tiles of 128 keys (K and V) go through a ring of three
