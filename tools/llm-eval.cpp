@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(r.seq_len), static_cast<long long>(r.stride));
     std::printf("loss: %.4f nats/token | perplexity: %.4f | %.1f tokens/s\n", r.loss, r.perplexity,
                 static_cast<double>(r.forwarded) / std::max(r.seconds, 1e-9));
-  } catch (const llm::Error& e) {
+  } catch (const std::exception& e) {  // llm::Error, and any library exception a bad input provokes
     fail(e.what(), 1);
   }
   return 0;

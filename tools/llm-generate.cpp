@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
         std::printf("=== %zu (%s)\n%s%s\n", i + 1, out[i].finish_reason.c_str(), a.prompts[i].c_str(), out[i].text.c_str());
     }
     print_stats(stats);
-  } catch (const llm::Error& e) {
+  } catch (const std::exception& e) {  // llm::Error, and any library exception a bad input provokes
     fail(e.what(), 1);
   }
   return 0;

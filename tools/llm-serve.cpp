@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
     sigwait(&signals, &sig);
     std::fprintf(stderr, "llm-serve: stopping (signal %d)\n", sig);
     server.stop();
-  } catch (const llm::Error& e) {
+  } catch (const std::exception& e) {  // llm::Error, and any library exception a bad input provokes
     fail(e.what(), 1);
   }
   return 0;
