@@ -101,7 +101,18 @@ std::map<std::string, Shape> expected_parameters(const ModelConfig& c) {
   return p;
 }
 
+namespace {
+// Every layer has tensors of its own, so a config with more layers than the weights have tensors is
+// wrong; checking that first keeps a corrupt count (num_hidden_layers: 1000000000) from listing a
+// billion expected parameters before any message.
+void check_layer_count(const ModelConfig& config, size_t stored, const std::string& what) {
+  LLM_CHECK(config.n_layers <= static_cast<int64_t>(stored), what, ": the config's ", config.n_layers,
+            " layers cannot fit in the ", stored, " tensors stored");
+}
+}  // namespace
+
 void check_weights(const ModelConfig& config, const std::map<std::string, Tensor>& weights, const std::string& source) {
+  check_layer_count(config, weights.size(), source);
   const std::map<std::string, Shape> expected = expected_parameters(config);
   for (const auto& [name, t] : weights) {
     const auto it = expected.find(name);
@@ -177,6 +188,7 @@ LoadedModel load_hf_directory(const std::string& dir) {
   }
 
   // HF names → ours, dropping buffers and tied heads; GPT-2's Conv1D weights turned to [out, in].
+  check_layer_count(c, raw.size(), listing + " (" + config_path + ")");
   const std::map<std::string, Shape> expected = expected_parameters(c);
   for (auto& [stored_name, src] : raw) {
     std::string name = stored_name;

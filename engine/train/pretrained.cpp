@@ -17,7 +17,7 @@ io::LoadedModel load_pretrained(const std::string& path) {
   LLM_CHECK(fs::exists(path, ec), path, ": no such model file or directory");
   if (fs::is_directory(path, ec)) return io::load_hf_directory(path);
   if (io::is_hdf5_file(path)) {
-    LLM_CHECK(is_checkpoint_file(path), path, ": an HDF5 file but not an llm checkpoint");
+    // load_checkpoint names what is wrong: not a checkpoint, or one that is truncated or corrupt.
     Checkpoint ckpt = load_checkpoint(path, /*weights_only=*/true);
     io::LoadedModel out;
     out.config = ckpt.model_config;
