@@ -173,34 +173,72 @@ PrepareResult prepare_dataset(const PrepareOptions& opt, std::ostream* progress)
   return r;
 }
 
-void inspect_dataset(const std::string& dir, std::ostream& out, int64_t sample_tokens) {
+DatasetMeta read_dataset_meta(const std::string& dir) {
   const fs::path meta_path = fs::path(dir) / "meta.json";
-  LLM_CHECK(fs::exists(meta_path), dir, ": not a prepared data directory (no meta.json)");
-  json meta;
+  DatasetMeta m;
+  m.path = meta_path.string();
+  LLM_CHECK(fs::is_regular_file(meta_path), dir, ": not a prepared data directory (no meta.json)");
+  json j;
   try {
-    meta = json::parse(read_file(meta_path.string()));
+    j = json::parse(read_file(m.path));
   } catch (const json::exception& e) {
-    throw Error(meta_path.string() + ": invalid JSON: " + e.what());
+    throw Error(m.path + ": invalid JSON: " + e.what());
   }
-  LLM_CHECK(meta.value("format", "") == "llm-data", meta_path.string(), ": format is not \"llm-data\"");
+  LLM_CHECK(j.is_object(), m.path, ": expected a JSON object");
+  LLM_CHECK(j.contains("format") && j["format"] == "llm-data", m.path, ": format is not \"llm-data\"");
+  auto text = [&](const json& o, const char* key, const std::string& where) {
+    if (!o.contains(key)) return std::string();
+    LLM_CHECK(o[key].is_string(), m.path, ": ", where, key, ": expected a string, got ", o[key].dump());
+    return o[key].get<std::string>();
+  };
+  auto integer = [&](const json& o, const char* key, int64_t fallback, const std::string& where) {
+    if (!o.contains(key)) return fallback;
+    LLM_CHECK(o[key].is_number_integer(), m.path, ": ", where, key, ": expected an integer, got ", o[key].dump());
+    return o[key].get<int64_t>();
+  };
+  m.tokenizer = text(j, "tokenizer", "");
+  m.tokenizer_identity = text(j, "tokenizer_identity", "");
+  m.dtype = text(j, "dtype", "");
+  m.vocab_size = integer(j, "vocab_size", 0, "");
+  m.eot_id = integer(j, "eot_id", -1, "");
+  LLM_CHECK(j.contains("splits") && j["splits"].is_object(), m.path, ": splits: expected an object of train/val splits");
+  for (const auto& [name, s] : j["splits"].items()) {
+    const std::string where = "splits." + name + ".";
+    LLM_CHECK(s.is_object() && s.contains("shards") && s["shards"].is_array(), m.path, ": ", where,
+              "shards: expected a list of shard file names");
+    DatasetSplit split;
+    for (const json& f : s["shards"]) {
+      LLM_CHECK(f.is_string() && !f.get<std::string>().empty(), m.path, ": ", where,
+                "shards: expected shard file names, got ", f.dump());
+      split.shards.push_back(f.get<std::string>());
+    }
+    split.tokens = integer(s, "tokens", -1, where);
+    m.splits.emplace(name, std::move(split));
+  }
+  return m;
+}
+
+void inspect_dataset(const std::string& dir, std::ostream& out, int64_t sample_tokens) {
+  const DatasetMeta meta = read_dataset_meta(dir);
+  auto or_unknown = [](const std::string& s) { return s.empty() ? std::string("?") : s; };
   out << "directory:  " << dir << "\n"
-      << "tokenizer:  " << meta.value("tokenizer", "?") << " (" << meta.value("tokenizer_identity", "?") << ")\n"
-      << "vocab size: " << meta.value("vocab_size", int64_t{0}) << ", eot id " << meta.value("eot_id", -1)
-      << ", tokens stored as " << meta.value("dtype", "?") << "\n";
+      << "tokenizer:  " << or_unknown(meta.tokenizer) << " (" << or_unknown(meta.tokenizer_identity) << ")\n"
+      << "vocab size: " << meta.vocab_size << ", eot id " << meta.eot_id << ", tokens stored as "
+      << or_unknown(meta.dtype) << "\n";
   std::unique_ptr<TokenShard> first;
   for (const char* split : {"train", "val"}) {
-    const json& s = meta["splits"][split];
+    const auto it = meta.splits.find(split);
+    LLM_CHECK(it != meta.splits.end(), meta.path, ": no split \"", split, "\"");
+    const DatasetSplit& s = it->second;
     int64_t tokens = 0, docs = 0;
-    const auto& shards = s["shards"];
-    for (const auto& name : shards) {
-      auto shard = TokenShard::open((fs::path(dir) / name.get<std::string>()).string());
+    for (const std::string& name : s.shards) {
+      auto shard = TokenShard::open((fs::path(dir) / name).string());
       tokens += shard->size();
       docs += static_cast<int64_t>(shard->info().doc_offsets.size());
       if (!first) first = std::move(shard);
     }
-    LLM_CHECK(tokens == s.value("tokens", int64_t{-1}), meta_path.string(), ": split ", split, " lists ",
-              s.value("tokens", int64_t{-1}), " tokens but its shards hold ", tokens);
-    out << split << ": " << shards.size() << " shard(s), " << tokens << " tokens, " << docs << " documents\n";
+    LLM_CHECK(tokens == s.tokens, meta.path, ": split ", split, " lists ", s.tokens, " tokens but its shards hold ", tokens);
+    out << split << ": " << s.shards.size() << " shard(s), " << tokens << " tokens, " << docs << " documents\n";
   }
   if (!first || sample_tokens <= 0) return;
   std::vector<int32_t> ids(static_cast<size_t>(std::min(sample_tokens, first->size())));
@@ -208,9 +246,9 @@ void inspect_dataset(const std::string& dir, std::ostream& out, int64_t sample_t
   out << "sample (first " << ids.size() << " tokens of " << fs::path(first->info().path).filename().string()
       << "):\n  ids:  " << format_ids(ids) << "\n";
   try {
-    const auto tok = load_tokenizer(meta.value("tokenizer", ""));
-    if (tok->identity() != meta.value("tokenizer_identity", "")) {
-      out << "  (tokenizer at " << meta.value("tokenizer", "") << " has changed; not decoding)\n";
+    const auto tok = load_tokenizer(meta.tokenizer);
+    if (tok->identity() != meta.tokenizer_identity) {
+      out << "  (tokenizer at " << meta.tokenizer << " has changed; not decoding)\n";
       return;
     }
     std::string text;
