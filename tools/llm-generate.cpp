@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "data/tokenizer.h"
 #include "engine/core/error.h"
 #include "engine/generate/chat.h"
 #include "engine/generate/generate.h"
@@ -127,13 +128,7 @@ int main(int argc, char** argv) {
       return 0;
     }
 
-    if (!a.prompt_file.empty()) {
-      std::ifstream in(a.prompt_file, std::ios::binary);
-      LLM_CHECK(in.good(), a.prompt_file, ": cannot read the prompt file");
-      std::stringstream ss;
-      ss << in.rdbuf();
-      a.prompts = {ss.str()};
-    }
+    if (!a.prompt_file.empty()) a.prompts = {data::read_file(a.prompt_file)};
     std::vector<std::vector<int32_t>> ids;
     for (const std::string& p : a.prompts) ids.push_back(generate::encode_prompt(*tokenizer, p));
     generate::GenerateStats stats;

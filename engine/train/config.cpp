@@ -311,6 +311,7 @@ void check_values(const TrainConfig& c) {
     positive(c.max_new_tokens, "grpo.max_new_tokens");
     positive(c.rl_iterations, "grpo.iterations");
     LLM_CHECK(c.rl_temperature > 0, src, ": grpo.temperature: must be positive, got ", c.rl_temperature);
+    LLM_CHECK(c.rl_top_p > 0 && c.rl_top_p <= 1, src, ": grpo.top_p: must be in (0, 1], got ", c.rl_top_p);
     LLM_CHECK(c.clip_eps > 0, src, ": grpo.clip_eps: must be positive, got ", c.clip_eps);
     LLM_CHECK(c.kl_beta >= 0, src, ": grpo.kl_beta: must not be negative, got ", c.kl_beta);
   }
