@@ -466,6 +466,19 @@ TEST_F(HfErrors, AbsurdLayerCountIsAnErrorNotAHang) {
                {st(), dir_ / "config.json", "1000000000 layers cannot fit in the"});
 }
 
+// A bad tokenizer source fails before anything is written: it used to leave config.json and
+// model.safetensors behind in a directory without a tokenizer (llm-convert --tokenizer typo).
+TEST(HfModel, BadTokenizerSourceWritesNothing) {
+  TempDir dir("hf_badtok");
+  const ModelConfig c = tiny_llama();
+  const Weights w = random_model(c, 4)->named_parameters();
+  write_bytes(dir / "notes.txt", "not a tokenizer");
+  for (const std::string& source : {dir / "missing.model", dir / "notes.txt"}) {
+    expect_error([&] { io::save_hf_directory(dir / "out", c, w, source); }, {source});
+    EXPECT_FALSE(fs::exists(dir / "out")) << source;
+  }
+}
+
 // A truncated or corrupt checkpoint says so; it used to be reported as "not an llm checkpoint".
 TEST(CheckpointErrors, TruncatedCheckpointIsNamedAsSuch) {
   TempDir dir("ckpt_err");
