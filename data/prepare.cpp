@@ -23,6 +23,10 @@ bool is_jsonl(const std::string& path) { return fs::path(path).extension() == ".
 class Progress {
  public:
   Progress(std::ostream* out, int64_t total_bytes) : out_(out), total_(std::max<int64_t>(1, total_bytes)) {}
+  // Left unfinished (an error on the way): end its line, so the error message starts a line of its own.
+  ~Progress() {
+    if (out_ && drawn_ && !finished_) *out_ << "\n" << std::flush;
+  }
   void update(int64_t bytes, int64_t tokens, bool final = false) {
     if (!out_) return;
     const auto now = std::chrono::steady_clock::now();
@@ -37,9 +41,12 @@ class Progress {
                   std::string(static_cast<size_t>(width - filled), '.').c_str(), 100 * frac, bytes / 1e6,
                   total_ / 1e6, static_cast<long long>(tokens), secs > 0 ? tokens / secs / 1e6 : 0.0);
     *out_ << line << (final ? "\n" : "") << std::flush;
+    drawn_ = true;
+    finished_ = final;
   }
 
  private:
+  bool drawn_ = false, finished_ = false;
   std::ostream* out_;
   int64_t total_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now(), last_{};
