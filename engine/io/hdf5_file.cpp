@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -431,8 +432,10 @@ bool is_hdf5_file(const std::string& path) {
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write) {
   const std::string tmp = temp_name(path);
   try {
+    errno = 0;
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    LLM_CHECK(f.good(), tmp, ": cannot create file");
+    // Named by the path asked for (the temporary name means nothing to the user), with the reason.
+    LLM_CHECK(f.good(), path, ": cannot create the file", errno ? std::string(" (") + std::strerror(errno) + ")" : "");
     write(f);
     f.flush();
     LLM_CHECK(f.good(), path, ": write failed");

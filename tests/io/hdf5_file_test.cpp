@@ -82,5 +82,19 @@ TEST(Hdf5File, UncommittedAtomicFileLeavesNothing) {
   EXPECT_TRUE(std::filesystem::is_empty(dir.str()));
 }
 
+// An output path that cannot be created is named as asked for, with the reason; the error used to
+// name the hidden temporary file ("x.npy.tmp.123.0: cannot create file").
+TEST(WriteFileAtomic, UnwritablePathIsNamedWithTheReason) {
+  TempDir dir("wfa");
+  { std::ofstream(dir / "file") << "a regular file"; }
+  const std::string target = dir / "file/out.npy";
+  try {
+    io::write_file_atomic(target, "data");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), target + ": cannot create the file (Not a directory)");
+  }
+}
+
 }  // namespace
 }  // namespace llm::testing
