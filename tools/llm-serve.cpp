@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <string>
 
+#include <unistd.h>
+
 #include "engine/core/error.h"
 #include "engine/generate/chat.h"
 #include "engine/serve/server.h"
@@ -102,12 +104,18 @@ int main(int argc, char** argv) {
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-    serve::Server server(*model, *tokenizer, chat, a.server);
-    const int port = server.start();
     const models::ModelConfig& c = model->config();
     const int64_t ctx = a.server.context > 0 ? std::min(a.server.context, c.max_seq_len) : c.max_seq_len;
     const double cache_mib = 2.0 * c.n_layers * a.server.max_batch * ctx * c.n_kv_heads * c.head_dim() *
                              static_cast<double>(dtype_size(where.dtype)) / (1 << 20);
+    // A KV cache larger than the machine's memory is a typo in --max-batch or --ctx: say so now, not by
+    // an exception from the decode thread or the kernel's OOM killer later.
+    const double ram_mib = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE)) / (1 << 20);
+    LLM_CHECK(where.device.is_cuda() || ram_mib <= 0 || cache_mib <= ram_mib, "--max-batch ", a.server.max_batch,
+              ": a KV cache of ", a.server.max_batch, " slots of ", ctx, " positions needs ", static_cast<int64_t>(cache_mib),
+              " MiB, more than this machine's ", static_cast<int64_t>(ram_mib), " MiB of memory (lower --max-batch or --ctx)");
+    serve::Server server(*model, *tokenizer, chat, a.server);
+    const int port = server.start();
     std::fprintf(stderr, "llm-serve: %s (chat template: %s) on http://%s:%d, %lld slots of %lld positions (KV cache %.1f MiB)%s\n",
                  a.server.model_name.c_str(), chat.origin().c_str(), a.server.host.c_str(), port,
                  static_cast<long long>(a.server.max_batch), static_cast<long long>(ctx), cache_mib,
