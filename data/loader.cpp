@@ -79,6 +79,10 @@ void DataLoader::reset() {
 
 void DataLoader::read_tokens(int64_t shard, int64_t offset, int64_t count, int32_t* out) const {
   shards_[static_cast<size_t>(shard)]->read(offset, count, out);
+  if (opt_.vocab_size <= 0) return;
+  for (int64_t i = 0; i < count; ++i)
+    LLM_CHECK(out[i] >= 0 && out[i] < opt_.vocab_size, files_[static_cast<size_t>(shard)], ": token ", out[i],
+              " at position ", offset + i, " is outside the model's vocabulary [0, ", opt_.vocab_size, ")");
 }
 
 void DataLoader::next(std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {

@@ -131,6 +131,7 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
     lo.seed = config_.seed;
     lo.rank = comm_->rank();
     lo.world_size = comm_->world_size();
+    lo.vocab_size = mc.vocab_size;
     train_loader_ = std::make_unique<data::DataLoader>(config_.train_data, "train", lo);
     const std::string val = !config_.val_data.empty() ? config_.val_data : prepared_dir ? config_.train_data : "";
     if (!val.empty() && config_.eval_interval > 0) {
