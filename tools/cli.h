@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <sstream>
 #include <string>
+#include <type_traits>
 
 namespace llm::cli {
 
@@ -16,6 +17,9 @@ namespace llm::cli {
 // The value of `flag` as a number, or a usage error naming the flag and the text.
 template <typename T>
 T number(const std::string& flag, const char* text) {
+  // Streams read "-1" into an unsigned type as its largest value: refuse the sign instead.
+  if (std::is_unsigned<T>::value && std::string(text).find('-') != std::string::npos)
+    fail(flag + ": expected a non-negative number, got \"" + std::string(text) + "\"");
   std::istringstream in(text);
   T v{};
   in >> v;
