@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -209,6 +210,7 @@ std::string run_program(const std::string& command, const std::string& input, do
     }
   }
   ::sigaction(SIGPIPE, &previous, nullptr);
+  while (!err.empty() && std::isspace(static_cast<unsigned char>(err.back()))) err.pop_back();  // no blank line after it
   if (err.size() > 2000) err = "..." + err.substr(err.size() - 2000);
   const std::string stderr_note = err.empty() ? " (no stderr)" : "; its stderr: " + err;
   LLM_CHECK(!timed_out, "reward program '", command, "': no answer within ", timeout_s, " s, killed", stderr_note);

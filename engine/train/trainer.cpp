@@ -172,7 +172,8 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
       log_ << "lora: rank " << lora_->rank << ", alpha " << lora_->alpha << " on " << adapted.size() << " modules ("
            << config_.lora_targets << ")\n";
     } catch (const Error& e) {
-      throw Error(config_.source + ": lora: " + e.what());
+      const std::string what = e.what();  // the LoRA code's messages already start with "lora: "
+      throw Error(config_.source + (what.rfind("lora: ", 0) == 0 ? ": " : ": lora: ") + what);
     }
   }
 
