@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <sstream>
 
 #include "engine/core/error.h"
@@ -338,14 +339,18 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
               key.IsMap() ? "map" : key.IsSequence() ? "list" : "null");
     return key.Scalar();
   };
+  std::set<std::string> seen;  // YAML keeps both copies of a repeated key; the second would win silently
   for (const auto& section : root) {
     const std::string s = key_text(section.first);
     LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward, dist, kernels)");
+    LLM_CHECK(seen.insert(s).second, source, ": line ", section.first.Mark().line + 1, ": section '", s, "' appears twice");
     LLM_CHECK(section.second.IsMap() || section.second.IsNull(), source, ": ", s, ": expected a map of keys");
     for (const auto& kv : section.second) {
       const std::string k = key_text(kv.first);
       const Field* f = find_field(s, k);
       LLM_CHECK(f, source, ": ", s, ".", k, ": unknown key");
+      LLM_CHECK(seen.insert(s + "." + k).second, source, ": line ", kv.first.Mark().line + 1, ": ", s, ".", k,
+                " appears twice");
       f->set(c, kv.second, source + ": " + s + "." + k);
     }
   }

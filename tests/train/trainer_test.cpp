@@ -92,6 +92,8 @@ TEST(TrainConfig, BadValuesAndKeysAreRefusedByName) {
   EXPECT_EQ(err("optim:\n  lr:\n"), "x.yaml: optim.lr: expected a number, got nothing");
   EXPECT_EQ(err("optim:\n  ? [a, b]\n  : 1\n"), "x.yaml: line 3: expected a key name, got a list");
   EXPECT_EQ(err("", {"optim.lr=[1"}).rfind("--set optim.lr: cannot read the value \"[1\": ", 0), 0u);
+  EXPECT_EQ(err("model:\n  dim: 32\n  dim: 64\n"), "x.yaml: line 4: model.dim appears twice");
+  EXPECT_EQ(err("optim: {lr: 1}\noptim: {lr: 2}\n"), "x.yaml: line 3: section 'optim' appears twice");
   // Zero still means off where it always did.
   EXPECT_NO_THROW(parse_train_config("data: {train: x}\ntrain: {eval_interval: 0, eval_batches: 0}\noptim: {grad_clip: 0}", "x.yaml"));
 }
