@@ -84,6 +84,18 @@ PrepareResult prepare_dataset(const PrepareOptions& opt, std::ostream* progress)
   const ShardHeader header{tok->identity(), tok->vocab_size(), eot};
   ShardWriter train(opt.out_dir, "train", header, opt.shard_tokens);
   ShardWriter val(opt.out_dir, "val", header, opt.shard_tokens);
+  // A run that fails part-way (a bad JSONL line, a full disk) after replacing shards of an earlier run
+  // in out_dir leaves that run's meta.json describing shards it no longer matches: remove it then.
+  bool finished = false;
+  struct RemoveStaleMeta {
+    const bool& finished;
+    const ShardWriter &train, &val;
+    fs::path meta;
+    ~RemoveStaleMeta() {
+      std::error_code ec;
+      if (!finished && (!train.files().empty() || !val.files().empty())) fs::remove(meta, ec);
+    }
+  } remove_stale_meta{finished, train, val, fs::path(opt.out_dir) / "meta.json"};
   Progress bar(progress, total_bytes);
   const auto start = std::chrono::steady_clock::now();
   int64_t bytes_done = 0, doc_index = 0, tokens = 0;
@@ -168,6 +180,7 @@ PrepareResult prepare_dataset(const PrepareOptions& opt, std::ostream* progress)
   };
   meta["splits"] = {{"train", split_json(train)}, {"val", split_json(val)}};
   io::write_file_atomic((fs::path(opt.out_dir) / "meta.json").string(), meta.dump(2) + "\n");
+  finished = true;
 
   // Shards a previous, larger run left behind would otherwise look like part of this data set.
   std::vector<std::string> keep = train.files();

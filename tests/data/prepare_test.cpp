@@ -112,6 +112,33 @@ TEST(Prepare, BadInputNamesFileAndLine) {
   EXPECT_THROW(data::inspect_dataset(dir / "nowhere", std::cout), Error);
 }
 
+// A run that fails after replacing shards of an earlier run in the same directory removes the earlier
+// meta.json, which no longer describes them (it was left in place: a data set whose meta.json lists
+// other shards than it holds).
+TEST(Prepare, FailedRunDoesNotLeaveAStaleMetaJson) {
+  TempDir dir("prep_stale");
+  write_text(dir / "a.txt", std::string(300, 'a'));
+  data::PrepareOptions o;
+  o.tokenizer = "byte";
+  o.inputs = {dir / "a.txt"};
+  o.out_dir = dir / "out";
+  o.val_fraction = 0;
+  o.shard_tokens = 100;
+  data::prepare_dataset(o, nullptr);
+  ASSERT_TRUE(std::filesystem::exists(o.out_dir + "/meta.json"));
+  write_text(dir / "b.jsonl", "{\"text\": \"" + std::string(250, 'b') + "\"}\n{not json\n");
+  o.inputs = {dir / "b.jsonl"};
+  EXPECT_THROW(data::prepare_dataset(o, nullptr), Error);  // after writing two new 100-token shards
+  EXPECT_FALSE(std::filesystem::exists(o.out_dir + "/meta.json"));
+  // A failure before any shard is written leaves the earlier data set alone.
+  o.inputs = {dir / "a.txt"};
+  data::prepare_dataset(o, nullptr);
+  write_text(dir / "c.jsonl", "{not json\n");
+  o.inputs = {dir / "c.jsonl"};
+  EXPECT_THROW(data::prepare_dataset(o, nullptr), Error);
+  EXPECT_TRUE(std::filesystem::exists(o.out_dir + "/meta.json"));
+}
+
 // A damaged meta.json: one llm::Error naming the file and key, from inspect and from the DataLoader
 // alike (inspect used to end with a bare nlohmann exception, or read past a missing "shards" key).
 TEST(Prepare, CorruptMetaJsonNamesFileAndKey) {
