@@ -1,9 +1,11 @@
 // Small helpers the command-line mains share: one-line errors and typed flag values.
 #pragma once
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <type_traits>
 
 namespace llm::cli {
@@ -32,6 +34,15 @@ template <typename T>
 T positive(const std::string& flag, const char* text) {
   const T v = number<T>(flag, text);
   if (v < 1) fail(flag + ": must be at least 1, got " + std::string(text));
+  return v;
+}
+
+// --threads: 0 (all cores) up to 4x the hardware threads (at least 64). Far more ran into the
+// system's thread limit inside OpenMP: a libgomp message, or a segfault.
+inline int threads(const std::string& flag, const char* text) {
+  const int v = number<int>(flag, text);
+  const int most = std::max(64, 4 * static_cast<int>(std::thread::hardware_concurrency()));
+  if (v < 0 || v > most) fail(flag + ": expected 0 (all cores) to " + std::to_string(most) + ", got " + std::string(text));
   return v;
 }
 

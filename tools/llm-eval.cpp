@@ -53,7 +53,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--tokenizer") a.tokenizer = value();
     else if (f == "--seq-len") a.seq_len = positive<int64_t>(f, value());
     else if (f == "--stride") a.stride = positive<int64_t>(f, value());
-    else if (f == "--threads" || f == "-t") a.threads = positive<int>(f, value());
+    else if (f == "--threads" || f == "-t") a.threads = llm::cli::threads(f, value());
     else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
     else if (f == "--device") a.device = value();
     else if (f == "--dtype") a.dtype = value();

@@ -62,7 +62,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--repeat-penalty") a.gen.sampling.repeat_penalty = number<float>(f, value());
     else if (f == "--repeat-last-n") a.gen.sampling.repeat_last_n = number<int64_t>(f, value());
     else if (f == "--seed" || f == "-s") a.gen.sampling.seed = number<uint64_t>(f, value());
-    else if (f == "--threads" || f == "-t") a.threads = number<int>(f, value());
+    else if (f == "--threads" || f == "-t") a.threads = llm::cli::threads(f, value());
     else if (f == "--stop") a.stop.push_back(value());
     else if (f == "--ignore-eos") a.ignore_eos = true;
     else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());

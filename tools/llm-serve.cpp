@@ -69,7 +69,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--default-max-tokens") a.server.default_max_tokens = positive<int64_t>(f, value());
     else if (f == "--timeout") a.server.request_timeout_s = positive<double>(f, value());
     else if (f == "--ctx") a.server.context = positive<int64_t>(f, value());
-    else if (f == "--threads" || f == "-t") a.threads = number<int>(f, value());
+    else if (f == "--threads" || f == "-t") a.threads = llm::cli::threads(f, value());
     else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
     else if (f == "--device") a.device = value();
     else if (f == "--dtype") a.dtype = value();

@@ -2,11 +2,13 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "engine/core/error.h"
 
@@ -282,6 +284,9 @@ void check_values(const TrainConfig& c) {
   non_negative(c.eval_interval, "train.eval_interval");
   non_negative(c.sample_interval, "train.sample_interval");
   non_negative(c.threads, "train.threads");
+  const int64_t most_threads = std::max<int64_t>(64, 4 * static_cast<int64_t>(std::thread::hardware_concurrency()));
+  LLM_CHECK(c.threads <= most_threads, src, ": train.threads: at most ", most_threads,
+            " (4x the hardware threads; far more run into the system's thread limit), got ", c.threads);
   non_negative(c.checkpoint_interval, "checkpoint.interval");
   non_negative(c.log_interval, "log.interval");
   non_negative(c.profile_step, "log.profile_step");

@@ -85,6 +85,7 @@ TEST(TrainConfig, BadValuesAndKeysAreRefusedByName) {
   EXPECT_EQ(err("checkpoint: {interval: -1}"), "x.yaml: checkpoint.interval: must not be negative, got -1");
   EXPECT_EQ(err("log: {interval: -1}"), "x.yaml: log.interval: must not be negative, got -1");
   EXPECT_EQ(err("train: {threads: -4}"), "x.yaml: train.threads: must not be negative, got -4");
+  EXPECT_EQ(err("train: {threads: 100000000}").rfind("x.yaml: train.threads: at most ", 0), 0u);
   EXPECT_EQ(err("train: {sample_temperature: -1}"), "x.yaml: train.sample_temperature: must not be negative, got -1");
   EXPECT_EQ(err("optim: {eps: -1}"), "x.yaml: optim.eps: must not be negative, got -1");
   EXPECT_EQ(err("optim: {weight_decay: -0.5}"), "x.yaml: optim.weight_decay: must not be negative, got -0.5");
