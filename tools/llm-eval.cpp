@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
     const std::string spec = !a.tokenizer.empty() ? a.tokenizer : loaded.tokenizer;
     LLM_CHECK(!spec.empty(), a.model, ": no tokenizer came with the model; pass --tokenizer SPEC");
     const auto tokenizer = data::load_tokenizer(spec);
+    train::check_tokenizer_fits(*tokenizer, loaded.config, spec, a.model);
     const std::vector<int32_t> ids = train::encode_for_eval(*tokenizer, text);
     LLM_CHECK(ids.size() >= 2, a.text, ": too short to evaluate (", ids.size(), " token(s); at least 2 are needed)");
     auto model = train::make_loaded_model(loaded);
