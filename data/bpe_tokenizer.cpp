@@ -16,6 +16,7 @@
 
 #include "data/tokenizer.h"
 #include "engine/core/error.h"
+#include "engine/io/json_brief.h"
 
 namespace llm::data {
 
@@ -40,6 +41,7 @@ void append_utf8(std::string& out, uint32_t cp) {
 namespace {
 
 using json = nlohmann::json;
+using io::json_brief;
 
 // OpenAI's GPT-2 pre-split pattern.
 const char* kGpt2Pattern =
@@ -315,19 +317,19 @@ class BpeTokenizer final : public Tokenizer {
 // A token id from JSON: an integer in [0, 2^31), or an error naming `where`.
 int32_t token_id(const json& v, const std::string& where) {
   LLM_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT32_MAX, where,
-            ": expected a token id (a non-negative integer), got ", v.dump());
+            ": expected a token id (a non-negative integer), got ", json_brief(v));
   return static_cast<int32_t>(v.get<int64_t>());
 }
 
 // o[key] when o is an object holding it, else `fallback`; a value of another type is an error naming the key.
 std::string string_or(const json& o, const char* key, const std::string& fallback, const std::string& where) {
   if (!o.is_object() || !o.contains(key) || o[key].is_null()) return fallback;
-  LLM_CHECK(o[key].is_string(), where, ".", key, ": expected a string, got ", o[key].dump());
+  LLM_CHECK(o[key].is_string(), where, ".", key, ": expected a string, got ", json_brief(o[key]));
   return o[key].get<std::string>();
 }
 bool bool_or(const json& o, const char* key, bool fallback, const std::string& where) {
   if (!o.is_object() || !o.contains(key) || o[key].is_null()) return fallback;
-  LLM_CHECK(o[key].is_boolean(), where, ".", key, ": expected true or false, got ", o[key].dump());
+  LLM_CHECK(o[key].is_boolean(), where, ".", key, ": expected true or false, got ", json_brief(o[key]));
   return o[key].get<bool>();
 }
 
@@ -399,7 +401,7 @@ std::unique_ptr<Tokenizer> parse_hf_tokenizer_json(const std::string& path) {
     // Llama-3 style: Split(regex, Isolated) then ByteLevel without its own regex.
     bool have_split = false;
     const json& list = pre.contains("pretokenizers") ? pre["pretokenizers"] : json::array();
-    LLM_CHECK(list.is_array(), where_pre, ".pretokenizers: expected a list, got ", list.dump());
+    LLM_CHECK(list.is_array(), where_pre, ".pretokenizers: expected a list, got ", json_brief(list));
     for (const json& p : list) {
       const std::string t = string_or(p, "type", "", where_pre + ".pretokenizers[]");
       if (t == "Split" && p.contains("pattern") && p["pattern"].contains("Regex") && !have_split) {
@@ -438,12 +440,12 @@ std::unique_ptr<Tokenizer> parse_hf_tokenizer_json(const std::string& path) {
   std::vector<std::pair<std::string, int32_t>> specials;
   std::vector<std::pair<std::string, int32_t>> plain;
   const json& added = j.contains("added_tokens") && !j["added_tokens"].is_null() ? j["added_tokens"] : json::array();
-  LLM_CHECK(added.is_array(), path, ": added_tokens: expected a list, got ", added.dump());
+  LLM_CHECK(added.is_array(), path, ": added_tokens: expected a list, got ", json_brief(added));
   for (size_t i = 0; i < added.size(); ++i) {
     const json& t = added[i];
     const std::string where = path + ": added_tokens[" + std::to_string(i) + "]";
     LLM_CHECK(t.is_object() && t.contains("id") && t.contains("content"), where, ": entry without id/content");
-    LLM_CHECK(t["content"].is_string(), where, ".content: expected a string, got ", t["content"].dump());
+    LLM_CHECK(t["content"].is_string(), where, ".content: expected a string, got ", json_brief(t["content"]));
     specials.emplace_back(t["content"].get<std::string>(), token_id(t["id"], where + ".id"));
   }
   // Added tokens usually repeat a vocabulary entry (GPT-2's <|endoftext|>); keep one copy.

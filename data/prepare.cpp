@@ -11,10 +11,12 @@
 #include "data/tokenizer.h"
 #include "engine/core/error.h"
 #include "engine/io/hdf5_file.h"
+#include "engine/io/json_brief.h"
 
 namespace llm::data {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using io::json_brief;
 
 namespace {
 
@@ -208,12 +210,12 @@ DatasetMeta read_dataset_meta(const std::string& dir) {
   LLM_CHECK(j.contains("format") && j["format"] == "llm-data", m.path, ": format is not \"llm-data\"");
   auto text = [&](const json& o, const char* key, const std::string& where) {
     if (!o.contains(key)) return std::string();
-    LLM_CHECK(o[key].is_string(), m.path, ": ", where, key, ": expected a string, got ", o[key].dump());
+    LLM_CHECK(o[key].is_string(), m.path, ": ", where, key, ": expected a string, got ", json_brief(o[key]));
     return o[key].get<std::string>();
   };
   auto integer = [&](const json& o, const char* key, int64_t fallback, const std::string& where) {
     if (!o.contains(key)) return fallback;
-    LLM_CHECK(o[key].is_number_integer(), m.path, ": ", where, key, ": expected an integer, got ", o[key].dump());
+    LLM_CHECK(o[key].is_number_integer(), m.path, ": ", where, key, ": expected an integer, got ", json_brief(o[key]));
     return o[key].get<int64_t>();
   };
   m.tokenizer = text(j, "tokenizer", "");
@@ -229,7 +231,7 @@ DatasetMeta read_dataset_meta(const std::string& dir) {
     DatasetSplit split;
     for (const json& f : s["shards"]) {
       LLM_CHECK(f.is_string() && !f.get<std::string>().empty(), m.path, ": ", where,
-                "shards: expected shard file names, got ", f.dump());
+                "shards: expected shard file names, got ", json_brief(f));
       split.shards.push_back(f.get<std::string>());
     }
     split.tokens = integer(s, "tokens", -1, where);
