@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <limits>
@@ -15,6 +16,7 @@
 
 #include "data/tokenizer.h"
 #include "engine/core/error.h"
+#include "engine/io/json_brief.h"
 
 namespace llm::data {
 
@@ -39,6 +41,7 @@ void append_utf8(std::string& out, uint32_t cp) {
 namespace {
 
 using json = nlohmann::json;
+using io::json_brief;
 
 // OpenAI's GPT-2 pre-split pattern.
 const char* kGpt2Pattern =
@@ -134,7 +137,15 @@ class BpeTokenizer final : public Tokenizer {
       max_id = std::max(max_id, id);
       LLM_CHECK(vocab_.emplace(text, id).second, origin, ": duplicate token '", text, "'");
     }
-    for (const auto& [text, id] : specials) max_id = std::max(max_id, id);
+    for (const auto& [text, id] : specials) {
+      LLM_CHECK(id >= 0, origin, ": added token '", text, "' has negative id ", id);
+      max_id = std::max(max_id, id);
+    }
+    // Real vocabularies number their tokens densely; an id far past the entry count is a corrupt
+    // file, and would size the id-indexed tables below.
+    const int64_t entries = static_cast<int64_t>(vocab.size() + specials.size());
+    LLM_CHECK(max_id < entries + (int64_t{1} << 20), origin, ": token id ", max_id, " is far past the ", entries,
+              " entries of the vocabulary (corrupt file?)");
     vocab_size_ = max_id + 1;
     bytes_.assign(static_cast<size_t>(vocab_size_), std::string());
     valid_.assign(static_cast<size_t>(vocab_size_), false);
@@ -303,6 +314,25 @@ class BpeTokenizer final : public Tokenizer {
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
 };
 
+// A token id from JSON: an integer in [0, 2^31), or an error naming `where`.
+int32_t token_id(const json& v, const std::string& where) {
+  LLM_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT32_MAX, where,
+            ": expected a token id (a non-negative integer), got ", json_brief(v));
+  return static_cast<int32_t>(v.get<int64_t>());
+}
+
+// o[key] when o is an object holding it, else `fallback`; a value of another type is an error naming the key.
+std::string string_or(const json& o, const char* key, const std::string& fallback, const std::string& where) {
+  if (!o.is_object() || !o.contains(key) || o[key].is_null()) return fallback;
+  LLM_CHECK(o[key].is_string(), where, ".", key, ": expected a string, got ", json_brief(o[key]));
+  return o[key].get<std::string>();
+}
+bool bool_or(const json& o, const char* key, bool fallback, const std::string& where) {
+  if (!o.is_object() || !o.contains(key) || o[key].is_null()) return fallback;
+  LLM_CHECK(o[key].is_boolean(), where, ".", key, ": expected true or false, got ", json_brief(o[key]));
+  return o[key].get<bool>();
+}
+
 json parse_json_file(const std::string& path) {
   const std::string text = read_file(path);
   try {
@@ -327,8 +357,7 @@ std::unique_ptr<Tokenizer> load_gpt2_bpe(const std::string& encoder_json, const 
   std::vector<std::pair<std::string, int32_t>> vocab;
   vocab.reserve(enc.size());
   for (auto it = enc.begin(); it != enc.end(); ++it) {
-    LLM_CHECK(it.value().is_number_integer(), encoder_json, ": token '", it.key(), "': id is not an integer");
-    vocab.emplace_back(it.key(), it.value().get<int32_t>());
+    vocab.emplace_back(it.key(), token_id(it.value(), encoder_json + ": token '" + it.key() + "'"));
   }
   std::ifstream f(vocab_bpe);
   LLM_CHECK(f.good(), vocab_bpe, ": cannot open merges file");
@@ -345,36 +374,41 @@ std::unique_ptr<Tokenizer> load_gpt2_bpe(const std::string& encoder_json, const 
                                         std::vector<std::pair<std::string, int32_t>>{}, kGpt2Pattern, false);
 }
 
-std::unique_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
+namespace {
+std::unique_ptr<Tokenizer> parse_hf_tokenizer_json(const std::string& path) {
   const json j = parse_json_file(path);
   LLM_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(), path, ": no \"model\" object");
   const json& model = j["model"];
-  const std::string type = model.value("type", "");
+  const std::string type = string_or(model, "type", "", path + ": model");
   LLM_CHECK(type == "BPE", path, ": model.type is \"", type, "\"; only byte-level BPE tokenizer.json files are "
             "supported (use tokenizer.model for SentencePiece models)");
   LLM_CHECK(!j.contains("normalizer") || j["normalizer"].is_null(), path,
             ": normalizers are not supported (byte-level BPE needs none)");
   std::string pattern = kGpt2Pattern;
   bool byte_level = false;
+  const std::string where_pre = path + ": pre_tokenizer";
   auto check_byte_level = [&](const json& p) {
-    LLM_CHECK(!p.value("add_prefix_space", false), path,
+    LLM_CHECK(!bool_or(p, "add_prefix_space", false, where_pre), path,
               ": pre_tokenizer ByteLevel with add_prefix_space=true is not supported");
     byte_level = true;
-    return p.value("use_regex", true);
+    return bool_or(p, "use_regex", true, where_pre);
   };
   const json& pre = j.contains("pre_tokenizer") ? j["pre_tokenizer"] : json();
-  const std::string pre_type = pre.is_object() ? pre.value("type", "") : "";
+  const std::string pre_type = string_or(pre, "type", "", where_pre);
   if (pre_type == "ByteLevel") {
     check_byte_level(pre);
   } else if (pre_type == "Sequence") {
     // Llama-3 style: Split(regex, Isolated) then ByteLevel without its own regex.
     bool have_split = false;
-    for (const json& p : pre.value("pretokenizers", json::array())) {
-      const std::string t = p.value("type", "");
+    const json& list = pre.contains("pretokenizers") ? pre["pretokenizers"] : json::array();
+    LLM_CHECK(list.is_array(), where_pre, ".pretokenizers: expected a list, got ", json_brief(list));
+    for (const json& p : list) {
+      const std::string t = string_or(p, "type", "", where_pre + ".pretokenizers[]");
       if (t == "Split" && p.contains("pattern") && p["pattern"].contains("Regex") && !have_split) {
-        LLM_CHECK(p.value("behavior", "") == "Isolated", path, ": Split pre-tokenizer behaviour \"",
-                  p.value("behavior", ""), "\" is not supported (only Isolated)");
-        pattern = p["pattern"]["Regex"].get<std::string>();
+        const std::string behavior = string_or(p, "behavior", "", where_pre + ".pretokenizers[]");
+        LLM_CHECK(behavior == "Isolated", path, ": Split pre-tokenizer behaviour \"", behavior,
+                  "\" is not supported (only Isolated)");
+        pattern = string_or(p["pattern"], "Regex", "", where_pre + ".pretokenizers[].pattern");
         have_split = true;
       } else if (t == "ByteLevel") {
         LLM_CHECK(!check_byte_level(p) || !have_split, path, ": both a Split regex and ByteLevel use_regex=true");
@@ -388,8 +422,7 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
   LLM_CHECK(model.contains("vocab") && model["vocab"].is_object(), path, ": model.vocab is missing");
   std::vector<std::pair<std::string, int32_t>> vocab;
   for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
-    LLM_CHECK(it.value().is_number_integer(), path, ": model.vocab['", it.key(), "'] is not an integer");
-    vocab.emplace_back(it.key(), it.value().get<int32_t>());
+    vocab.emplace_back(it.key(), token_id(it.value(), path + ": model.vocab['" + it.key() + "']"));
   }
   std::vector<std::pair<std::string, std::string>> merges;
   LLM_CHECK(model.contains("merges") && model["merges"].is_array(), path, ": model.merges is missing");
@@ -406,9 +439,14 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
   }
   std::vector<std::pair<std::string, int32_t>> specials;
   std::vector<std::pair<std::string, int32_t>> plain;
-  for (const json& t : j.value("added_tokens", json::array())) {
-    LLM_CHECK(t.contains("id") && t.contains("content"), path, ": added_tokens entry without id/content");
-    specials.emplace_back(t["content"].get<std::string>(), t["id"].get<int32_t>());
+  const json& added = j.contains("added_tokens") && !j["added_tokens"].is_null() ? j["added_tokens"] : json::array();
+  LLM_CHECK(added.is_array(), path, ": added_tokens: expected a list, got ", json_brief(added));
+  for (size_t i = 0; i < added.size(); ++i) {
+    const json& t = added[i];
+    const std::string where = path + ": added_tokens[" + std::to_string(i) + "]";
+    LLM_CHECK(t.is_object() && t.contains("id") && t.contains("content"), where, ": entry without id/content");
+    LLM_CHECK(t["content"].is_string(), where, ".content: expected a string, got ", json_brief(t["content"]));
+    specials.emplace_back(t["content"].get<std::string>(), token_id(t["id"], where + ".id"));
   }
   // Added tokens usually repeat a vocabulary entry (GPT-2's <|endoftext|>); keep one copy.
   for (const auto& [text, id] : vocab) {
@@ -417,7 +455,16 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
     if (!dup) plain.emplace_back(text, id);
   }
   return std::make_unique<BpeTokenizer>(path, "hf-bpe", plain, merges, specials, pattern,
-                                        model.value("ignore_merges", false));
+                                        bool_or(model, "ignore_merges", false, path + ": model"));
+}
+}  // namespace
+
+std::unique_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
+  try {
+    return parse_hf_tokenizer_json(path);
+  } catch (const json::exception& e) {  // a shape the checks above did not foresee: still one line naming the file
+    throw Error(path + ": unexpected tokenizer.json structure: " + e.what());
+  }
 }
 
 }  // namespace llm::data

@@ -4,8 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <nlohmann/json.hpp>
-
+#include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "engine/core/error.h"
 
@@ -22,21 +21,14 @@ namespace {
 
 std::vector<std::string> resolve_files(const std::string& source, const std::string& split) {
   if (fs::is_directory(source)) {
-    const fs::path meta = fs::path(source) / "meta.json";
-    LLM_CHECK(fs::exists(meta), source, ": not a prepared data directory (no meta.json); pass a glob such as '",
+    LLM_CHECK(fs::exists(fs::path(source) / "meta.json"), source, ": not a prepared data directory (no meta.json); pass a glob such as '",
               source, "/*.bin' for llm.c shards");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_file(meta.string()));
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(meta.string() + ": invalid JSON: " + e.what());
-    }
-    LLM_CHECK(j.contains("splits") && j["splits"].contains(split), meta.string(), ": no split \"", split, "\"");
-    const auto& shards = j["splits"][split]["shards"];
-    LLM_CHECK(shards.is_array(), meta.string(), ": splits.", split, ".shards is not a list");
+    const DatasetMeta meta = read_dataset_meta(source);
+    const auto it = meta.splits.find(split);
+    LLM_CHECK(it != meta.splits.end(), meta.path, ": no split \"", split, "\"");
     std::vector<std::string> files;
-    for (const auto& s : shards) files.push_back((fs::path(source) / s.get<std::string>()).string());
-    LLM_CHECK(!files.empty(), meta.string(), ": split \"", split, "\" has no shards (no tokens were written to it)");
+    for (const std::string& s : it->second.shards) files.push_back((fs::path(source) / s).string());
+    LLM_CHECK(!files.empty(), meta.path, ": split \"", split, "\" has no shards (no tokens were written to it)");
     return files;
   }
   glob_t g{};
@@ -87,6 +79,10 @@ void DataLoader::reset() {
 
 void DataLoader::read_tokens(int64_t shard, int64_t offset, int64_t count, int32_t* out) const {
   shards_[static_cast<size_t>(shard)]->read(offset, count, out);
+  if (opt_.vocab_size <= 0) return;
+  for (int64_t i = 0; i < count; ++i)
+    LLM_CHECK(out[i] >= 0 && out[i] < opt_.vocab_size, files_[static_cast<size_t>(shard)], ": token ", out[i],
+              " at position ", offset + i, " is outside the model's vocabulary [0, ", opt_.vocab_size, ")");
 }
 
 void DataLoader::next(std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {

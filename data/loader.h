@@ -30,6 +30,10 @@ struct LoaderOptions {
   uint64_t seed = 1337;
   int rank = 0;
   int world_size = 1;
+  // > 0: every token read must lie in [0, vocab_size), else an error naming the shard and position
+  // (a token past the model's vocabulary would otherwise reach the embedding as an unexplained
+  // "id outside the vocabulary", or read out of bounds on the GPU).
+  int64_t vocab_size = 0;
 };
 LoaderOptions::Mode parse_loader_mode(const std::string& name);  // "sequential" | "random"
 

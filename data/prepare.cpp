@@ -11,10 +11,12 @@
 #include "data/tokenizer.h"
 #include "engine/core/error.h"
 #include "engine/io/hdf5_file.h"
+#include "engine/io/json_brief.h"
 
 namespace llm::data {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using io::json_brief;
 
 namespace {
 
@@ -23,6 +25,10 @@ bool is_jsonl(const std::string& path) { return fs::path(path).extension() == ".
 class Progress {
  public:
   Progress(std::ostream* out, int64_t total_bytes) : out_(out), total_(std::max<int64_t>(1, total_bytes)) {}
+  // Left unfinished (an error on the way): end its line, so the error message starts a line of its own.
+  ~Progress() {
+    if (out_ && drawn_ && !finished_) *out_ << "\n" << std::flush;
+  }
   void update(int64_t bytes, int64_t tokens, bool final = false) {
     if (!out_) return;
     const auto now = std::chrono::steady_clock::now();
@@ -37,9 +43,12 @@ class Progress {
                   std::string(static_cast<size_t>(width - filled), '.').c_str(), 100 * frac, bytes / 1e6,
                   total_ / 1e6, static_cast<long long>(tokens), secs > 0 ? tokens / secs / 1e6 : 0.0);
     *out_ << line << (final ? "\n" : "") << std::flush;
+    drawn_ = true;
+    finished_ = final;
   }
 
  private:
+  bool drawn_ = false, finished_ = false;
   std::ostream* out_;
   int64_t total_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now(), last_{};
@@ -77,6 +86,18 @@ PrepareResult prepare_dataset(const PrepareOptions& opt, std::ostream* progress)
   const ShardHeader header{tok->identity(), tok->vocab_size(), eot};
   ShardWriter train(opt.out_dir, "train", header, opt.shard_tokens);
   ShardWriter val(opt.out_dir, "val", header, opt.shard_tokens);
+  // A run that fails part-way (a bad JSONL line, a full disk) after replacing shards of an earlier run
+  // in out_dir leaves that run's meta.json describing shards it no longer matches: remove it then.
+  bool finished = false;
+  struct RemoveStaleMeta {
+    const bool& finished;
+    const ShardWriter &train, &val;
+    fs::path meta;
+    ~RemoveStaleMeta() {
+      std::error_code ec;
+      if (!finished && (!train.files().empty() || !val.files().empty())) fs::remove(meta, ec);
+    }
+  } remove_stale_meta{finished, train, val, fs::path(opt.out_dir) / "meta.json"};
   Progress bar(progress, total_bytes);
   const auto start = std::chrono::steady_clock::now();
   int64_t bytes_done = 0, doc_index = 0, tokens = 0;
@@ -161,6 +182,7 @@ PrepareResult prepare_dataset(const PrepareOptions& opt, std::ostream* progress)
   };
   meta["splits"] = {{"train", split_json(train)}, {"val", split_json(val)}};
   io::write_file_atomic((fs::path(opt.out_dir) / "meta.json").string(), meta.dump(2) + "\n");
+  finished = true;
 
   // Shards a previous, larger run left behind would otherwise look like part of this data set.
   std::vector<std::string> keep = train.files();
@@ -173,34 +195,72 @@ PrepareResult prepare_dataset(const PrepareOptions& opt, std::ostream* progress)
   return r;
 }
 
-void inspect_dataset(const std::string& dir, std::ostream& out, int64_t sample_tokens) {
+DatasetMeta read_dataset_meta(const std::string& dir) {
   const fs::path meta_path = fs::path(dir) / "meta.json";
-  LLM_CHECK(fs::exists(meta_path), dir, ": not a prepared data directory (no meta.json)");
-  json meta;
+  DatasetMeta m;
+  m.path = meta_path.string();
+  LLM_CHECK(fs::is_regular_file(meta_path), dir, ": not a prepared data directory (no meta.json)");
+  json j;
   try {
-    meta = json::parse(read_file(meta_path.string()));
+    j = json::parse(read_file(m.path));
   } catch (const json::exception& e) {
-    throw Error(meta_path.string() + ": invalid JSON: " + e.what());
+    throw Error(m.path + ": invalid JSON: " + e.what());
   }
-  LLM_CHECK(meta.value("format", "") == "llm-data", meta_path.string(), ": format is not \"llm-data\"");
+  LLM_CHECK(j.is_object(), m.path, ": expected a JSON object");
+  LLM_CHECK(j.contains("format") && j["format"] == "llm-data", m.path, ": format is not \"llm-data\"");
+  auto text = [&](const json& o, const char* key, const std::string& where) {
+    if (!o.contains(key)) return std::string();
+    LLM_CHECK(o[key].is_string(), m.path, ": ", where, key, ": expected a string, got ", json_brief(o[key]));
+    return o[key].get<std::string>();
+  };
+  auto integer = [&](const json& o, const char* key, int64_t fallback, const std::string& where) {
+    if (!o.contains(key)) return fallback;
+    LLM_CHECK(o[key].is_number_integer(), m.path, ": ", where, key, ": expected an integer, got ", json_brief(o[key]));
+    return o[key].get<int64_t>();
+  };
+  m.tokenizer = text(j, "tokenizer", "");
+  m.tokenizer_identity = text(j, "tokenizer_identity", "");
+  m.dtype = text(j, "dtype", "");
+  m.vocab_size = integer(j, "vocab_size", 0, "");
+  m.eot_id = integer(j, "eot_id", -1, "");
+  LLM_CHECK(j.contains("splits") && j["splits"].is_object(), m.path, ": splits: expected an object of train/val splits");
+  for (const auto& [name, s] : j["splits"].items()) {
+    const std::string where = "splits." + name + ".";
+    LLM_CHECK(s.is_object() && s.contains("shards") && s["shards"].is_array(), m.path, ": ", where,
+              "shards: expected a list of shard file names");
+    DatasetSplit split;
+    for (const json& f : s["shards"]) {
+      LLM_CHECK(f.is_string() && !f.get<std::string>().empty(), m.path, ": ", where,
+                "shards: expected shard file names, got ", json_brief(f));
+      split.shards.push_back(f.get<std::string>());
+    }
+    split.tokens = integer(s, "tokens", -1, where);
+    m.splits.emplace(name, std::move(split));
+  }
+  return m;
+}
+
+void inspect_dataset(const std::string& dir, std::ostream& out, int64_t sample_tokens) {
+  const DatasetMeta meta = read_dataset_meta(dir);
+  auto or_unknown = [](const std::string& s) { return s.empty() ? std::string("?") : s; };
   out << "directory:  " << dir << "\n"
-      << "tokenizer:  " << meta.value("tokenizer", "?") << " (" << meta.value("tokenizer_identity", "?") << ")\n"
-      << "vocab size: " << meta.value("vocab_size", int64_t{0}) << ", eot id " << meta.value("eot_id", -1)
-      << ", tokens stored as " << meta.value("dtype", "?") << "\n";
+      << "tokenizer:  " << or_unknown(meta.tokenizer) << " (" << or_unknown(meta.tokenizer_identity) << ")\n"
+      << "vocab size: " << meta.vocab_size << ", eot id " << meta.eot_id << ", tokens stored as "
+      << or_unknown(meta.dtype) << "\n";
   std::unique_ptr<TokenShard> first;
   for (const char* split : {"train", "val"}) {
-    const json& s = meta["splits"][split];
+    const auto it = meta.splits.find(split);
+    LLM_CHECK(it != meta.splits.end(), meta.path, ": no split \"", split, "\"");
+    const DatasetSplit& s = it->second;
     int64_t tokens = 0, docs = 0;
-    const auto& shards = s["shards"];
-    for (const auto& name : shards) {
-      auto shard = TokenShard::open((fs::path(dir) / name.get<std::string>()).string());
+    for (const std::string& name : s.shards) {
+      auto shard = TokenShard::open((fs::path(dir) / name).string());
       tokens += shard->size();
       docs += static_cast<int64_t>(shard->info().doc_offsets.size());
       if (!first) first = std::move(shard);
     }
-    LLM_CHECK(tokens == s.value("tokens", int64_t{-1}), meta_path.string(), ": split ", split, " lists ",
-              s.value("tokens", int64_t{-1}), " tokens but its shards hold ", tokens);
-    out << split << ": " << shards.size() << " shard(s), " << tokens << " tokens, " << docs << " documents\n";
+    LLM_CHECK(tokens == s.tokens, meta.path, ": split ", split, " lists ", s.tokens, " tokens but its shards hold ", tokens);
+    out << split << ": " << s.shards.size() << " shard(s), " << tokens << " tokens, " << docs << " documents\n";
   }
   if (!first || sample_tokens <= 0) return;
   std::vector<int32_t> ids(static_cast<size_t>(std::min(sample_tokens, first->size())));
@@ -208,9 +268,9 @@ void inspect_dataset(const std::string& dir, std::ostream& out, int64_t sample_t
   out << "sample (first " << ids.size() << " tokens of " << fs::path(first->info().path).filename().string()
       << "):\n  ids:  " << format_ids(ids) << "\n";
   try {
-    const auto tok = load_tokenizer(meta.value("tokenizer", ""));
-    if (tok->identity() != meta.value("tokenizer_identity", "")) {
-      out << "  (tokenizer at " << meta.value("tokenizer", "") << " has changed; not decoding)\n";
+    const auto tok = load_tokenizer(meta.tokenizer);
+    if (tok->identity() != meta.tokenizer_identity) {
+      out << "  (tokenizer at " << meta.tokenizer << " has changed; not decoding)\n";
       return;
     }
     std::string text;

@@ -14,6 +14,7 @@
 // tokenizer spec and identity, vocab size, eot id, token dtype and per-split shards/tokens/documents.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -39,6 +40,22 @@ struct PrepareResult {
 // Tokenizes and writes DIR. `progress` (may be null) gets a progress bar with tokens/s, redrawn in
 // place with '\r' and finished with a newline.
 PrepareResult prepare_dataset(const PrepareOptions& options, std::ostream* progress);
+
+// DIR/meta.json, read and checked (format "llm-data"; each split an object with a list of shard file
+// names and a token count; optional fields of the right types): the one reader of the file, for
+// inspect, the DataLoader and the trainer. Any problem is an llm::Error naming the file and key.
+struct DatasetSplit {
+  std::vector<std::string> shards;  // file names inside DIR
+  int64_t tokens = 0;
+};
+struct DatasetMeta {
+  std::string path;  // DIR/meta.json
+  std::string tokenizer, tokenizer_identity, dtype;
+  int64_t vocab_size = 0;
+  int64_t eot_id = -1;
+  std::map<std::string, DatasetSplit> splits;
+};
+DatasetMeta read_dataset_meta(const std::string& dir);
 
 // Prints splits, shard counts, token and document counts and a decoded sample of sample_tokens.
 void inspect_dataset(const std::string& dir, std::ostream& out, int64_t sample_tokens = 64);

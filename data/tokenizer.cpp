@@ -64,6 +64,8 @@ std::vector<int32_t> Tokenizer::encode_with_special(std::string_view text) const
 }
 
 std::string read_file(const std::string& path) {
+  std::error_code ec;  // a directory opens as a stream and reads as empty text: say what it is
+  LLM_CHECK(!fs::is_directory(path, ec), path, ": a directory, not a file");
   std::ifstream f(path, std::ios::binary);
   LLM_CHECK(f.good(), path, ": cannot open file");
   std::ostringstream ss;

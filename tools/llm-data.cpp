@@ -1,5 +1,6 @@
 // llm-data: prepare token shards from text, inspect them, encode/decode on the command line.
 // A thin main: the work is in data/prepare.h and data/tokenizer.h.
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -39,6 +40,15 @@ double parse_double(const std::string& flag, const std::string& s) {
   return v;
 }
 
+// A whole number (1e8 is fine) in [lowest, 2^53]: a fraction or an out-of-range value is an error
+// naming the flag (a cast used to truncate 1.5 to 1 and turn 1e30 into a negative count).
+int64_t parse_count(const std::string& flag, const std::string& s, int64_t lowest) {
+  const double v = parse_double(flag, s);
+  LLM_CHECK(v == std::floor(v) && v >= static_cast<double>(lowest) && v <= 9007199254740992.0, flag,
+            ": expected a whole number of at least ", lowest, ", got \"", s, "\"");
+  return static_cast<int64_t>(v);
+}
+
 int run(const std::vector<std::string>& args) {
   LLM_CHECK(!args.empty(), "no command given\n", kUsage);
   const std::string cmd = args[0];
@@ -59,9 +69,9 @@ int run(const std::vector<std::string>& args) {
     } else if (a == "--val-fraction") {
       po.val_fraction = parse_double(a, need_value(args, i));
     } else if (a == "--shard-tokens") {
-      po.shard_tokens = static_cast<int64_t>(parse_double(a, need_value(args, i)));
+      po.shard_tokens = parse_count(a, need_value(args, i), 1);
     } else if (a == "--sample") {
-      sample = static_cast<int64_t>(parse_double(a, need_value(args, i)));
+      sample = parse_count(a, need_value(args, i), 0);
     } else if (a == "--input") {
       LLM_CHECK(i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0, "--input: missing file");
       while (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) inputs.push_back(args[++i]);

@@ -53,7 +53,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--tokenizer") a.tokenizer = value();
     else if (f == "--seq-len") a.seq_len = positive<int64_t>(f, value());
     else if (f == "--stride") a.stride = positive<int64_t>(f, value());
-    else if (f == "--threads" || f == "-t") a.threads = positive<int>(f, value());
+    else if (f == "--threads" || f == "-t") a.threads = llm::cli::threads(f, value());
     else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
     else if (f == "--device") a.device = value();
     else if (f == "--dtype") a.dtype = value();
@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
     const std::string spec = !a.tokenizer.empty() ? a.tokenizer : loaded.tokenizer;
     LLM_CHECK(!spec.empty(), a.model, ": no tokenizer came with the model; pass --tokenizer SPEC");
     const auto tokenizer = data::load_tokenizer(spec);
+    train::check_tokenizer_fits(*tokenizer, loaded.config, spec, a.model);
     const std::vector<int32_t> ids = train::encode_for_eval(*tokenizer, text);
     LLM_CHECK(ids.size() >= 2, a.text, ": too short to evaluate (", ids.size(), " token(s); at least 2 are needed)");
     auto model = train::make_loaded_model(loaded);
@@ -117,7 +118,7 @@ int main(int argc, char** argv) {
                 static_cast<long long>(r.seq_len), static_cast<long long>(r.stride));
     std::printf("loss: %.4f nats/token | perplexity: %.4f | %.1f tokens/s\n", r.loss, r.perplexity,
                 static_cast<double>(r.forwarded) / std::max(r.seconds, 1e-9));
-  } catch (const llm::Error& e) {
+  } catch (const std::exception& e) {  // llm::Error, and any library exception a bad input provokes
     fail(e.what(), 1);
   }
   return 0;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "data/tokenizer.h"
 #include "engine/core/error.h"
 #include "engine/generate/chat.h"
 #include "engine/generate/generate.h"
@@ -61,7 +62,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--repeat-penalty") a.gen.sampling.repeat_penalty = number<float>(f, value());
     else if (f == "--repeat-last-n") a.gen.sampling.repeat_last_n = number<int64_t>(f, value());
     else if (f == "--seed" || f == "-s") a.gen.sampling.seed = number<uint64_t>(f, value());
-    else if (f == "--threads" || f == "-t") a.threads = number<int>(f, value());
+    else if (f == "--threads" || f == "-t") a.threads = llm::cli::threads(f, value());
     else if (f == "--stop") a.stop.push_back(value());
     else if (f == "--ignore-eos") a.ignore_eos = true;
     else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
@@ -127,13 +128,7 @@ int main(int argc, char** argv) {
       return 0;
     }
 
-    if (!a.prompt_file.empty()) {
-      std::ifstream in(a.prompt_file, std::ios::binary);
-      LLM_CHECK(in.good(), a.prompt_file, ": cannot read the prompt file");
-      std::stringstream ss;
-      ss << in.rdbuf();
-      a.prompts = {ss.str()};
-    }
+    if (!a.prompt_file.empty()) a.prompts = {data::read_file(a.prompt_file)};
     std::vector<std::vector<int32_t>> ids;
     for (const std::string& p : a.prompts) ids.push_back(generate::encode_prompt(*tokenizer, p));
     generate::GenerateStats stats;
@@ -150,7 +145,7 @@ int main(int argc, char** argv) {
         std::printf("=== %zu (%s)\n%s%s\n", i + 1, out[i].finish_reason.c_str(), a.prompts[i].c_str(), out[i].text.c_str());
     }
     print_stats(stats);
-  } catch (const llm::Error& e) {
+  } catch (const std::exception& e) {  // llm::Error, and any library exception a bad input provokes
     fail(e.what(), 1);
   }
   return 0;

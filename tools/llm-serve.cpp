@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <string>
 
+#include <unistd.h>
+
 #include "engine/core/error.h"
 #include "engine/generate/chat.h"
 #include "engine/serve/server.h"
@@ -67,7 +69,7 @@ Args parse(int argc, char** argv) {
     else if (f == "--default-max-tokens") a.server.default_max_tokens = positive<int64_t>(f, value());
     else if (f == "--timeout") a.server.request_timeout_s = positive<double>(f, value());
     else if (f == "--ctx") a.server.context = positive<int64_t>(f, value());
-    else if (f == "--threads" || f == "-t") a.threads = number<int>(f, value());
+    else if (f == "--threads" || f == "-t") a.threads = llm::cli::threads(f, value());
     else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
     else if (f == "--device") a.device = value();
     else if (f == "--dtype") a.dtype = value();
@@ -102,12 +104,18 @@ int main(int argc, char** argv) {
     sigaddset(&signals, SIGINT);
     sigaddset(&signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-    serve::Server server(*model, *tokenizer, chat, a.server);
-    const int port = server.start();
     const models::ModelConfig& c = model->config();
     const int64_t ctx = a.server.context > 0 ? std::min(a.server.context, c.max_seq_len) : c.max_seq_len;
     const double cache_mib = 2.0 * c.n_layers * a.server.max_batch * ctx * c.n_kv_heads * c.head_dim() *
                              static_cast<double>(dtype_size(where.dtype)) / (1 << 20);
+    // A KV cache larger than the machine's memory is a typo in --max-batch or --ctx: say so now, not by
+    // an exception from the decode thread or the kernel's OOM killer later.
+    const double ram_mib = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE)) / (1 << 20);
+    LLM_CHECK(where.device.is_cuda() || ram_mib <= 0 || cache_mib <= ram_mib, "--max-batch ", a.server.max_batch,
+              ": a KV cache of ", a.server.max_batch, " slots of ", ctx, " positions needs ", static_cast<int64_t>(cache_mib),
+              " MiB, more than this machine's ", static_cast<int64_t>(ram_mib), " MiB of memory (lower --max-batch or --ctx)");
+    serve::Server server(*model, *tokenizer, chat, a.server);
+    const int port = server.start();
     std::fprintf(stderr, "llm-serve: %s (chat template: %s) on http://%s:%d, %lld slots of %lld positions (KV cache %.1f MiB)%s\n",
                  a.server.model_name.c_str(), chat.origin().c_str(), a.server.host.c_str(), port,
                  static_cast<long long>(a.server.max_batch), static_cast<long long>(ctx), cache_mib,
@@ -116,7 +124,7 @@ int main(int argc, char** argv) {
     sigwait(&signals, &sig);
     std::fprintf(stderr, "llm-serve: stopping (signal %d)\n", sig);
     server.stop();
-  } catch (const llm::Error& e) {
+  } catch (const std::exception& e) {  // llm::Error, and any library exception a bad input provokes
     fail(e.what(), 1);
   }
   return 0;

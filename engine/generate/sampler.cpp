@@ -7,8 +7,9 @@
 namespace llm::generate {
 
 void SamplingOptions::validate() const {
-  LLM_CHECK(std::isfinite(temperature), "sampling: temperature must be a number, got ", temperature);
-  LLM_CHECK(top_p > 0.f, "sampling: top_p must be positive, got ", top_p);
+  LLM_CHECK(std::isfinite(temperature) && temperature >= 0.f, "sampling: temperature must be 0 (greedy) or positive, got ",
+            temperature);
+  LLM_CHECK(top_p > 0.f && top_p <= 1.f, "sampling: top_p must be in (0, 1], got ", top_p);
   LLM_CHECK(min_p >= 0.f && min_p <= 1.f, "sampling: min_p must be in [0, 1], got ", min_p);
   LLM_CHECK(repeat_penalty > 0.f, "sampling: repeat_penalty must be positive, got ", repeat_penalty);
   LLM_CHECK(repeat_last_n >= 0, "sampling: repeat_last_n must not be negative, got ", repeat_last_n);

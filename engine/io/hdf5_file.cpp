@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -130,7 +131,13 @@ const char* h5type_name(H5Type t) {
 H5File::H5File(const std::string& path, Mode mode) : path_(path) {
   silence_hdf5();
   if (mode == Mode::Create) {
-    file_ = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    // The 1.8+ file format checksums its metadata (superblock v2, object headers v2), so a damaged
+    // file is refused by HDF5 with an error; the default 1.0 format has no checksums, and HDF5
+    // follows damaged object headers into a segfault. Files stay readable by HDF5 1.8 and later.
+    Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    LLM_CHECK(fapl.get() >= 0 && H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST) >= 0, path,
+              ": cannot set up the HDF5 file format", h5_detail());
+    file_ = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
     LLM_CHECK(file_ >= 0, path, ": cannot create HDF5 file", h5_detail());
   } else {
     LLM_CHECK(std::filesystem::exists(path), path, ": no such file");
@@ -238,7 +245,10 @@ std::vector<std::string> H5File::list_datasets(const std::string& group) const {
   for (const std::string& n : list(group)) {
     const std::string full = base + "/" + n;
     Hid obj(H5Oopen(file_, full.c_str(), H5P_DEFAULT), H5Oclose);
-    if (obj.ok() && H5Iget_type(obj.get()) == H5I_DATASET) out.push_back(n);
+    // A member that is listed but cannot be opened is damage, not "not a dataset": skipping it would
+    // turn a corrupt tensor into a confusing "missing tensor" later.
+    LLM_CHECK(obj.ok(), where(full), ": cannot open (corrupted file?)", h5_detail());
+    if (H5Iget_type(obj.get()) == H5I_DATASET) out.push_back(n);
   }
   return out;
 }
@@ -431,8 +441,10 @@ bool is_hdf5_file(const std::string& path) {
 void write_file_atomic(const std::string& path, const std::function<void(std::ostream&)>& write) {
   const std::string tmp = temp_name(path);
   try {
+    errno = 0;
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    LLM_CHECK(f.good(), tmp, ": cannot create file");
+    // Named by the path asked for (the temporary name means nothing to the user), with the reason.
+    LLM_CHECK(f.good(), path, ": cannot create the file", errno ? std::string(" (") + std::strerror(errno) + ")" : "");
     write(f);
     f.flush();
     LLM_CHECK(f.good(), path, ": write failed");

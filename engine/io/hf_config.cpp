@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/core/error.h"
+#include "engine/io/json_brief.h"
 
 namespace llm::io {
 
@@ -25,19 +26,19 @@ class Keys {
   int64_t integer_or(const char* key, int64_t fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_[key];
-    LLM_CHECK(v.is_number_integer(), source_, ": key '", key, "': expected an integer, got ", v.dump());
+    LLM_CHECK(v.is_number_integer(), source_, ": key '", key, "': expected an integer, got ", json_brief(v));
     return v.get<int64_t>();
   }
   double number_or(const char* key, double fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_[key];
-    LLM_CHECK(v.is_number(), source_, ": key '", key, "': expected a number, got ", v.dump());
+    LLM_CHECK(v.is_number(), source_, ": key '", key, "': expected a number, got ", json_brief(v));
     return v.get<double>();
   }
   bool boolean_or(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_[key];
-    LLM_CHECK(v.is_boolean(), source_, ": key '", key, "': expected true or false, got ", v.dump());
+    LLM_CHECK(v.is_boolean(), source_, ": key '", key, "': expected true or false, got ", json_brief(v));
     return v.get<bool>();
   }
   std::string string(const char* key) const {

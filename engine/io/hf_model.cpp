@@ -101,7 +101,18 @@ std::map<std::string, Shape> expected_parameters(const ModelConfig& c) {
   return p;
 }
 
+namespace {
+// Every layer has tensors of its own, so a config with more layers than the weights have tensors is
+// wrong; checking that first keeps a corrupt count (num_hidden_layers: 1000000000) from listing a
+// billion expected parameters before any message.
+void check_layer_count(const ModelConfig& config, size_t stored, const std::string& what) {
+  LLM_CHECK(config.n_layers <= static_cast<int64_t>(stored), what, ": the config's ", config.n_layers,
+            " layers cannot fit in the ", stored, " tensors stored");
+}
+}  // namespace
+
 void check_weights(const ModelConfig& config, const std::map<std::string, Tensor>& weights, const std::string& source) {
+  check_layer_count(config, weights.size(), source);
   const std::map<std::string, Shape> expected = expected_parameters(config);
   for (const auto& [name, t] : weights) {
     const auto it = expected.find(name);
@@ -177,6 +188,7 @@ LoadedModel load_hf_directory(const std::string& dir) {
   }
 
   // HF names → ours, dropping buffers and tied heads; GPT-2's Conv1D weights turned to [out, in].
+  check_layer_count(c, raw.size(), listing + " (" + config_path + ")");
   const std::map<std::string, Shape> expected = expected_parameters(c);
   for (auto& [stored_name, src] : raw) {
     std::string name = stored_name;
@@ -215,33 +227,33 @@ void copy_file_atomic(const fs::path& from, const fs::path& to) {
   write_file_atomic(to.string(), read_text(from.string()));
 }
 
-void copy_tokenizer(const std::string& source, const fs::path& dir) {
-  if (source.empty() || source == "byte") return;
+// The tokenizer files to copy from `source` (a directory or one file) as (from, name in the new
+// directory): worked out, and checked, before anything is written.
+std::vector<std::pair<fs::path, std::string>> tokenizer_files(const std::string& source) {
+  std::vector<std::pair<fs::path, std::string>> files;
+  if (source.empty() || source == "byte") return files;
   const fs::path src(source);
   if (fs::is_directory(src)) {
-    int copied = 0;
     for (const char* name : kTokenizerFiles)
-      if (fs::is_regular_file(src / name)) {
-        copy_file_atomic(src / name, dir / name);
-        ++copied;
-      }
-    LLM_CHECK(copied > 0, source, ": no tokenizer files (tokenizer.json, tokenizer.model, encoder.json + vocab.bpe ...)");
-    return;
+      if (fs::is_regular_file(src / name)) files.emplace_back(src / name, name);
+    LLM_CHECK(!files.empty(), source, ": no tokenizer files (tokenizer.json, tokenizer.model, encoder.json + vocab.bpe ...)");
+    return files;
   }
   LLM_CHECK(fs::is_regular_file(src), source, ": no such tokenizer file or directory");
   const std::string base = src.filename().string();
   for (const char* name : kTokenizerFiles)
     if (base == name) {
-      copy_file_atomic(src, dir / name);
+      files.emplace_back(src, name);
       if (base == "encoder.json") {
         const fs::path bpe = src.parent_path() / "vocab.bpe";
         LLM_CHECK(fs::is_regular_file(bpe), bpe.string(), ": missing (encoder.json needs its vocab.bpe)");
-        copy_file_atomic(bpe, dir / "vocab.bpe");
+        files.emplace_back(bpe, "vocab.bpe");
       }
-      return;
+      return files;
     }
   LLM_CHECK(src.extension() == ".model", source, ": not a tokenizer file this directory can hold");
-  copy_file_atomic(src, dir / "tokenizer.model");  // a SentencePiece model under its HF name
+  files.emplace_back(src, "tokenizer.model");  // a SentencePiece model under its HF name
+  return files;
 }
 }  // namespace
 
@@ -256,11 +268,13 @@ void save_hf_directory(const std::string& dir, const ModelConfig& config,
   stored.reserve(weights.size());
   for (const auto& [name, t] : weights)
     stored.emplace_back(name, config.arch == Arch::GPT2 && is_conv1d_weight(name) ? t.transpose(0, 1) : t);
+  // A bad tokenizer source is found before anything is written, so it leaves no directory without one.
+  const std::vector<std::pair<fs::path, std::string>> tokenizer = tokenizer_files(tokenizer_source);
   fs::create_directories(dir);
   const fs::path d(dir);
   write_file_atomic((d / "config.json").string(), config_to_hf_json(config));
   write_safetensors((d / "model.safetensors").string(), stored, StoredType::F32, {{"format", "pt"}});
-  copy_tokenizer(tokenizer_source, d);
+  for (const auto& [from, name] : tokenizer) copy_file_atomic(from, d / name);
 }
 
 }  // namespace llm::io

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "engine/core/error.h"
+#include "engine/io/json_brief.h"
 #include "engine/io/hdf5_file.h"
 #include "engine/io/safetensors.h"
 
@@ -53,14 +54,14 @@ nn::LoraConfig read_lora_config(const std::string& dir, std::string* base_model)
   auto key_error = [&](const std::string& key, const std::string& what) { return Error(path + ": key '" + key + "': " + what); };
   auto number = [&](const char* key, double fallback) -> double {
     if (!j.contains(key)) return fallback;
-    if (!j.at(key).is_number()) throw key_error(key, "expected a number, got " + j.at(key).dump());
+    if (!j.at(key).is_number()) throw key_error(key, "expected a number, got " + json_brief(j.at(key)));
     return j.at(key).get<double>();
   };
 
   if (!j.contains("peft_type") || j.at("peft_type") != "LORA")
-    throw key_error("peft_type", "expected \"LORA\", got " + (j.contains("peft_type") ? j.at("peft_type").dump() : "nothing"));
+    throw key_error("peft_type", "expected \"LORA\", got " + (j.contains("peft_type") ? json_brief(j.at("peft_type")) : "nothing"));
   if (!j.contains("r") || !j.at("r").is_number_integer() || j.at("r").get<int64_t>() <= 0)
-    throw key_error("r", "expected a positive integer, got " + (j.contains("r") ? j.at("r").dump() : "nothing"));
+    throw key_error("r", "expected a positive integer, got " + (j.contains("r") ? json_brief(j.at("r")) : "nothing"));
   nn::LoraConfig c;
   c.rank = j.at("r").get<int64_t>();
   c.alpha = static_cast<float>(number("lora_alpha", 8.0));  // PEFT's default
@@ -73,21 +74,21 @@ nn::LoraConfig read_lora_config(const std::string& dir, std::string* base_model)
   const json targets = j.contains("target_modules") ? j.at("target_modules") : json();
   if (targets.is_string()) {
     if (targets.get<std::string>() != "all-linear")
-      throw key_error("target_modules", "a regular expression (" + targets.dump() + ") is not supported; give a list of module names or \"all-linear\"");
+      throw key_error("target_modules", "a regular expression (" + json_brief(targets) + ") is not supported; give a list of module names or \"all-linear\"");
     c.targets = {"all-linear"};
   } else if (targets.is_array() && !targets.empty()) {
     for (const json& t : targets) {
-      if (!t.is_string()) throw key_error("target_modules", "expected module names (strings), got " + t.dump());
+      if (!t.is_string()) throw key_error("target_modules", "expected module names (strings), got " + json_brief(t));
       c.targets.push_back(t.get<std::string>());
     }
   } else {
-    throw key_error("target_modules", "expected a list of module names or \"all-linear\", got " + targets.dump());
+    throw key_error("target_modules", "expected a list of module names or \"all-linear\", got " + json_brief(targets));
   }
 
   // PEFT settings that change what the adapter computes; loading them silently would be wrong.
-  if (!unset(j, "bias", "none")) throw key_error("bias", j.at("bias").dump() + " is not supported (only \"none\")");
+  if (!unset(j, "bias", "none")) throw key_error("bias", json_brief(j.at("bias")) + " is not supported (only \"none\")");
   for (const char* key : {"use_dora", "rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"})
-    if (!unset(j, key)) throw key_error(key, j.at(key).dump() + " is not supported");
+    if (!unset(j, key)) throw key_error(key, json_brief(j.at(key)) + " is not supported");
 
   try {
     c.validate();

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "engine/core/error.h"
+#include "engine/io/json_brief.h"
 #include "engine/io/hdf5_file.h"
 #include "engine/io/mapped_file.h"
 #include "kernels/cpu/elementwise.h"
@@ -78,20 +79,20 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
     else throw Error(where + ": dtype " + dtype + " is not supported (F32, F16 and BF16 are)");
     uint64_t numel = 1;
     for (const json& d : info["shape"]) {
-      LLM_CHECK(d.is_number_unsigned(), where, ": shape must hold non-negative integers, got ", info["shape"].dump());
+      LLM_CHECK(d.is_number_unsigned(), where, ": shape must hold non-negative integers, got ", json_brief(info["shape"]));
       const uint64_t v = d.get<uint64_t>();
       LLM_CHECK(v < (uint64_t{1} << 40) && !__builtin_mul_overflow(numel, v, &numel), where, ": shape ",
-                info["shape"].dump(), " is too large");
+                json_brief(info["shape"]), " is too large");
       e.shape.push_back(static_cast<int64_t>(v));
     }
     LLM_CHECK(e.shape.size() <= static_cast<size_t>(kMaxDims), where, ": ", e.shape.size(),
               " dimensions (at most ", kMaxDims, " are supported)");
     const json& off = info["data_offsets"];
     LLM_CHECK(off[0].is_number_unsigned() && off[1].is_number_unsigned(), where,
-              ": data_offsets must be non-negative integers, got ", off.dump());
+              ": data_offsets must be non-negative integers, got ", json_brief(off));
     const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
-    LLM_CHECK(begin <= end, where, ": data_offsets ", off.dump(), " end before they begin");
-    LLM_CHECK(end <= data_size, where, ": data_offsets ", off.dump(), " run past the end of the data (", data_size,
+    LLM_CHECK(begin <= end, where, ": data_offsets ", json_brief(off), " end before they begin");
+    LLM_CHECK(end <= data_size, where, ": data_offsets ", json_brief(off), " run past the end of the data (", data_size,
               " bytes): the file is truncated or the header is inconsistent");
     LLM_CHECK(end - begin == numel * stored_size(e.dtype), where, ": holds ", end - begin, " bytes but ", dtype, " ",
               shape_str(e.shape), " needs ", numel * stored_size(e.dtype));

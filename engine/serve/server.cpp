@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -10,6 +11,8 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+
+#include <sys/resource.h>
 
 #include "engine/core/error.h"
 #include "engine/generate/batch_decoder.h"
@@ -126,6 +129,14 @@ int Server::start() {
             "llm-serve: need 1 <= max tokens and 0 <= default max tokens <= max tokens");
   LLM_CHECK(o.request_timeout_s > 0, "llm-serve: --timeout must be positive");
   LLM_CHECK(o.context >= 0, "llm-serve: --ctx must not be negative, got ", o.context);
+  // One HTTP thread per slot and queue place (routes()): asking for more than the system can start
+  // ended the process from the listening thread (std::terminate), so the count is checked here.
+  int64_t thread_limit = 32768;
+  struct rlimit nproc {};
+  if (::getrlimit(RLIMIT_NPROC, &nproc) == 0 && nproc.rlim_cur != RLIM_INFINITY)
+    thread_limit = std::min<int64_t>(thread_limit, static_cast<int64_t>(nproc.rlim_cur / 2));
+  LLM_CHECK(o.max_batch <= thread_limit - 8 - o.max_queue, "llm-serve: --max-batch ", o.max_batch, " + --max-queue ",
+            o.max_queue, " must be at most ", thread_limit - 8, " (the server starts one HTTP thread for each)");
   s.routes();
   const int port = o.port == 0 ? s.http.bind_to_any_port(o.host) : (s.http.bind_to_port(o.host, o.port) ? o.port : -1);
   LLM_CHECK(port > 0, "llm-serve: cannot listen on ", o.host, ":", o.port, " (address in use or not available)");

@@ -2,9 +2,13 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <sstream>
+#include <thread>
 
 #include "engine/core/error.h"
 
@@ -22,7 +26,8 @@ struct Field {
 
 template <typename T>
 T as(const YAML::Node& n, const std::string& where, const char* expected) {
-  if (!n.IsScalar()) throw Error(where + ": expected " + expected + ", got a " + (n.IsMap() ? "map" : "list"));
+  if (!n.IsScalar())
+    throw Error(where + ": expected " + expected + ", got " + (n.IsMap() ? "a map" : n.IsSequence() ? "a list" : "nothing"));
   try {
     return n.as<T>();
   } catch (const YAML::Exception&) {
@@ -270,6 +275,28 @@ void check_values(const TrainConfig& c) {
   LLM_CHECK(c.beta1 >= 0 && c.beta1 < 1, src, ": optim.beta1: must be in [0, 1), got ", c.beta1);
   LLM_CHECK(c.beta2 >= 0 && c.beta2 < 1, src, ": optim.beta2: must be in [0, 1), got ", c.beta2);
   LLM_CHECK(c.keep_last >= 1, src, ": checkpoint.keep_last: must be at least 1, got ", c.keep_last);
+  // Counts and intervals where 0 means "off" or "default": a negative one is a typo, not a setting.
+  auto non_negative = [&](int64_t v, const char* key) {
+    LLM_CHECK(v >= 0, src, ": ", key, ": must not be negative, got ", v);
+  };
+  non_negative(c.warmup_steps, "optim.warmup_steps");
+  non_negative(c.max_tokens, "train.max_tokens");
+  non_negative(c.eval_interval, "train.eval_interval");
+  non_negative(c.sample_interval, "train.sample_interval");
+  non_negative(c.threads, "train.threads");
+  const int64_t most_threads = std::max<int64_t>(64, 4 * static_cast<int64_t>(std::thread::hardware_concurrency()));
+  LLM_CHECK(c.threads <= most_threads, src, ": train.threads: at most ", most_threads,
+            " (4x the hardware threads; far more run into the system's thread limit), got ", c.threads);
+  non_negative(c.checkpoint_interval, "checkpoint.interval");
+  non_negative(c.log_interval, "log.interval");
+  non_negative(c.profile_step, "log.profile_step");
+  if (c.eval_interval > 0) positive(c.eval_batches, "train.eval_batches");  // 0 batches reported a val loss of 0
+  if (c.sample_interval > 0) positive(c.sample_tokens, "train.sample_tokens");
+  LLM_CHECK(c.sample_temperature >= 0, src, ": train.sample_temperature: must not be negative, got ", c.sample_temperature);
+  // AdamW's own limits (as torch.optim.AdamW checks them); grad_clip 0 turns clipping off.
+  LLM_CHECK(c.eps >= 0, src, ": optim.eps: must not be negative, got ", c.eps);
+  LLM_CHECK(c.weight_decay >= 0, src, ": optim.weight_decay: must not be negative, got ", c.weight_decay);
+  LLM_CHECK(c.grad_clip >= 0, src, ": optim.grad_clip: must be 0 (off) or positive, got ", c.grad_clip);
   LLM_CHECK(c.zero == 0 || c.zero == 1, src, ": dist.zero: expected 0 or 1, got ", c.zero);
   LLM_CHECK(c.bucket_mb > 0, src, ": dist.bucket_mb: must be positive, got ", c.bucket_mb);
   LLM_CHECK(c.timeout_s > 0, src, ": dist.timeout_s: must be positive, got ", c.timeout_s);
@@ -290,6 +317,7 @@ void check_values(const TrainConfig& c) {
     positive(c.max_new_tokens, "grpo.max_new_tokens");
     positive(c.rl_iterations, "grpo.iterations");
     LLM_CHECK(c.rl_temperature > 0, src, ": grpo.temperature: must be positive, got ", c.rl_temperature);
+    LLM_CHECK(c.rl_top_p > 0 && c.rl_top_p <= 1, src, ": grpo.top_p: must be in (0, 1], got ", c.rl_top_p);
     LLM_CHECK(c.clip_eps > 0, src, ": grpo.clip_eps: must be positive, got ", c.clip_eps);
     LLM_CHECK(c.kl_beta >= 0, src, ": grpo.kl_beta: must not be negative, got ", c.kl_beta);
   }
@@ -310,14 +338,24 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   LLM_CHECK(root.IsMap(), source, ": expected sections (model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward, dist, kernels)");
+  // A key that is not text (a list or map used as a key) is an error naming the file and line.
+  auto key_text = [&](const YAML::Node& key) {
+    LLM_CHECK(key.IsScalar(), source, ": line ", key.Mark().line + 1, ": expected a key name, got a ",
+              key.IsMap() ? "map" : key.IsSequence() ? "list" : "null");
+    return key.Scalar();
+  };
+  std::set<std::string> seen;  // YAML keeps both copies of a repeated key; the second would win silently
   for (const auto& section : root) {
-    const std::string s = section.first.as<std::string>();
+    const std::string s = key_text(section.first);
     LLM_CHECK(known_section(s), source, ": unknown section '", s, "' (expected model, data, optim, train, checkpoint, log, finetune, lora, grpo, reward, dist, kernels)");
+    LLM_CHECK(seen.insert(s).second, source, ": line ", section.first.Mark().line + 1, ": section '", s, "' appears twice");
     LLM_CHECK(section.second.IsMap() || section.second.IsNull(), source, ": ", s, ": expected a map of keys");
     for (const auto& kv : section.second) {
-      const std::string k = kv.first.as<std::string>();
+      const std::string k = key_text(kv.first);
       const Field* f = find_field(s, k);
       LLM_CHECK(f, source, ": ", s, ".", k, ": unknown key");
+      LLM_CHECK(seen.insert(s + "." + k).second, source, ": line ", kv.first.Mark().line + 1, ": ", s, ".", k,
+                " appears twice");
       f->set(c, kv.second, source + ": " + s + "." + k);
     }
   }
@@ -328,7 +366,13 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
     const std::string s = o.substr(0, dot), k = o.substr(dot + 1, eq - dot - 1), v = o.substr(eq + 1);
     const Field* f = find_field(s, k);
     LLM_CHECK(f, "--set ", o, ": unknown key ", s, ".", k);
-    f->set(c, YAML::Load(v.empty() ? "\"\"" : v), "--set " + s + "." + k);
+    YAML::Node value;
+    try {
+      value = YAML::Load(v.empty() ? "\"\"" : v);
+    } catch (const YAML::Exception& e) {
+      throw Error("--set " + s + "." + k + ": cannot read the value \"" + v + "\": " + e.msg);
+    }
+    f->set(c, value, "--set " + s + "." + k);
   }
   if (c.model.n_kv_heads == 0) c.model.n_kv_heads = c.model.n_heads;
   if (c.model.hidden_dim == 0 && c.model.arch == models::Arch::GPT2) c.model.hidden_dim = 4 * c.model.dim;
@@ -338,6 +382,8 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
 }
 
 TrainConfig load_train_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  LLM_CHECK(!std::filesystem::is_directory(path, ec), path, ": a directory, not a config file");
   std::ifstream in(path);
   LLM_CHECK(in.good(), path, ": cannot read the config file");
   std::stringstream ss;

@@ -17,7 +17,7 @@ io::LoadedModel load_pretrained(const std::string& path) {
   LLM_CHECK(fs::exists(path, ec), path, ": no such model file or directory");
   if (fs::is_directory(path, ec)) return io::load_hf_directory(path);
   if (io::is_hdf5_file(path)) {
-    LLM_CHECK(is_checkpoint_file(path), path, ": an HDF5 file but not an llm checkpoint");
+    // load_checkpoint names what is wrong: not a checkpoint, or one that is truncated or corrupt.
     Checkpoint ckpt = load_checkpoint(path, /*weights_only=*/true);
     io::LoadedModel out;
     out.config = ckpt.model_config;
@@ -65,6 +65,12 @@ void place(models::CausalLM& model, const Placement& where, bool quantized_q8) {
   model.set_activation_dtype(where.dtype);
 }
 
+void check_tokenizer_fits(const data::Tokenizer& tokenizer, const models::ModelConfig& config, const std::string& spec,
+                          const std::string& path) {
+  LLM_CHECK(tokenizer.vocab_size() <= config.vocab_size, spec, ": the tokenizer has ", tokenizer.vocab_size(),
+            " tokens but the model ", path, " only ", config.vocab_size, " (a tokenizer of another model?)");
+}
+
 InferenceModel load_inference_model(const std::string& path, const std::string& tokenizer_spec, bool quantize_q8,
                                     const std::string& missing_tokenizer_hint, const Placement& where) {
   const io::LoadedModel loaded = load_pretrained(path);
@@ -72,6 +78,7 @@ InferenceModel load_inference_model(const std::string& path, const std::string& 
   LLM_CHECK(!spec.empty(), path, ": no tokenizer came with the model; ", missing_tokenizer_hint);
   InferenceModel m;
   m.tokenizer = data::load_tokenizer(spec);
+  check_tokenizer_fits(*m.tokenizer, loaded.config, spec, path);
   m.model = make_loaded_model(loaded);
   place(*m.model, where, quantize_q8);
   if (quantize_q8) m.model->quantize_q8();

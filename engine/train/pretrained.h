@@ -37,6 +37,11 @@ void place(models::CausalLM& model, const Placement& where, bool quantized_q8);
 // where `where` says) and its tokenizer — tokenizer_spec when given, else the one that came with the
 // model. Without either the error names `path` and ends with `missing_tokenizer_hint` (how this
 // caller supplies one).
+// A tokenizer with more tokens than the model's vocabulary would produce ids the model has no row
+// for: an error naming the tokenizer and the model (`spec`, `path`), before any text is encoded.
+void check_tokenizer_fits(const data::Tokenizer& tokenizer, const models::ModelConfig& config, const std::string& spec,
+                          const std::string& path);
+
 struct InferenceModel {
   std::unique_ptr<models::CausalLM> model;
   std::unique_ptr<data::Tokenizer> tokenizer;

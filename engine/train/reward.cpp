@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -14,8 +15,11 @@
 #include <tuple>
 
 #include "engine/core/error.h"
+#include "engine/io/json_brief.h"
 
 namespace llm::train {
+
+using io::json_brief;
 
 std::optional<double> final_number(const std::string& text) {
   size_t from = 0;
@@ -84,7 +88,7 @@ std::vector<double> Reward::score(const std::vector<Completion>& batch) const {
       const nlohmann::json& a = ex[config_.answer_key];
       const std::optional<double> want = a.is_number() ? std::optional<double>(a.get<double>())
                                          : a.is_string() ? final_number(a.get<std::string>()) : std::nullopt;
-      LLM_CHECK(want, "reward.exact_number: the example's \"", config_.answer_key, "\" holds no number: ", a.dump());
+      LLM_CHECK(want, "reward.exact_number: the example's \"", config_.answer_key, "\" holds no number: ", json_brief(a));
       const std::optional<double> got = final_number(batch[i].completion);
       if (got && std::abs(*got - *want) <= 1e-6 * std::max(1.0, std::abs(*want))) total[i] += config_.exact_number;
     }
@@ -209,6 +213,7 @@ std::string run_program(const std::string& command, const std::string& input, do
     }
   }
   ::sigaction(SIGPIPE, &previous, nullptr);
+  while (!err.empty() && std::isspace(static_cast<unsigned char>(err.back()))) err.pop_back();  // no blank line after it
   if (err.size() > 2000) err = "..." + err.substr(err.size() - 2000);
   const std::string stderr_note = err.empty() ? " (no stderr)" : "; its stderr: " + err;
   LLM_CHECK(!timed_out, "reward program '", command, "': no answer within ", timeout_s, " s, killed", stderr_note);

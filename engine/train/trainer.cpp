@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "data/prepare.h"
 #include "data/tokenizer.h"
 #include "engine/core/profile.h"
 #include "engine/generate/generate.h"
@@ -25,13 +26,11 @@ using clock_type = std::chrono::steady_clock;
 std::atomic<bool> Trainer::stop_requested_{false};
 
 namespace {
-// The tokenizer spec a prepared directory was made with (its meta.json), or "".
+// The tokenizer spec a prepared directory was made with (its meta.json), or "" without one; a
+// corrupt meta.json is its own error, not "no tokenizer".
 std::string dataset_tokenizer(const std::string& dir) {
-  const fs::path meta = fs::path(dir) / "meta.json";
-  if (!fs::is_regular_file(meta)) return "";
-  const nlohmann::json j = nlohmann::json::parse(data::read_file(meta.string()), nullptr, false);
-  if (j.is_discarded() || !j.contains("tokenizer") || !j["tokenizer"].is_string()) return "";
-  return j["tokenizer"].get<std::string>();
+  if (!fs::is_regular_file(fs::path(dir) / "meta.json")) return "";
+  return data::read_dataset_meta(dir).tokenizer;
 }
 
 std::string format_duration(double seconds) {
@@ -132,6 +131,7 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
     lo.seed = config_.seed;
     lo.rank = comm_->rank();
     lo.world_size = comm_->world_size();
+    lo.vocab_size = mc.vocab_size;
     train_loader_ = std::make_unique<data::DataLoader>(config_.train_data, "train", lo);
     const std::string val = !config_.val_data.empty() ? config_.val_data : prepared_dir ? config_.train_data : "";
     if (!val.empty() && config_.eval_interval > 0) {
@@ -172,7 +172,8 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
       log_ << "lora: rank " << lora_->rank << ", alpha " << lora_->alpha << " on " << adapted.size() << " modules ("
            << config_.lora_targets << ")\n";
     } catch (const Error& e) {
-      throw Error(config_.source + ": lora: " + e.what());
+      const std::string what = e.what();  // the LoRA code's messages already start with "lora: "
+      throw Error(config_.source + (what.rfind("lora: ", 0) == 0 ? ": " : ": lora: ") + what);
     }
   }
 

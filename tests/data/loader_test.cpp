@@ -143,6 +143,19 @@ TEST(DataLoader, StateSaveRestoreContinuesIdentically) {
   EXPECT_THROW(dl.set_state(bad), Error);
 }
 
+// With vocab_size set (the trainer passes the model's), a token past it is an error naming the shard
+// and position; it used to surface as "step N: embedding: id ... outside the vocabulary" with no file.
+TEST(DataLoader, TokensPastTheVocabularyNameTheShard) {
+  TempDir dir("vocab");
+  data::write_llmc_bin(dir / "s_000000.bin", ramp(100));
+  LoaderOptions o = opts(2, 8, LoaderOptions::Mode::Sequential);
+  o.vocab_size = 50;
+  DataLoader dl(dir / "s_*.bin", "train", o);
+  for (int i = 0; i < 3; ++i) EXPECT_NO_THROW(dl.next());  // tokens 0 .. 48
+  EXPECT_EQ(error_of([&] { dl.next(); }),
+            dir / "s_000000.bin" + ": token 50 at position 50 is outside the model's vocabulary [0, 50)");
+}
+
 TEST(DataLoader, ReadsAPreparedDirectoryBySplit) {
   TempDir dir("prep");
   std::FILE* f = std::fopen((dir / "in.txt").c_str(), "w");

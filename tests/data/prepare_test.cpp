@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "data/loader.h"
 #include "data/shards.h"
 #include "engine/core/error.h"
 #include "tests/data/data_test_util.h"
@@ -109,6 +110,77 @@ TEST(Prepare, BadInputNamesFileAndLine) {
   o.inputs = {dir / "missing.txt"};
   EXPECT_THROW(data::prepare_dataset(o, nullptr), Error);
   EXPECT_THROW(data::inspect_dataset(dir / "nowhere", std::cout), Error);
+}
+
+// A run that fails after replacing shards of an earlier run in the same directory removes the earlier
+// meta.json, which no longer describes them (it was left in place: a data set whose meta.json lists
+// other shards than it holds).
+TEST(Prepare, FailedRunDoesNotLeaveAStaleMetaJson) {
+  TempDir dir("prep_stale");
+  write_text(dir / "a.txt", std::string(300, 'a'));
+  data::PrepareOptions o;
+  o.tokenizer = "byte";
+  o.inputs = {dir / "a.txt"};
+  o.out_dir = dir / "out";
+  o.val_fraction = 0;
+  o.shard_tokens = 100;
+  data::prepare_dataset(o, nullptr);
+  ASSERT_TRUE(std::filesystem::exists(o.out_dir + "/meta.json"));
+  write_text(dir / "b.jsonl", "{\"text\": \"" + std::string(250, 'b') + "\"}\n{not json\n");
+  o.inputs = {dir / "b.jsonl"};
+  EXPECT_THROW(data::prepare_dataset(o, nullptr), Error);  // after writing two new 100-token shards
+  EXPECT_FALSE(std::filesystem::exists(o.out_dir + "/meta.json"));
+  // A failure before any shard is written leaves the earlier data set alone.
+  o.inputs = {dir / "a.txt"};
+  data::prepare_dataset(o, nullptr);
+  write_text(dir / "c.jsonl", "{not json\n");
+  o.inputs = {dir / "c.jsonl"};
+  EXPECT_THROW(data::prepare_dataset(o, nullptr), Error);
+  EXPECT_TRUE(std::filesystem::exists(o.out_dir + "/meta.json"));
+}
+
+// A damaged meta.json: one llm::Error naming the file and key, from inspect and from the DataLoader
+// alike (inspect used to end with a bare nlohmann exception, or read past a missing "shards" key).
+TEST(Prepare, CorruptMetaJsonNamesFileAndKey) {
+  TempDir dir("prep_meta");
+  write_text(dir / "a.txt", std::string(200, 'x'));
+  data::PrepareOptions o;
+  o.tokenizer = "byte";
+  o.inputs = {dir / "a.txt"};
+  o.out_dir = dir / "out";
+  data::prepare_dataset(o, nullptr);
+  const std::string meta = o.out_dir + "/meta.json";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"[]", "expected a JSON object"},
+      {R"({"format": 5})", "format is not \"llm-data\""},
+      {R"({"format": "llm-data"})", "splits: expected an object"},
+      {R"({"format": "llm-data", "splits": {"train": {}}})", "splits.train.shards: expected a list of shard file names"},
+      {R"({"format": "llm-data", "splits": {"train": {"shards": [5], "tokens": 1}}})",
+       "splits.train.shards: expected shard file names, got 5"},
+      {R"({"format": "llm-data", "splits": {"train": {"shards": [], "tokens": "many"}}})",
+       "splits.train.tokens: expected an integer, got \"many\""},
+      {R"({"format": "llm-data", "tokenizer": 5, "splits": {}})", "tokenizer: expected a string, got 5"},
+  };
+  for (const auto& [text, message] : cases) {
+    write_text(meta, text);
+    for (int reader = 0; reader < 2; ++reader) {
+      try {
+        if (reader == 0) {
+          std::ostringstream out;
+          data::inspect_dataset(o.out_dir, out);
+        } else {
+          data::LoaderOptions lo;
+          lo.B = 1;
+          lo.T = 4;
+          data::DataLoader loader(o.out_dir, "train", lo);
+        }
+        ADD_FAILURE() << (reader ? "DataLoader" : "inspect") << " accepted " << text;
+      } catch (const Error& e) {
+        EXPECT_EQ(std::string(e.what()).rfind(meta + ": ", 0), 0u) << e.what();
+        EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+      }
+    }
+  }
 }
 
 TEST(Prepare, IdTextFormat) {

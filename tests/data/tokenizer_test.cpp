@@ -146,9 +146,8 @@ TEST(Gpt2Bpe, BadIdsAndFilesGiveClearErrors) {
   EXPECT_THROW(data::load_tokenizer(dir.str()), Error);  // a directory without tokenizer files
 }
 
-TEST(HfTokenizerJson, AcceptsPairMergesAndAddedTokens) {
-  // A miniature byte-level BPE in the newer ["a", "b"] merges form, with one added special token.
-  TempDir dir("hf");
+// A miniature byte-level BPE tokenizer.json in the newer ["a", "b"] merges form, with one added special token.
+std::string mini_tokenizer_json() {
   std::string json = "{\"model\":{\"type\":\"BPE\",\"vocab\":{";
   // Byte symbols in GPT-2's alphabet: printable ASCII maps to itself; others are escaped code points.
   auto symbol = [](int b) -> uint32_t {
@@ -166,17 +165,70 @@ TEST(HfTokenizerJson, AcceptsPairMergesAndAddedTokens) {
   json += "\"ab\":256,\"abc\":257},\"merges\":[[\"a\",\"b\"],[\"ab\",\"c\"]]},"
           "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false},"
           "\"added_tokens\":[{\"id\":258,\"content\":\"<|endoftext|>\",\"special\":true}]}";
-  {
-    std::FILE* f = std::fopen((dir / "tokenizer.json").c_str(), "w");
-    std::fputs(json.c_str(), f);
-    std::fclose(f);
-  }
+  return json;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  std::fputs(text.c_str(), f);
+  std::fclose(f);
+}
+
+TEST(HfTokenizerJson, AcceptsPairMergesAndAddedTokens) {
+  TempDir dir("hf");
+  write_text(dir / "tokenizer.json", mini_tokenizer_json());
   const auto tok = data::load_tokenizer(dir.str());
   EXPECT_EQ(tok->vocab_size(), 259);
   EXPECT_EQ(tok->eot_id(), 258);
   EXPECT_EQ(tok->encode("abcab"), (std::vector<int32_t>{257, 256}));
   EXPECT_EQ(tok->encode("abd"), (std::vector<int32_t>{256, 'd'}));
   EXPECT_EQ(tok->decode({257, 258}), "abc<|endoftext|>");
+}
+
+// Wrong types and out-of-range ids in tokenizer.json: one llm::Error naming the file and the key (they
+// were nlohmann exceptions that ended the tools with std::terminate, and a negative added-token id
+// wrote before the id table: a segfault).
+TEST(HfTokenizerJson, BadValuesNameTheFileAndKey) {
+  const std::string good = mini_tokenizer_json();
+  auto replaced = [&](const std::string& from, const std::string& to) {
+    std::string s = good;
+    const size_t at = s.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return s.replace(at, from.size(), to);
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {replaced("\"type\":\"BPE\"", "\"type\":5"), "model.type: expected a string, got 5"},
+      {replaced("\"type\":\"ByteLevel\"", "\"type\":[]"), "pre_tokenizer.type: expected a string"},
+      {replaced("\"add_prefix_space\":false", "\"add_prefix_space\":\"no\""),
+       "pre_tokenizer.add_prefix_space: expected true or false"},
+      {replaced("\"merges\":", "\"ignore_merges\":1,\"merges\":"), "model.ignore_merges: expected true or false"},
+      {replaced("\"id\":258", "\"id\":-3"), "added_tokens[0].id: expected a token id (a non-negative integer), got -3"},
+      {replaced("\"id\":258", "\"id\":3000000000"), "added_tokens[0].id: expected a token id"},
+      {replaced("\"id\":258", "\"id\":\"258\""), "added_tokens[0].id: expected a token id"},
+      {replaced("\"id\":258", "\"id\":2000000000"), "token id 2000000000 is far past the 259 entries"},
+      {replaced("\"content\":\"<|endoftext|>\"", "\"content\":7"), "added_tokens[0].content: expected a string"},
+      {replaced("\"added_tokens\":[", "\"added_tokens\":5,\"x\":["), "added_tokens: expected a list, got 5"},
+      {replaced("\"abc\":257", "\"abc\":-257"), "model.vocab['abc']: expected a token id"},
+      {replaced("{\"type\":\"ByteLevel\",\"add_prefix_space\":false}",
+                "{\"type\":\"Sequence\",\"pretokenizers\":{\"type\":\"ByteLevel\"}}"),
+       "pre_tokenizer.pretokenizers: expected a list"},
+      {replaced("{\"type\":\"ByteLevel\",\"add_prefix_space\":false}",
+                "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":1},"
+                "\"behavior\":\"Isolated\"},{\"type\":\"ByteLevel\",\"use_regex\":false}]}"),
+       "pattern.Regex: expected a string, got 1"},
+  };
+  TempDir dir("hfbad");
+  for (const auto& [text, message] : cases) {
+    write_text(dir / "tokenizer.json", text);
+    try {
+      data::load_tokenizer(dir / "tokenizer.json");
+      ADD_FAILURE() << "expected an error containing: " << message;
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(dir / "tokenizer.json"), std::string::npos) << what;
+      EXPECT_NE(what.find(message), std::string::npos) << what;
+    }
+  }
 }
 
 TEST(ByteTokenizer, EncodesBytesAndHasEot) {

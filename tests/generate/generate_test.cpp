@@ -95,6 +95,19 @@ TEST(Sampler, GreedyAndFiltersThatLeaveOneToken) {
   EXPECT_THROW(Sampler{bad}, Error);
 }
 
+// The CLI's and the server's limits are one rule: a negative temperature or a top_p past 1 is an
+// error (llm-generate --temp -1 and --top-p 2 used to run).
+TEST(Sampler, NegativeTemperatureAndTopPPastOneAreRefused) {
+  SamplingOptions o;
+  o.temperature = -1.f;
+  EXPECT_EQ(testing::error_of([&] { o.validate(); }), "sampling: temperature must be 0 (greedy) or positive, got -1");
+  o.temperature = 0.f;
+  o.top_p = 2.f;
+  EXPECT_EQ(testing::error_of([&] { o.validate(); }), "sampling: top_p must be in (0, 1], got 2");
+  o.top_p = 1.f;
+  EXPECT_NO_THROW(o.validate());
+}
+
 TEST(Sampler, FrequenciesFollowTheTemperedSoftmax) {
   const std::vector<float> logits{1.f, 0.f, -1.f, 0.5f};
   SamplingOptions o;

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "engine/core/error.h"
 #include "tests/data/data_test_util.h"
@@ -80,6 +81,60 @@ TEST(Hdf5File, UncommittedAtomicFileLeavesNothing) {
     f.write("a", std::vector<int32_t>{1});
   }
   EXPECT_TRUE(std::filesystem::is_empty(dir.str()));
+}
+
+// Files are written in the 1.8+ format, whose object headers ("OHDR") carry checksums: a damaged
+// header is an error from HDF5. In the default 1.0 format it had none, and HDF5 followed corrupt
+// headers of checkpoints into a segfault (found by flipping bytes of a saved checkpoint).
+TEST(Hdf5File, DamagedObjectHeadersAreErrorsNotCrashes) {
+  TempDir dir("h5bad");
+  const std::string path = dir / "x.h5";
+  {
+    auto f = H5File::create_atomic(path);
+    f.write("model/w", random_floats(64, 2).data(), {8, 8});
+    f.set_attr("/", "format", "test");
+    f.set_attr("/", "config", std::string(300, 'c'));
+    f.commit();
+  }
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  std::vector<size_t> headers;
+  for (size_t at = bytes.find("OHDR"); at != std::string::npos; at = bytes.find("OHDR", at + 1)) headers.push_back(at);
+  ASSERT_GE(headers.size(), 2u) << "object headers without checksums (the HDF5 1.0 file format)";
+  for (const size_t at : headers)
+    for (const size_t delta : {6, 12, 20}) {
+      std::string damaged = bytes;
+      damaged[at + delta] = static_cast<char>(damaged[at + delta] ^ 0x5a);
+      const std::string bad = dir / "bad.h5";
+      { std::ofstream(bad, std::ios::binary) << damaged; }
+      try {
+        H5File f(bad, H5File::Mode::Read);
+        (void)f.attr_string("/", "format");
+        (void)f.attr_string("/", "config");
+        (void)f.list_datasets("model");  // a member it cannot open is an error, not skipped
+        (void)f.read<float>("model/w");
+        ADD_FAILURE() << "a flipped byte at " << at + delta << " went unnoticed";
+      } catch (const Error& e) {
+        EXPECT_EQ(std::string(e.what()).rfind(bad + ":", 0), 0u) << e.what();
+      }
+    }
+}
+
+// An output path that cannot be created is named as asked for, with the reason; the error used to
+// name the hidden temporary file ("x.npy.tmp.123.0: cannot create file").
+TEST(WriteFileAtomic, UnwritablePathIsNamedWithTheReason) {
+  TempDir dir("wfa");
+  { std::ofstream(dir / "file") << "a regular file"; }
+  const std::string target = dir / "file/out.npy";
+  try {
+    io::write_file_atomic(target, "data");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), target + ": cannot create the file (Not a directory)");
+  }
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "engine/io/hdf5_file.h"
 #include "engine/io/hf_config.h"
 #include "engine/io/hf_model.h"
 #include "engine/io/llama2c.h"
@@ -455,6 +456,47 @@ TEST_F(HfErrors, UnknownModelTypeAndMissingFiles) {
   expect_error([&] { train::load_pretrained(dir_ / "nothing"); }, {dir_ / "nothing", "no such model"});
   write_bytes(dir_ / "x.txt", "hello");
   expect_error([&] { train::load_pretrained(dir_ / "x.txt"); }, {dir_ / "x.txt", "not a model"});
+}
+
+// A corrupt layer count is refused at once; it used to list a billion expected parameter names
+// (minutes of work and gigabytes) before any message.
+TEST_F(HfErrors, AbsurdLayerCountIsAnErrorNotAHang) {
+  rewrite_config(dir_.str(), [](json& j) { j["num_hidden_layers"] = 1000000000; });
+  expect_error([&] { train::load_pretrained(dir_.str()); },
+               {st(), dir_ / "config.json", "1000000000 layers cannot fit in the"});
+}
+
+// A bad tokenizer source fails before anything is written: it used to leave config.json and
+// model.safetensors behind in a directory without a tokenizer (llm-convert --tokenizer typo).
+TEST(HfModel, BadTokenizerSourceWritesNothing) {
+  TempDir dir("hf_badtok");
+  const ModelConfig c = tiny_llama();
+  const Weights w = random_model(c, 4)->named_parameters();
+  write_bytes(dir / "notes.txt", "not a tokenizer");
+  for (const std::string& source : {dir / "missing.model", dir / "notes.txt"}) {
+    expect_error([&] { io::save_hf_directory(dir / "out", c, w, source); }, {source});
+    EXPECT_FALSE(fs::exists(dir / "out")) << source;
+  }
+}
+
+// A truncated or corrupt checkpoint says so; it used to be reported as "not an llm checkpoint".
+TEST(CheckpointErrors, TruncatedCheckpointIsNamedAsSuch) {
+  TempDir dir("ckpt_err");
+  train::Checkpoint ck;
+  ck.model_config = tiny_llama();
+  ck.weights = random_model(ck.model_config, 3)->named_parameters();
+  train::save_checkpoint(dir / "a.h5", ck);
+  const std::string bytes = data::read_file(dir / "a.h5");
+  write_bytes(dir / "cut.h5", bytes.substr(0, bytes.size() / 2));
+  expect_error([&] { train::load_pretrained(dir / "cut.h5"); }, {dir / "cut.h5", "truncated or corrupted"});
+  write_bytes(dir / "sig.h5", bytes.substr(0, 8));  // the signature alone
+  expect_error([&] { train::load_pretrained(dir / "sig.h5"); }, {dir / "sig.h5", "truncated or corrupted"});
+  {
+    io::H5File other = io::H5File::create_atomic(dir / "other.h5");  // HDF5, but not a checkpoint
+    other.set_attr("/", "format", "something-else");
+    other.commit();
+  }
+  expect_error([&] { train::load_pretrained(dir / "other.h5"); }, {dir / "other.h5", "not an llm checkpoint"});
 }
 
 TEST(Llama2cErrors, TruncatedAndInconsistentFiles) {

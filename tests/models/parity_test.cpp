@@ -136,6 +136,12 @@ TEST(ModelConfig, HfConfigErrorsNameTheKey) {
             std::string::npos);
   EXPECT_NE(error_of("{\"model_type\": \"llama\"}").find("missing key 'vocab_size'"), std::string::npos);
   EXPECT_NE(error_of("{oops").find("not valid JSON"), std::string::npos);
+  // A value nested a million levels deep is quoted briefly: quoting it with dump() overflowed the stack.
+  const size_t deep = 1000000;
+  EXPECT_EQ(error_of("{\"model_type\": \"gpt2\", \"vocab_size\": " + std::string(deep, '[') + std::string(deep, ']') + "}"),
+            "x/config.json: key 'vocab_size': expected an integer, got [... nested more than 64 levels ...]");
+  EXPECT_EQ(error_of("{\"model_type\": \"gpt2\", \"vocab_size\": \"" + std::string(500, 'x') + "\"}"),
+            "x/config.json: key 'vocab_size': expected an integer, got \"" + std::string(199, 'x') + "...");
   // Round trip through our own config.json writer.
   models::ModelConfig c;
   c.arch = models::Arch::Llama;

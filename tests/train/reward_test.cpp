@@ -76,6 +76,7 @@ TEST(Reward, ExternalProgramFailuresAreReportedWithStderr) {
   const std::string crash = failure("echo 'boom: bad input' >&2; exit 3");
   EXPECT_NE(crash.find("exited with status 3"), std::string::npos) << crash;
   EXPECT_NE(crash.find("boom: bad input"), std::string::npos) << crash;
+  EXPECT_EQ(crash.back(), 't') << "the program's trailing newline is dropped, so no blank line follows the error";
   const std::string killed = failure("kill -SEGV $$");
   EXPECT_NE(killed.find("killed by signal 11"), std::string::npos) << killed;
   const std::string hang = failure("cat >/dev/null; echo 'thinking' >&2; sleep 30", 0.5f);

@@ -72,6 +72,38 @@ TEST(TrainConfig, ErrorsNameFileAndKey) {
             "--set optim.lr: expected a number, got \"oops\"");
 }
 
+// Bad values that used to be accepted (a silently different run, or a val loss of 0 from no batches),
+// keys that are not names, and unreadable --set values: each one line naming the file or flag and key.
+TEST(TrainConfig, BadValuesAndKeysAreRefusedByName) {
+  auto err = [](const std::string& yaml, std::vector<std::string> overrides = {}) {
+    return error_of([&] { parse_train_config("data: {train: x}\n" + yaml, "x.yaml", overrides); });
+  };
+  EXPECT_EQ(err("train: {eval_interval: 5, eval_batches: 0}"), "x.yaml: train.eval_batches: must be positive, got 0");
+  EXPECT_EQ(err("train: {sample_interval: 5, sample_tokens: -5}"), "x.yaml: train.sample_tokens: must be positive, got -5");
+  EXPECT_EQ(err("optim: {warmup_steps: -10}"), "x.yaml: optim.warmup_steps: must not be negative, got -10");
+  EXPECT_EQ(err("train: {max_tokens: -1}"), "x.yaml: train.max_tokens: must not be negative, got -1");
+  EXPECT_EQ(err("checkpoint: {interval: -1}"), "x.yaml: checkpoint.interval: must not be negative, got -1");
+  EXPECT_EQ(err("log: {interval: -1}"), "x.yaml: log.interval: must not be negative, got -1");
+  EXPECT_EQ(err("train: {threads: -4}"), "x.yaml: train.threads: must not be negative, got -4");
+  EXPECT_EQ(err("train: {threads: 100000000}").rfind("x.yaml: train.threads: at most ", 0), 0u);
+  EXPECT_EQ(err("train: {sample_temperature: -1}"), "x.yaml: train.sample_temperature: must not be negative, got -1");
+  EXPECT_EQ(err("optim: {eps: -1}"), "x.yaml: optim.eps: must not be negative, got -1");
+  EXPECT_EQ(err("optim: {weight_decay: -0.5}"), "x.yaml: optim.weight_decay: must not be negative, got -0.5");
+  EXPECT_EQ(err("optim: {grad_clip: -1}"), "x.yaml: optim.grad_clip: must be 0 (off) or positive, got -1");
+  EXPECT_EQ(err("optim:\n  lr:\n"), "x.yaml: optim.lr: expected a number, got nothing");
+  EXPECT_EQ(err("optim:\n  ? [a, b]\n  : 1\n"), "x.yaml: line 3: expected a key name, got a list");
+  EXPECT_EQ(err("", {"optim.lr=[1"}).rfind("--set optim.lr: cannot read the value \"[1\": ", 0), 0u);
+  EXPECT_EQ(err("model:\n  dim: 32\n  dim: 64\n"), "x.yaml: line 4: model.dim appears twice");
+  EXPECT_EQ(err("optim: {lr: 1}\noptim: {lr: 2}\n"), "x.yaml: line 3: section 'optim' appears twice");
+  // Zero still means off where it always did.
+  EXPECT_NO_THROW(parse_train_config("data: {train: x}\ntrain: {eval_interval: 0, eval_batches: 0}\noptim: {grad_clip: 0}", "x.yaml"));
+}
+
+TEST(TrainConfig, ADirectoryIsNotAConfigFile) {
+  const std::string dir = fs::temp_directory_path().string();
+  EXPECT_EQ(error_of([&] { load_train_config(dir); }), dir + ": a directory, not a config file");
+}
+
 TEST(TrainConfig, OverridesAndYamlRoundTrip) {
   const TrainConfig c = tiny_config("random", "cfg", {"optim.lr=0.5", "train.seed=7"});
   EXPECT_EQ(c.lr, 0.5f);
