@@ -64,16 +64,6 @@ void save_checkpoint(const std::string& path, const Checkpoint& c) {
   f.commit();
 }
 
-bool is_checkpoint_file(const std::string& path) {
-  if (!fs::is_regular_file(path) || !io::is_hdf5_file(path)) return false;
-  try {
-    H5File f(path, H5File::Mode::Read);
-    return f.has_attr("/", "format") && f.attr_string("/", "format") == kFormat;
-  } catch (const Error&) {
-    return false;
-  }
-}
-
 Checkpoint load_checkpoint(const std::string& path, bool weights_only) {
   LLM_CHECK(fs::is_regular_file(path), path, ": no such checkpoint file");
   LLM_CHECK(io::is_hdf5_file(path), path, ": not an HDF5 file (truncated or not a checkpoint)");

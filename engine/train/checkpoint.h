@@ -34,7 +34,6 @@ struct Checkpoint {
 void save_checkpoint(const std::string& path, const Checkpoint& ckpt);
 // Reads a checkpoint; with weights_only the optimizer and run state are skipped.
 Checkpoint load_checkpoint(const std::string& path, bool weights_only = false);
-bool is_checkpoint_file(const std::string& path);
 
 // Checkpoint files of a run directory (ckpt_<step>.h5), sorted by step.
 std::vector<std::string> list_checkpoints(const std::string& dir);
