@@ -119,6 +119,31 @@ __device__ __forceinline__ void load_tile(uint32_t tile, const bf16* rows, int64
                      valid ? 16 : 0);
   }
 }
+
+// An m64nN accumulator (N = 16·kSteps columns: s[4j + e] is column 8j + 2c + e % 2 of rows g and
+// g + 8) rounded to bf16 as the A fragments of kSteps key steps of 16: a[kk] = (g, 2c..2c+1),
+// (g + 8, same), (g, 2c+8..2c+9), (g + 8, same) of columns 16kk .., mma.m16n8k16's A layout per warp.
+template <int kSteps>
+__device__ __forceinline__ void pack_a_fragments(const float (&s)[8 * kSteps], uint32_t (&a)[kSteps][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) a[kk][r] = ptx::pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+}
+
+// acc[n] += A·B for each 64-column block n of d, issued (not committed): A = a[kk] from registers
+// over kSteps key steps of 16, B the [key][d] tile at `tile` read MN-major, its 64-column sub-tiles
+// sub_tile_bytes apart, key step kk 16 rows (2048 bytes) into each.
+template <int D, int kSteps>
+__device__ __forceinline__ void accumulate_from_registers(float (&acc)[D / 64][32], const uint32_t (&a)[kSteps][4],
+                                                          uint32_t tile, uint32_t sub_tile_bytes) {
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk)
+#pragma unroll
+    for (int n = 0; n < D / 64; ++n)
+      ptx::wgmma_m64n64k16_bf16_rs_tnsp_b(
+          acc[n], a[kk], ptx::wgmma_desc_mn_sw128_n64(tile + n * sub_tile_bytes + kk * 16 * kRowBytes));
+}
 #endif
 
 // kTma: tiles loaded by the TMA in a producer warpgroup, handed over through mbarriers (see the
@@ -241,12 +266,7 @@ __global__ void __launch_bounds__(kTma ? kTmaThreads : kThreads, 1)
 #pragma unroll
     for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(o[n]);
     ptx::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk)
-#pragma unroll
-      for (int n = 0; n < D / 64; ++n)
-        ptx::wgmma_m64n64k16_bf16_rs_tnsp_b(
-            o[n], pa[kk], ptx::wgmma_desc_mn_sw128_n64(v_tile(stage) + n * kSubTileBytes + kk * 16 * kRowBytes));
+    accumulate_from_registers<D>(o, pa, v_tile(stage), kSubTileBytes);
     ptx::wgmma_commit();
   };
   auto finish_pv = [&] {  // after the wait that covers issue_pv's group
@@ -304,10 +324,7 @@ __global__ void __launch_bounds__(kTma ? kTmaThreads : kThreads, 1)
     for (int n = 0; n < D / 64; ++n)
 #pragma unroll
       for (int i = 0; i < 32; ++i) o[n][i] *= (i & 2) ? alpha_hi : alpha_lo;
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) pa[kk][r] = ptx::pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    pack_a_fragments(s, pa);
   };
   // Tile j's copies have landed and every thread sees them in the async proxy; then tile j + 1's copies
   // start, into the stage of tile j - 2, whose last reader (the P·V of tile j - 2) every warpgroup
@@ -505,21 +522,13 @@ __global__ void __launch_bounds__(kThreads, D == 64 ? 2 : 1) flash_dq_wgmma_kern
       }
     // dS as the A fragments of key steps kk (keys 16kk ..), in the forward's P order.
     uint32_t da[kDqKeys / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kDqKeys / 16; ++kk)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) da[kk][r] = ptx::pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    pack_a_fragments(s, da);
 
     // dQ += dS·K: key step kk reads K's keys 16kk .. 16kk + 15, 2048 bytes into each sub-tile.
 #pragma unroll
     for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(dq[n]);
     ptx::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kDqKeys / 16; ++kk)
-#pragma unroll
-      for (int n = 0; n < D / 64; ++n)
-        ptx::wgmma_m64n64k16_bf16_rs_tnsp_b(
-            dq[n], da[kk], ptx::wgmma_desc_mn_sw128_n64(k_tile(stage) + n * kKeySubTileBytes + kk * 16 * kRowBytes));
+    accumulate_from_registers<D>(dq, da, k_tile(stage), kKeySubTileBytes);
     ptx::wgmma_commit();
     ptx::wgmma_wait<0>();
 #pragma unroll
@@ -655,16 +664,6 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dkv_wgmma_kernel(Params p) 
     auto query_rows = [&](uint32_t tile, int kk) {
       return ptx::wgmma_desc_k_sw128(tile + (kk / 4) * kQuerySubTileBytes + (kk % 4) * 32);
     };
-    // A = this thread's keys × the tile's queries (a[kq]: queries 16kq ..), B = the stage's `tile`
-    // (queries × d) read MN-major: acc[n] += A·B over the 64 queries.
-    auto accumulate = [&](float (&acc)[D / 64][32], const uint32_t (&a)[kDkvQueries / 16][4], uint32_t tile) {
-#pragma unroll
-      for (int n = 0; n < D / 64; ++n)
-#pragma unroll
-        for (int kq = 0; kq < kDkvQueries / 16; ++kq)
-          ptx::wgmma_m64n64k16_bf16_rs_tnsp_b(
-              acc[n], a[kq], ptx::wgmma_desc_mn_sw128_n64(tile + n * kQuerySubTileBytes + kq * 16 * kRowBytes));
-    };
 
     // Sᵀ, then Pᵀ as bf16 A fragments: s[4jj + e] is key key_lo + 8·(e / 2), query t0 + 8jj + 2c + e % 2.
     uint32_t pa[kDkvQueries / 16][4];
@@ -688,10 +687,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dkv_wgmma_kernel(Params p) 
           const float prob = exp2f(s[4 * jj + e] * scale_log2 - lse[qi] * kLog2e);
           s[4 * jj + e] = visible ? prob : 0.f;
         }
-#pragma unroll
-      for (int kq = 0; kq < kDkvQueries / 16; ++kq)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) pa[kq][r] = ptx::pack_bf16(s[8 * kq + 2 * r], s[8 * kq + 2 * r + 1]);
+      pack_a_fragments(s, pa);
     }
 
     // dPᵀ and dV += Pᵀ·dO, one group.
@@ -702,7 +698,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dkv_wgmma_kernel(Params p) 
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
       ptx::wgmma_m64n64k16_bf16(dp, key_rows(v_tile, kk), query_rows(do_tile(stage), kk), kk > 0);
-    accumulate(dv, pa, do_tile(stage));
+    accumulate_from_registers<D>(dv, pa, do_tile(stage), kQuerySubTileBytes);  // over the 64 queries
     ptx::wgmma_commit();
     ptx::wgmma_wait<0>();
     ptx::wgmma_fence_operand(dp);
@@ -733,7 +729,7 @@ __global__ void __launch_bounds__(kThreads, 1) flash_dkv_wgmma_kernel(Params p) 
 #pragma unroll
     for (int n = 0; n < D / 64; ++n) ptx::wgmma_fence_operand(dk[n]);
     ptx::wgmma_fence();
-    accumulate(dk, da, q_tile(stage));
+    accumulate_from_registers<D>(dk, da, q_tile(stage), kQuerySubTileBytes);
     ptx::wgmma_commit();
     ptx::wgmma_wait<0>();
 #pragma unroll
