@@ -90,6 +90,23 @@ hid_t link_create_props() {
   return lcpl;
 }
 
+// Chunk shape for a checksummed dataset: whole trailing dimensions, leading ones cut so that a
+// chunk stays near 4 MiB (one checksum per chunk, and a chunk is what a read decodes at once).
+std::vector<hsize_t> checksum_chunk(const std::vector<hsize_t>& dims, size_t element_bytes) {
+  constexpr hsize_t kChunkBytes = hsize_t{4} << 20;
+  std::vector<hsize_t> chunk = dims;
+  hsize_t bytes = element_bytes;
+  for (hsize_t d : dims) bytes *= d;
+  for (hsize_t& c : chunk) {
+    if (bytes <= kChunkBytes) break;
+    const hsize_t rest = bytes / c;  // bytes of one index along this dimension
+    const hsize_t keep = std::max<hsize_t>(1, kChunkBytes / rest);
+    bytes = rest * keep;
+    c = std::min(c, keep);
+  }
+  return chunk;
+}
+
 void fsync_path(const std::string& path, bool directory) {
   const int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
   if (fd < 0) return;  // best effort for directories on odd filesystems
@@ -269,7 +286,16 @@ void H5File::write_raw(const std::string& name, H5Type type, const void* data,
             H5Sclose);
   LLM_CHECK(space.ok(), where(name), ": cannot create dataspace", h5_detail());
   Hid lcpl(link_create_props(), H5Pclose);
-  Hid ds(H5Dcreate2(file_, name.c_str(), file_type(type), space.get(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
+  Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  if (!dims.empty() && numel > 0) {
+    // Chunked with a Fletcher-32 checksum per chunk: a flipped bit in tensor data is a read error
+    // instead of a silently wrong weight (the file format checksums only its metadata).
+    const std::vector<hsize_t> chunk = checksum_chunk(dims, H5Tget_size(file_type(type)));
+    LLM_CHECK(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()) >= 0 &&
+                  H5Pset_fletcher32(dcpl.get()) >= 0,
+              where(name), ": cannot set up the dataset's checksum", h5_detail());
+  }
+  Hid ds(H5Dcreate2(file_, name.c_str(), file_type(type), space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT),
          H5Dclose);
   LLM_CHECK(ds.ok(), where(name), ": cannot create dataset", h5_detail());
   if (numel == 0) return;

@@ -131,6 +131,44 @@ TEST(Hdf5File, DamagedObjectHeadersAreErrorsNotCrashes) {
     }
 }
 
+// Tensor data carries a checksum per chunk: a flipped bit anywhere in a tensor's bytes is a read
+// error naming the file and the tensor, not a silently different weight. Checked on a tensor split
+// into several chunks (5 MiB against 4 MiB chunks) whose every chunk gets damaged in turn.
+TEST(Hdf5File, DamagedTensorDataIsAnError) {
+  TempDir dir("h5data");
+  const std::string path = dir / "x.h5";
+  const std::vector<float> w = random_floats(1280 * 1024, 3);
+  {
+    auto f = H5File::create_atomic(path);
+    f.write("model/w", w.data(), {1280, 1024});
+    f.commit();
+  }
+  {
+    H5File f(path, H5File::Mode::Read);
+    ASSERT_EQ(f.read<float>("model/w"), w);
+  }
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  for (const size_t element : {size_t{0}, w.size() / 2, w.size() - 2}) {
+    const size_t at = bytes.find(std::string(reinterpret_cast<const char*>(&w[element]), 2 * sizeof(float)));
+    ASSERT_NE(at, std::string::npos) << "element " << element << " is not stored as its raw bytes";
+    std::string damaged = bytes;
+    damaged[at] = static_cast<char>(damaged[at] ^ 0x01);
+    const std::string bad = dir / "bad.h5";
+    { std::ofstream(bad, std::ios::binary) << damaged; }
+    H5File f(bad, H5File::Mode::Read);
+    try {
+      (void)f.read<float>("model/w");
+      ADD_FAILURE() << "a flipped bit in element " << element << " went unnoticed";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(bad + ": model/w"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // An output path that cannot be created is named as asked for, with the reason; the error used to
 // name the hidden temporary file ("x.npy.tmp.123.0: cannot create file").
 TEST(WriteFileAtomic, UnwritablePathIsNamedWithTheReason) {
