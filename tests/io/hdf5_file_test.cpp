@@ -133,7 +133,7 @@ TEST(Hdf5File, DamagedObjectHeadersAreErrorsNotCrashes) {
 
 // Tensor data carries a checksum per chunk: a flipped bit anywhere in a tensor's bytes is a read
 // error naming the file and the tensor, not a silently different weight. Checked on a tensor split
-// into several chunks (5 MiB against 4 MiB chunks) whose every chunk gets damaged in turn.
+// into many chunks, damaged in its first, a middle and its last chunk in turn.
 TEST(Hdf5File, DamagedTensorDataIsAnError) {
   TempDir dir("h5data");
   const std::string path = dir / "x.h5";
