@@ -105,6 +105,7 @@ PrepareResult prepare_dataset(const PrepareOptions& opt, std::ostream* progress)
 
   auto add = [&](std::string_view text) {
     const std::vector<int32_t> ids = tok->encode(text);
+    if (ids.empty()) return;  // an empty document would be a lone separator
     tokens += static_cast<int64_t>(ids.size()) + 1;
     if (f > 0 && split_by_document) {
       doc.assign(1, eot);
@@ -153,6 +154,11 @@ PrepareResult prepare_dataset(const PrepareOptions& opt, std::ostream* progress)
       add(j["text"].get_ref<const std::string&>());
       bar.update(bytes_done, tokens);
     }
+  }
+  if (tokens == 0) {
+    std::string names;
+    for (const std::string& in : opt.inputs) names += (names.empty() ? "" : ", ") + in;
+    throw Error("prepare: the input files hold no text: " + names);
   }
   train.finish();
   val.finish();

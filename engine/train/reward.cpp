@@ -79,18 +79,27 @@ std::string Reward::describe() const {
   return os.str();
 }
 
+double Reward::expected_number(const nlohmann::json& example, const std::string& where) const {
+  LLM_CHECK(example.is_object() && example.contains(config_.answer_key), where, ": no \"", config_.answer_key,
+            "\" field, which reward.exact_number needs (reward.answer_key names it)");
+  const nlohmann::json& a = example[config_.answer_key];
+  const std::optional<double> want = a.is_number() ? std::optional<double>(a.get<double>())
+                                     : a.is_string() ? final_number(a.get<std::string>()) : std::nullopt;
+  LLM_CHECK(want, where, ": \"", config_.answer_key, "\" holds no number for reward.exact_number: ", json_brief(a));
+  return *want;
+}
+
+void Reward::check_example(const nlohmann::json& example, const std::string& where) const {
+  if (config_.exact_number != 0) (void)expected_number(example, where);
+}
+
 std::vector<double> Reward::score(const std::vector<Completion>& batch) const {
   std::vector<double> total(batch.size(), 0.0);
   if (config_.exact_number != 0) {
     for (size_t i = 0; i < batch.size(); ++i) {
-      const nlohmann::json& ex = *batch[i].example;
-      LLM_CHECK(ex.contains(config_.answer_key), "reward.exact_number: the example has no \"", config_.answer_key, "\" field");
-      const nlohmann::json& a = ex[config_.answer_key];
-      const std::optional<double> want = a.is_number() ? std::optional<double>(a.get<double>())
-                                         : a.is_string() ? final_number(a.get<std::string>()) : std::nullopt;
-      LLM_CHECK(want, "reward.exact_number: the example's \"", config_.answer_key, "\" holds no number: ", json_brief(a));
+      const double want = expected_number(*batch[i].example, "a prompt record");
       const std::optional<double> got = final_number(batch[i].completion);
-      if (got && std::abs(*got - *want) <= 1e-6 * std::max(1.0, std::abs(*want))) total[i] += config_.exact_number;
+      if (got && std::abs(*got - want) <= 1e-6 * std::max(1.0, std::abs(want))) total[i] += config_.exact_number;
     }
   }
   if (!config_.regex.empty()) {

@@ -43,9 +43,13 @@ class Reward {
   // One reward per completion. Throws llm::Error (with the program's stderr) when the program fails,
   // times out, or prints something other than one number per completion.
   std::vector<double> score(const std::vector<Completion>& batch) const;
+  // Throws, naming `where` ("file:line"), when a prompt record lacks what the reward needs (for
+  // exact_number, a number under answer_key): run over the prompts before training starts.
+  void check_example(const nlohmann::json& example, const std::string& where) const;
   std::string describe() const;  // e.g. "1*exact_number + 0.1*length(<=64)"
 
  private:
+  double expected_number(const nlohmann::json& example, const std::string& where) const;
   RewardConfig config_;
 };
 

@@ -276,6 +276,8 @@ void Trainer::setup_finetune_data() {
   prompts_ = std::move(records);
   val_prompts_ = std::move(val);
   reward_ = std::make_unique<Reward>(config_.reward);
+  for (const auto* set : {&prompts_, &val_prompts_})
+    for (const Record& r : *set) reward_->check_example(r.fields, r.where);
   log_ << "data: " << config_.train_data << " (" << template_name << "): " << prompts_.size() << " prompts"
        << (val_prompts_.empty() ? "" : ", " + std::to_string(val_prompts_.size()) + " validation prompts") << "\n"
        << "reward: " << reward_->describe() << "\n";

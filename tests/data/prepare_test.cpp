@@ -112,6 +112,32 @@ TEST(Prepare, BadInputNamesFileAndLine) {
   EXPECT_THROW(data::inspect_dataset(dir / "nowhere", std::cout), Error);
 }
 
+// Inputs with no text are an error naming them, not a data set of lone separators; an empty
+// document among others is skipped.
+TEST(Prepare, InputsWithoutTextAreAnError) {
+  TempDir dir("prep_empty");
+  write_text(dir / "empty.txt", "");
+  write_text(dir / "blank.jsonl", "\n{\"text\": \"\"}\n");
+  data::PrepareOptions o;
+  o.tokenizer = "byte";
+  o.inputs = {dir / "empty.txt", dir / "blank.jsonl"};
+  o.out_dir = dir / "out";
+  o.val_fraction = 0;
+  try {
+    data::prepare_dataset(o, nullptr);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "prepare: the input files hold no text: " + (dir / "empty.txt") + ", " +
+                                         (dir / "blank.jsonl"));
+  }
+  EXPECT_FALSE(std::filesystem::exists(o.out_dir + "/meta.json"));
+  write_text(dir / "a.txt", "ab");
+  o.inputs = {dir / "empty.txt", dir / "a.txt", dir / "blank.jsonl"};
+  const auto r = data::prepare_dataset(o, nullptr);
+  EXPECT_EQ(tokens_of(o.out_dir, "train"), (std::vector<int32_t>{256, 'a', 'b'}));
+  EXPECT_EQ(r.train_documents, 1);
+}
+
 // A run that fails after replacing shards of an earlier run in the same directory removes the earlier
 // meta.json, which no longer describes them (it was left in place: a data set whose meta.json lists
 // other shards than it holds).

@@ -209,6 +209,29 @@ TEST(Finetune, FailingRewardProgramStopsTheRunAndKeepsCheckpoints) {
   EXPECT_EQ(rl.step(), 2);  // the failed step did not count
 }
 
+// A prompt the reward cannot score is found when the run starts, named by file and line, not at
+// whichever step first samples it.
+TEST(Finetune, PromptWithoutAnAnswerIsRefusedAtStart) {
+  const std::string d = task_dir(), prompts = d + "/no_answer.jsonl";
+  {
+    std::ofstream out(prompts);
+    out << "{\"prompt\": \"12=\", \"answer\": \"21\"}\n\n{\"prompt\": \"34=\"}\n";
+  }
+  std::ostringstream log;
+  const std::string error = testing::error_of([&] {
+    Trainer t(parse_train_config(
+                  "model: {arch: llama, vocab_size: auto, max_seq_len: 32, dim: 32, n_layers: 1, n_heads: 2, hidden_dim: 64}\n"
+                  "data: {train: " + prompts + ", tokenizer: byte}\n"
+                  "finetune: {method: grpo, chat_template: false}\n"
+                  "reward: {exact_number: 1.0}\n"
+                  "train: {batch_size: 4, seq_len: 32, max_steps: 1, threads: 1}\n"
+                  "checkpoint: {dir: " + d + "/no_answer_run}\n",
+                  "grpo.yaml"),
+              log);
+  });
+  EXPECT_EQ(error.rfind(prompts + ":3: no \"answer\" field", 0), 0u) << error;
+}
+
 TEST(Finetune, PolicyObjectiveGradientMatchesFiniteDifferences) {
   // Positions with both signs of advantage, ratios inside and outside the clip range, and one
   // position that is not a completion token (weight 0).

@@ -47,8 +47,18 @@ TEST(Reward, ConfigurationErrors) {
   RewardConfig exact;
   exact.exact_number = 1;
   const nlohmann::json no_answer = {{"question", "q"}};
-  EXPECT_NE(error_of([&] { Reward(exact).score({{&no_answer, "q", "1", 1}}); }).find("has no \"answer\" field"),
+  EXPECT_NE(error_of([&] { Reward(exact).score({{&no_answer, "q", "1", 1}}); }).find("no \"answer\" field"),
             std::string::npos);
+  // Checked up front, the error names the record's file and line.
+  EXPECT_EQ(error_of([&] { Reward(exact).check_example(no_answer, "rl.jsonl:3"); }).rfind("rl.jsonl:3: no \"answer\"", 0),
+            0u);
+  const nlohmann::json wordy = {{"answer", "none"}};
+  EXPECT_EQ(error_of([&] { Reward(exact).check_example(wordy, "rl.jsonl:4"); })
+                .rfind("rl.jsonl:4: \"answer\" holds no number for reward.exact_number: \"none\"", 0),
+            0u);
+  RewardConfig regex_only;
+  regex_only.regex = "x";
+  EXPECT_NO_THROW(Reward(regex_only).check_example(no_answer, "rl.jsonl:3"));  // needs no answer
 }
 
 TEST(Reward, ExternalProgramScoresJsonLines) {
