@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "engine/core/error.h"
+#include "engine/train/reward.h"
 
 namespace llm::train {
 
@@ -320,6 +321,11 @@ void check_values(const TrainConfig& c) {
     LLM_CHECK(c.rl_top_p > 0 && c.rl_top_p <= 1, src, ": grpo.top_p: must be in (0, 1], got ", c.rl_top_p);
     LLM_CHECK(c.clip_eps > 0, src, ": grpo.clip_eps: must be positive, got ", c.clip_eps);
     LLM_CHECK(c.kl_beta >= 0, src, ": grpo.kl_beta: must not be negative, got ", c.kl_beta);
+    try {
+      const Reward reward(c.reward);  // none enabled, a bad regex, a bad timeout
+    } catch (const Error& e) {
+      throw Error(src + ": " + e.what());
+    }
   }
 }
 }  // namespace

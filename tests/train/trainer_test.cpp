@@ -95,6 +95,11 @@ TEST(TrainConfig, BadValuesAndKeysAreRefusedByName) {
   EXPECT_EQ(err("", {"optim.lr=[1"}).rfind("--set optim.lr: cannot read the value \"[1\": ", 0), 0u);
   EXPECT_EQ(err("model:\n  dim: 32\n  dim: 64\n"), "x.yaml: line 4: model.dim appears twice");
   EXPECT_EQ(err("optim: {lr: 1}\noptim: {lr: 2}\n"), "x.yaml: line 3: section 'optim' appears twice");
+  // The reward section, checked with the rest of the file (its errors used to lack the file's name).
+  EXPECT_EQ(err("finetune: {method: grpo}").rfind("x.yaml: reward: none is enabled", 0), 0u);
+  EXPECT_EQ(err("finetune: {method: grpo}\nreward: {regex: \"([x\"}").rfind("x.yaml: reward.regex: invalid pattern", 0), 0u);
+  EXPECT_EQ(err("finetune: {method: reinforce}\nreward: {length_max: 4, program_timeout_s: 0}"),
+            "x.yaml: reward.program_timeout_s: must be positive, got 0");
   // Zero still means off where it always did.
   EXPECT_NO_THROW(parse_train_config("data: {train: x}\ntrain: {eval_interval: 0, eval_batches: 0}\noptim: {grad_clip: 0}", "x.yaml"));
 }
