@@ -11,7 +11,7 @@
 # A second, narrower run (the build directory is kept, so it rebuilds only what changed):
 #   GPU_CHECK_TESTS="cuda_gemm_test fused_test"   only these test programs
 #   GPU_CHECK_FILTER='*Gemm*'                      their --gtest_filter
-#   GPU_CHECK_SKIP="bench nccl"                    stages left out (bench, nccl)
+#   GPU_CHECK_SKIP="bench nccl"                    stages left out (preflight, bench, nccl)
 #   GPU_CHECK_BENCH="attention train"              only these sections of llm-bench cuda (gemm,
 #                                                  attention, attention_cached, fused, train)
 #   GPU_CHECK_SANITIZER=racecheck                  the tests under compute-sanitizer --tool racecheck
@@ -19,6 +19,8 @@
 #   LLM_CUDA_TMA=0 / LLM_CUDA_WGMMA=0              (the engine's own switches) the wgmma kernels without
 #                                                  their TMA forms / the mma.sync kernels only: to tell
 #                                                  which kernel a failure or a hang belongs to
+#   LLM_CUDA_EXCLUDE="gemm_tma attention_tma"      kernels treated as absent (the preflight stage adds
+#                                                  those whose self-check fails alone)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 debs=gpu-debs
@@ -160,6 +162,41 @@ skipped() { [[ " ${GPU_CHECK_SKIP:-} " == *" $1 "* ]]; }
 sanitizer=()
 [ -n "${GPU_CHECK_SANITIZER:-}" ] && sanitizer=(compute-sanitizer --tool "$GPU_CHECK_SANITIZER" --error-exitcode 99)
 
+# Preflight: each Hopper kernel's self-check in a process of its own, before anything else runs it. A
+# kernel that faults poisons its process's CUDA context, so every later test or benchmark in that
+# process would fail with it (and one bad kernel would cost the whole table). A kernel that fails
+# here, by a wrong result, a crash or a timeout, is excluded from the rest of the run through
+# LLM_CUDA_EXCLUDE (kernels/cuda/gemm.h): the tests skip it visibly, the engine and llm-bench pass it
+# by, and its line below says what happened. Order matters: a TMA form is tried after its cp.async
+# form passed, so a failure points at the form that changed.
+preflight=()
+preflight_kernel() {  # NAME PROGRAM FILTER [ENV=VALUE...]: runs the program's self-check test
+  local name=$1 program=build-gpu/tests/$2 filter=$3; shift 3
+  [ -x "$program" ] || return 0
+  echo "--- preflight $name" >>"$log"
+  (env LLM_CUDA_EXCLUDE="${LLM_CUDA_EXCLUDE:-}" "$@" timeout 60 "$program" --gtest_color=no --gtest_filter="$filter"
+   exit $?) >>"$log" 2>&1  # a subshell of its own, so that a crash's "Segmentation fault" goes to the log
+  local rc=$?
+  [ $rc = 0 ] && return 0
+  local why="failed"
+  [ $rc = 124 ] && why="timed out"
+  [ $rc -gt 128 ] && why="crashed (signal $((rc - 128)))"
+  export LLM_CUDA_EXCLUDE="${LLM_CUDA_EXCLUDE:+$LLM_CUDA_EXCLUDE }$name"
+  preflight+=("$(printf "%-26s %s (rc %s): excluded from the rest of the run (LLM_CUDA_EXCLUDE)" "$name" "$why" "$rc")")
+}
+if ! skipped preflight; then
+  stage "preflight: each Hopper kernel's self-check alone"
+  # (NativeNtOnEveryKernel also runs the mma.sync kernel: the log tells which of the two failed.)
+  preflight_kernel gemm_wgmma cuda_gemm_test CudaGemm.NativeNtOnEveryKernel \
+    LLM_CUDA_EXCLUDE="${LLM_CUDA_EXCLUDE:-} gemm_tma"
+  preflight_kernel gemm_tma cuda_gemm_test CudaGemm.WgmmaTmaPassesItsSelfCheck
+  preflight_kernel attention_wgmma cuda_attention_test CudaAttention.WgmmaForwardPassesItsSelfCheck \
+    LLM_CUDA_EXCLUDE="${LLM_CUDA_EXCLUDE:-} attention_tma"
+  preflight_kernel attention_tma cuda_attention_test CudaAttention.WgmmaForwardPassesItsSelfCheck
+  preflight_kernel attention_bwd_wgmma cuda_attention_test CudaAttention.WgmmaBackwardPassesItsSelfCheck
+  [ ${#preflight[@]} = 0 ] && preflight=("every Hopper kernel passed its self-check alone (or none runs here)")
+fi
+
 stage "CUDA tests${GPU_CHECK_SANITIZER:+ under compute-sanitizer --tool $GPU_CHECK_SANITIZER}"
 summary=("${upper_summary[@]}")
 for t in ${GPU_CHECK_TESTS:-$cuda_tests $upper_tests}; do
@@ -170,8 +207,17 @@ rm -f "$log.part"
 : >"$log.bench"
 if ! skipped bench; then
   stage "benchmarks (llm-bench cuda)"
-  # shellcheck disable=SC2086 # the section names are words
-  timeout 240 build-gpu/tools/llm-bench cuda ${GPU_CHECK_BENCH:-} >"$log.bench" 2>&1
+  # Each section in a process of its own: a kernel that faults poisons its process's CUDA context,
+  # and would take the sections after it along. The device line is printed once.
+  first=1
+  for section in ${GPU_CHECK_BENCH:-$(build-gpu/tools/llm-bench cuda --list)}; do
+    (timeout 150 build-gpu/tools/llm-bench cuda "$section"; exit $?) >"$log.section" 2>&1
+    rc=$?
+    [ $first = 1 ] && cat "$log.section" || tail -n +2 "$log.section"
+    [ $rc = 0 ] || echo "$section: llm-bench exited with status $rc"
+    first=0
+  done >"$log.bench"
+  rm -f "$log.section"
   cat "$log.bench" >>"$log"
 fi
 
@@ -204,6 +250,7 @@ fi
 
 stage "done; full log: $log"
 echo
+[ ${#preflight[@]} -gt 0 ] && { echo "Preflight:"; printf '  %s\n' "${preflight[@]}"; }
 echo "CUDA tests:"
 printf '  %s\n' "${summary[@]}"
 echo "NCCL: $nccl"

@@ -505,14 +505,19 @@ int usage_error(const std::string& message) {
                "error: %s (usage: llm-bench kernels [--threads N] [--json] | llm-bench train --config FILE [--batch B] "
                "[--seq T] [--steps N] [--threads N] [--zero] [--profile] [--json] | llm-bench generate [--shape llama-110m|gpt2-124m] "
                "[--prompt P] [--gen G] [--quantize q8] [--threads N] [--json] | llm-bench allreduce [--backend auto|mpi|nccl] "
-               "[--json] | llm-bench cuda [SECTION...])\n",
+               "[--json] | llm-bench cuda [SECTION... | --list])\n",
                message.c_str());
   return 2;
 }
 
 #if defined(LLM_HAVE_CUDA)
-// Every section, or only those named (a shorter rerun on a GPU whose time is short).
+// Every section, or only those named (a shorter rerun on a GPU whose time is short); --list prints
+// the section names, one a line (scripts/gpu_check.sh runs each in a process of its own).
 int run_cuda(const std::vector<std::string>& only) {
+  if (only.size() == 1 && only[0] == "--list") {
+    for (const auto* section : llm::bench_cuda::sections()) std::printf("%s\n", section->name);
+    return 0;
+  }
   std::vector<const llm::bench_cuda::Section*> chosen;
   std::string known;
   for (const auto* section : llm::bench_cuda::sections()) {

@@ -48,7 +48,8 @@ void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k
 // once on stderr. Tests use the switch to check both kernels.
 void set_attention_wgmma(bool enabled);
 bool attention_wgmma_enabled();
-// Whether the wgmma forward can run here at all (compiled in, device 9.0), whatever the switch says.
+// Whether the wgmma forward can run here at all (wgmma_supported and not excluded by LLM_CUDA_EXCLUDE:
+// kernels/cuda/gemm.h), whatever the switch says.
 bool attention_wgmma_available();
 // The wgmma forward has two forms: tiles loaded by the TMA in a producer warpgroup (the default) or
 // by cp.async in every thread (inputs the TMA cannot describe, or this switch off: LLM_CUDA_TMA=0,
@@ -56,13 +57,17 @@ bool attention_wgmma_available();
 // D runs its own self-check against the mma.sync kernel; a failure turns this switch off (stderr).
 void set_attention_tma(bool enabled);
 bool attention_tma_enabled();
-// Whether the TMA form can run here (the wgmma forward can, and the driver encodes tensor maps).
+// Whether the TMA form can run here (the wgmma forward can, it is not excluded, and the driver
+// encodes tensor maps).
 bool attention_tma_available();
 // The backward's dK, dV and dQ run on wgmma kernels too where the forward's can, under the same
 // switch (attention_wgmma_enabled), after a self-check of their own against the mma.sync kernels on
 // first use per D; a kernel that fails it stays on mma.sync (one line on stderr) and leaves the
 // forward alone. Whether both do for head dimension D (running that self-check now if it has not).
 bool attention_backward_wgmma_in_use(int64_t D);
+// Whether the wgmma backward kernels can run here at all (wgmma_supported and not excluded), whatever
+// the switch and the self-check say.
+bool attention_backward_wgmma_available();
 
 // Scratch the backward needs, in bytes: Δ = rowsum(dO ⊙ O) (fp32 [B, Hq, T]) and each query's first
 // visible key (int32 [B, T]); the same for every kernel choice.

@@ -984,7 +984,7 @@ namespace {
 // maps, and the form's own self-check passed on its first use for D (a failure turns the switch off
 // with one line on stderr; the cp.async form then runs).
 bool tma_usable(int D) {
-  if (!attention_tma_enabled() || !detail::tensor_maps_available()) return false;
+  if (!attention_tma_enabled() || !attention_tma_available()) return false;
   static std::array<std::once_flag, 2> checked;
   std::call_once(checked[D == 128], [D] {
     const std::string error = self_check(D, true);
@@ -1000,7 +1000,7 @@ bool tma_usable(int D) {
 
 BackwardKernels backward_wgmma_usable(int64_t D) {
 #if defined(LLM_GEMM_WGMMA)
-  if ((D != 64 && D != 128) || !attention_wgmma_enabled() || !attention_wgmma_available()) return {};
+  if ((D != 64 && D != 128) || !attention_wgmma_enabled() || !attention_backward_wgmma_available()) return {};
   static std::array<BackwardKernels, 2> passed;
   static std::array<std::once_flag, 2> checked;
   std::call_once(checked[D == 128], [D] {
@@ -1055,15 +1055,13 @@ void flash_forward_wgmma(const Params& p, cudaStream_t stream) {
 
 }  // namespace attention_impl
 
-bool attention_wgmma_available() {
-#if defined(LLM_GEMM_WGMMA)
-  return gemm_wgmma_available();  // the same sm_90a build and compute capability 9.0 device
-#else
-  return false;
-#endif
+bool attention_wgmma_available() { return wgmma_supported() && !kernel_excluded("attention_wgmma"); }
+
+bool attention_tma_available() {
+  return attention_wgmma_available() && !kernel_excluded("attention_tma") && detail::tensor_maps_available();
 }
 
-bool attention_tma_available() { return attention_wgmma_available() && detail::tensor_maps_available(); }
+bool attention_backward_wgmma_available() { return wgmma_supported() && !kernel_excluded("attention_bwd_wgmma"); }
 
 bool attention_backward_wgmma_in_use(int64_t D) {
   const attention_impl::BackwardKernels kernels = attention_impl::backward_wgmma_usable(D);

@@ -57,7 +57,16 @@ GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream);
 // on, or off when the environment variable LLM_CUDA_WGMMA=0 is set. Tests use it to check both kernels.
 void set_gemm_wgmma(bool enabled);
 bool gemm_wgmma_enabled();
-// Whether the wgmma kernel can run here at all (compiled in, device 9.0), whatever the switch says.
+// Whether the wgmma kernels (GEMM and attention) can run here at all: compiled in (CUDA architectures
+// with 90a) and the device is compute capability 9.0.
+bool wgmma_supported();
+// Kernels a process treats as absent, named in the environment variable LLM_CUDA_EXCLUDE (spaces or
+// commas between): gemm_wgmma, gemm_tma, attention_wgmma (the forward), attention_tma,
+// attention_bwd_wgmma. Their *_available() say false, so the engine, the tests and llm-bench pass
+// them by. scripts/gpu_check.sh sets it for a kernel whose self-check crashed a process of its own:
+// a kernel that faults poisons its process's CUDA context, and with it every later test or benchmark.
+bool kernel_excluded(const char* name);
+// Whether the wgmma kernel can run here (supported and not excluded), whatever the switch says.
 bool gemm_wgmma_available();
 // The wgmma kernel has two forms: tiles loaded by the Tensor Memory Accelerator in a producer
 // warpgroup (the default) or by cp.async in every thread (operands the TMA cannot describe, or this

@@ -325,7 +325,7 @@ std::string tma_self_check(cudaStream_t stream) {
 // Whether the TMA kernel may run: switched on and, on its first use in the process, its self-check
 // passed (a failure switches it off, with one line on stderr).
 bool tma_allowed(cudaStream_t stream) {
-  if (!gemm_tma_enabled() || !detail::tensor_maps_available()) return false;
+  if (!gemm_tma_enabled() || !gemm_tma_available()) return false;
   static std::once_flag checked;
   std::call_once(checked, [stream] {
     const std::string error = tma_self_check(stream);
@@ -359,7 +359,7 @@ bool device_is_sm90() {
 
 bool wgmma_usable(const Gemm& g) {
 #if defined(LLM_GEMM_WGMMA)
-  return !g.trans_a && g.trans_b && gemm_wgmma_enabled() && native_fast_supported(g) && device_is_sm90();
+  return !g.trans_a && g.trans_b && gemm_wgmma_enabled() && native_fast_supported(g) && gemm_wgmma_available();
 #else
   (void)g;
   return false;
@@ -376,7 +376,7 @@ void gemm_wgmma(const Gemm& g, cudaStream_t stream) {
 
 }  // namespace gemm_impl
 
-bool gemm_wgmma_available() {
+bool wgmma_supported() {
 #if defined(LLM_GEMM_WGMMA)
   return gemm_impl::device_is_sm90();
 #else
@@ -384,12 +384,10 @@ bool gemm_wgmma_available() {
 #endif
 }
 
+bool gemm_wgmma_available() { return wgmma_supported() && !kernel_excluded("gemm_wgmma"); }
+
 bool gemm_tma_available() {
-#if defined(LLM_GEMM_WGMMA)
-  return gemm_impl::device_is_sm90() && detail::tensor_maps_available();
-#else
-  return false;
-#endif
+  return gemm_wgmma_available() && !kernel_excluded("gemm_tma") && detail::tensor_maps_available();
 }
 
 }  // namespace llm::cuda

@@ -201,10 +201,11 @@ struct ForwardKernel {
 std::vector<ForwardKernel> forward_kernels(const char* test) {
   std::vector<ForwardKernel> kernels;
   if (!cuda::attention_wgmma_available())
-    std::printf("[ SKIPPED  ] the wgmma kernel's parts of %s: not compiled in (CUDA architectures without 90a) or "
-                "the device is not compute capability 9.0\n", test);
+    std::printf("[ SKIPPED  ] the wgmma kernel's parts of %s: not compiled in (CUDA architectures without 90a), "
+                "the device is not compute capability 9.0, or LLM_CUDA_EXCLUDE names it\n", test);
   else if (!cuda::attention_tma_available())
-    std::printf("[ SKIPPED  ] the wgmma TMA kernel's part of %s: the driver offers no cuTensorMapEncodeTiled\n", test);
+    std::printf("[ SKIPPED  ] the wgmma TMA kernel's part of %s: the driver offers no cuTensorMapEncodeTiled or "
+                "LLM_CUDA_EXCLUDE names it\n", test);
   if (cuda::attention_tma_available()) kernels.push_back({true, true, "wgmma TMA"});
   if (cuda::attention_wgmma_available()) kernels.push_back({true, false, "wgmma cp.async"});
   kernels.push_back({false, false, "mma.sync"});
@@ -229,14 +230,14 @@ void use_forward_kernel(const ForwardKernel& k) {
 TEST(CudaAttention, WgmmaForwardPassesItsSelfCheck) {
   LLM_SKIP_WITHOUT_GPU();
   if (!cuda::attention_wgmma_available())
-    GTEST_SKIP() << "the wgmma forward is not compiled in (CUDA architectures without 90a) or the device is not "
-                    "compute capability 9.0";
+    GTEST_SKIP() << "the wgmma forward is not compiled in (CUDA architectures without 90a), the device is not "
+                    "compute capability 9.0, or LLM_CUDA_EXCLUDE names it";
   if (!cuda::attention_wgmma_enabled()) GTEST_SKIP() << "LLM_CUDA_WGMMA=0 turned the wgmma kernels off";
   const bool tma = cuda::attention_tma_available() && cuda::attention_tma_enabled();
   if (!tma)
     std::printf("[ SKIPPED  ] the TMA form's part of CudaAttention.WgmmaForwardPassesItsSelfCheck: %s\n",
                 cuda::attention_tma_available() ? "LLM_CUDA_TMA=0 turned it off"
-                                                : "the driver offers no cuTensorMapEncodeTiled");
+                                                : "the driver offers no cuTensorMapEncodeTiled or LLM_CUDA_EXCLUDE names it");
   for (int64_t D : {64, 128}) {
     const cuda::AttentionShape s{1, 130, 2, 1, D, 0};
     DeviceBuffer<bf16> q(testing::to_bf16(testing::random_floats(130 * 2 * D, 21)));
@@ -260,9 +261,9 @@ TEST(CudaAttention, WgmmaForwardPassesItsSelfCheck) {
 // and the Shapes tests (the default kernels).
 TEST(CudaAttention, WgmmaBackwardPassesItsSelfCheck) {
   LLM_SKIP_WITHOUT_GPU();
-  if (!cuda::attention_wgmma_available())
-    GTEST_SKIP() << "the wgmma kernels are not compiled in (CUDA architectures without 90a) or the device is not "
-                    "compute capability 9.0";
+  if (!cuda::attention_backward_wgmma_available())
+    GTEST_SKIP() << "the wgmma backward kernels are not compiled in (CUDA architectures without 90a), the device is "
+                    "not compute capability 9.0, or LLM_CUDA_EXCLUDE names them";
   if (!cuda::attention_wgmma_enabled()) GTEST_SKIP() << "LLM_CUDA_WGMMA=0 turned the wgmma kernels off";
   for (int64_t D : {64, 128})
     EXPECT_TRUE(cuda::attention_backward_wgmma_in_use(D))

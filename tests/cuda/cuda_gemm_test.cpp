@@ -323,12 +323,13 @@ TEST(CudaGemm, NativeNtOnEveryKernel) {
                          Kernel{false, false, "mma.sync"}}) {
     if (k.wgmma && !cuda::gemm_wgmma_available()) {
       std::printf("[ SKIPPED  ] the %s kernel's part of CudaGemm.NativeNtOnEveryKernel: not compiled in (CUDA "
-                  "architectures without 90a) or the device is not compute capability 9.0\n", k.name);
+                  "architectures without 90a), the device is not compute capability 9.0, or LLM_CUDA_EXCLUDE names "
+                  "it\n", k.name);
       continue;
     }
     if (k.tma && !cuda::gemm_tma_available()) {
       std::printf("[ SKIPPED  ] the wgmma TMA kernel's part of CudaGemm.NativeNtOnEveryKernel: the driver offers no "
-                  "cuTensorMapEncodeTiled\n");
+                  "cuTensorMapEncodeTiled or LLM_CUDA_EXCLUDE names it\n");
       continue;
     }
     cuda::set_gemm_wgmma(k.wgmma);
@@ -345,7 +346,7 @@ TEST(CudaGemm, WgmmaTmaPassesItsSelfCheck) {
   LLM_SKIP_WITHOUT_GPU();
   if (!cuda::gemm_tma_available())
     GTEST_SKIP() << "the wgmma kernel is not compiled in (CUDA architectures without 90a), the device is not "
-                    "compute capability 9.0, or the driver offers no cuTensorMapEncodeTiled";
+                    "compute capability 9.0, the driver offers no cuTensorMapEncodeTiled, or LLM_CUDA_EXCLUDE names it";
   if (!cuda::gemm_wgmma_enabled() || !cuda::gemm_tma_enabled())
     GTEST_SKIP() << "LLM_CUDA_WGMMA=0 or LLM_CUDA_TMA=0 turned the kernel off";
   Case c;

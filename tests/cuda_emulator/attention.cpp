@@ -38,6 +38,7 @@ int64_t extent(int64_t rows, int64_t row, int64_t stride) { return (rows - 1) * 
 bool attention_wgmma_available() { return false; }
 bool attention_tma_available() { return false; }
 bool attention_backward_wgmma_in_use(int64_t) { return false; }
+bool attention_backward_wgmma_available() { return false; }
 
 void attention_forward(const AttentionShape& shape, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc,
                        float scale, bf16* out, float* lse, cudaStream_t stream, AttentionKernel kernel) {

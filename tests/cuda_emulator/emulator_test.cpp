@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/elementwise.h"
@@ -12,6 +14,21 @@
 
 namespace llm::testing {
 namespace {
+
+// LLM_CUDA_EXCLUDE (kernels/cuda/gemm.h) is plain host code, the real one here. It is read once per
+// process, on the first question; nothing else in this program asks, so setting it here is in time.
+TEST(CudaSwitches, KernelExclusionsComeFromTheEnvironment) {
+  ::setenv("LLM_CUDA_EXCLUDE", "gemm_tma,attention_bwd_wgmma  bogus", 1);
+  ::testing::internal::CaptureStderr();
+  EXPECT_TRUE(cuda::kernel_excluded("gemm_tma"));
+  EXPECT_TRUE(cuda::kernel_excluded("attention_bwd_wgmma"));
+  EXPECT_FALSE(cuda::kernel_excluded("gemm_wgmma"));
+  EXPECT_FALSE(cuda::kernel_excluded("attention_wgmma"));
+  EXPECT_FALSE(cuda::kernel_excluded("bogus"));
+  const std::string warnings = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(warnings.find("warning: LLM_CUDA_EXCLUDE: unknown kernel 'bogus'"), std::string::npos) << warnings;
+  EXPECT_EQ(warnings.find('\n'), warnings.size() - 1) << "one line, once: " << warnings;
+}
 
 TEST(CudaEmulator, DeviceMemoryStartsAsNaNAndRoundTrips) {
   DeviceBuffer<float> d(17);

@@ -90,6 +90,7 @@ GemmBackend gemm_auto_choice(const Gemm& g, cudaStream_t stream) {
 }
 
 // The emulator has one implementation for every backend; there is no wgmma kernel to run.
+bool wgmma_supported() { return false; }
 bool gemm_wgmma_available() { return false; }
 bool gemm_tma_available() { return false; }
 

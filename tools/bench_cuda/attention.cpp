@@ -85,7 +85,7 @@ void bench_attention() {
     }
     // The backward on each of its kernel sets.
     for (bool wgmma : {true, false}) {
-      if (wgmma && (wgmma_failed || !cuda::attention_wgmma_available())) continue;
+      if (wgmma && !cuda::attention_backward_wgmma_available()) continue;
       cuda::set_attention_wgmma(wgmma);
       const double bwd_ms = median_ms(backward, stream);
       // A wgmma kernel that failed its self-check runs on mma.sync: "wgmma-part".
