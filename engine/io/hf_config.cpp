@@ -50,6 +50,34 @@ class Keys {
   const json& j_;
   const std::string& source_;
 };
+// HF's rope_scaling object: {"rope_type" (or the older "type"): "linear" | "llama3" | "default", "factor",
+// and for llama3 "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}.
+RopeScaling rope_scaling_from(const json& j, const std::string& source) {
+  LLM_CHECK(j.is_object(), source, ": key 'rope_scaling': expected an object, got ", json_brief(j));
+  const std::string where = source + ": key 'rope_scaling'";
+  const Keys k(j, where);
+  const std::string type = k.has("rope_type") ? k.string("rope_type") : k.has("type") ? k.string("type") : "";
+  LLM_CHECK(!type.empty(), where, ": missing key 'rope_type'");
+  RopeScaling s;
+  if (type == "default") return s;
+  auto number = [&](const char* key) {
+    LLM_CHECK(k.has(key), where, ": missing key '", key, "'");
+    return static_cast<float>(k.number_or(key, 0));
+  };
+  if (type == "linear") {
+    s.type = RopeScalingType::kLinear;
+    s.factor = number("factor");
+  } else if (type == "llama3") {
+    s.type = RopeScalingType::kLlama3;
+    s.factor = number("factor");
+    s.low_freq_factor = number("low_freq_factor");
+    s.high_freq_factor = number("high_freq_factor");
+    s.original_max_position = number("original_max_position_embeddings");
+  } else {
+    throw Error(where + ": rope_type '" + type + "' is not supported (linear and llama3 are)");
+  }
+  return s;
+}
 }  // namespace
 
 ModelConfig config_from_hf_json(const std::string& text, const std::string& source) {
@@ -98,7 +126,7 @@ ModelConfig config_from_hf_json(const std::string& text, const std::string& sour
     if (k.has("head_dim"))
       LLM_CHECK(k.integer("head_dim") == c.dim / std::max<int64_t>(c.n_heads, 1), source,
                 ": key 'head_dim': a head_dim other than hidden_size / num_attention_heads is not supported");
-    LLM_CHECK(!k.has("rope_scaling"), source, ": key 'rope_scaling': RoPE scaling is not supported");
+    if (k.has("rope_scaling")) c.rope_scaling = rope_scaling_from(j["rope_scaling"], source);
     if (type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
       c.sliding_window = k.integer("sliding_window");
       if (c.sliding_window >= c.max_seq_len) c.sliding_window = 0;  // never narrower than the context: no window
@@ -141,6 +169,12 @@ std::string config_to_hf_json(const ModelConfig& c) {
     if (qwen2) j["use_sliding_window"] = false;
     else j["attention_bias"] = false;
     if (mistral) j["sliding_window"] = c.sliding_window;
+    const RopeScaling& s = c.rope_scaling;
+    if (s.type == RopeScalingType::kLinear) j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", s.factor}};
+    if (s.type == RopeScalingType::kLlama3)
+      j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", s.factor}, {"low_freq_factor", s.low_freq_factor},
+                           {"high_freq_factor", s.high_freq_factor},
+                           {"original_max_position_embeddings", static_cast<int64_t>(s.original_max_position)}};
   }
   j["torch_dtype"] = "float32";
   return j.dump(2) + "\n";

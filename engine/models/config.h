@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/rope_frequencies.h"
+
 namespace llm::models {
 
 enum class Arch {
@@ -22,11 +24,13 @@ struct ModelConfig {
   int64_t hidden_dim = 0;   // MLP width: 4·dim for GPT-2, intermediate_size for LLaMA
   float norm_eps = 1e-5f;
   float rope_theta = 10000.f;
+  RopeScaling rope_scaling;     // HF rope_scaling: none, linear or llama3 (Llama 3.1/3.2's long context)
   bool tie_embeddings = true;
   bool attention_bias = false;  // biases on q/k/v projections (Qwen2)
   int64_t sliding_window = 0;   // Mistral: each token attends to at most this many latest tokens; 0: all
 
   int64_t head_dim() const { return n_heads ? dim / n_heads : 0; }
+  RopeFrequencies rope() const { return {rope_theta, rope_scaling}; }
   const char* arch_name() const { return arch == Arch::GPT2 ? "gpt2" : "llama"; }
   // Throws llm::Error naming the first inconsistent field.
   void validate() const;

@@ -20,6 +20,18 @@ void ModelConfig::validate() const {
   LLM_CHECK(arch != Arch::Llama || head_dim() % 2 == 0, "model config: RoPE needs an even head_dim, got ", head_dim());
   LLM_CHECK(norm_eps > 0, "model config: norm_eps must be positive");
   LLM_CHECK(arch != Arch::Llama || rope_theta > 0, "model config: rope_theta must be positive");
+  const RopeScaling& s = rope_scaling;
+  if (s.type != RopeScalingType::kNone) {
+    LLM_CHECK(arch == Arch::Llama, "model config: rope_scaling needs a RoPE model (LLaMA family)");
+    LLM_CHECK(s.factor > 0, "model config: rope_scaling factor must be positive, got ", s.factor);
+  }
+  if (s.type == RopeScalingType::kLlama3) {
+    LLM_CHECK(s.low_freq_factor > 0 && s.high_freq_factor > s.low_freq_factor,
+              "model config: rope_scaling needs 0 < low_freq_factor < high_freq_factor, got ", s.low_freq_factor,
+              " and ", s.high_freq_factor);
+    LLM_CHECK(s.original_max_position > 0, "model config: rope_scaling original_max_position_embeddings must be "
+              "positive, got ", s.original_max_position);
+  }
   LLM_CHECK(sliding_window >= 0 && (arch == Arch::Llama || sliding_window == 0),
             "model config: sliding_window must be 0 (none) or positive, and only LLaMA-family models have one");
 }
@@ -29,6 +41,8 @@ std::string ModelConfig::summary() const {
          std::to_string(n_heads) + "/" + std::to_string(n_kv_heads) + " heads, mlp " + std::to_string(hidden_dim) +
          ", vocab " + std::to_string(vocab_size) + ", context " + std::to_string(max_seq_len) +
          (tie_embeddings ? ", tied embeddings" : "") +
+         (rope_scaling.type == RopeScalingType::kLinear ? ", linear RoPE scaling" : "") +
+         (rope_scaling.type == RopeScalingType::kLlama3 ? ", llama3 RoPE scaling" : "") +
          (sliding_window > 0 ? ", sliding window " + std::to_string(sliding_window) : "");
 }
 
@@ -252,8 +266,8 @@ class LlamaBlock : public nn::Module {
   Tensor forward(const Tensor& x, const Tensor& positions, const Tensor& doc) const {
     const int64_t B = x.size(0), T = x.size(1), hd = config_.head_dim();
     const Tensor h = input_layernorm.forward(x);
-    const Tensor q = ops::rope(q_proj.forward(h).view(Shape{B, T, config_.n_heads, hd}), positions, config_.rope_theta);
-    const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope_theta);
+    const Tensor q = ops::rope(q_proj.forward(h).view(Shape{B, T, config_.n_heads, hd}), positions, config_.rope());
+    const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope());
     const Tensor v = v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd});
     const Tensor y = ops::attention(q, k, v, doc, 0.f, config_.sliding_window).view(Shape{B, T, config_.n_heads * hd});
     const Tensor r = o_proj.forward_residual(y, x);
@@ -265,8 +279,8 @@ class LlamaBlock : public nn::Module {
                         KVCache& cache, size_t layer) const {
     const int64_t B = x.size(0), T = x.size(1), hd = config_.head_dim();
     const Tensor h = input_layernorm.forward(x);
-    const Tensor q = ops::rope(q_proj.forward(h).view(Shape{B, T, config_.n_heads, hd}), positions, config_.rope_theta);
-    const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope_theta);
+    const Tensor q = ops::rope(q_proj.forward(h).view(Shape{B, T, config_.n_heads, hd}), positions, config_.rope());
+    const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope());
     append_to_cache(k, v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), past, n_new, cache, layer);
     const Tensor y = ops::attention_cached(q, cache.k[layer], cache.v[layer], past, 0.f, config_.sliding_window);
     const Tensor r = o_proj.forward_residual(y.view(Shape{B, T, config_.n_heads * hd}), x);

@@ -385,18 +385,18 @@ Tensor token_positions(const Tensor& positions_in, int64_t B, int64_t T) {
 }
 
 // x [B, T, H, D] rotated by each token's position (inverse: by minus the angle), on x's device.
-Tensor rotate(const Tensor& x, const Tensor& pos, float theta, cpu::RopeLayout layout, bool inverse) {
+Tensor rotate(const Tensor& x, const Tensor& pos, const RopeFrequencies& freqs, cpu::RopeLayout layout, bool inverse) {
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.device().is_cuda()) {
 #ifdef LLM_HAVE_CUDA
     with_float_type(x.dtype(), [&](auto t) {
       using T = decltype(t);
-      cuda::rope<T>(pos.numel(), x.size(2), x.size(3), ptr<T>(x), ptr<int32_t>(pos), theta, layout, inverse, ptr<T>(y),
+      cuda::rope<T>(pos.numel(), x.size(2), x.size(3), ptr<T>(x), ptr<int32_t>(pos), freqs, layout, inverse, ptr<T>(y),
                     stream_of(x));
     });
 #endif
   } else {
-    cpu::rope(pos.numel(), x.size(2), x.size(3), x.data<float>(), pos.data<int32_t>(), theta, layout, inverse,
+    cpu::rope(pos.numel(), x.size(2), x.size(3), x.data<float>(), pos.data<int32_t>(), freqs, layout, inverse,
               y.data<float>());
   }
   return y;
@@ -404,27 +404,27 @@ Tensor rotate(const Tensor& x, const Tensor& pos, float theta, cpu::RopeLayout l
 
 struct RopeBackward : Node {
   SavedTensor positions;
-  float theta = 0.f;
+  RopeFrequencies freqs;
   cpu::RopeLayout layout{};
   std::vector<Tensor> apply(std::vector<Tensor> g) override {
-    return {rotate(float_input(g[0], "rope backward", "grad"), positions.get(*this), theta, layout, true), Tensor()};
+    return {rotate(float_input(g[0], "rope backward", "grad"), positions.get(*this), freqs, layout, true), Tensor()};
   }
   std::vector<SavedTensor*> saved() override { return {&positions}; }
   std::string name() const override { return "RopeBackward"; }
 };
 }  // namespace
 
-Tensor rope(const Tensor& x_in, const Tensor& positions_in, float theta, cpu::RopeLayout layout) {
+Tensor rope(const Tensor& x_in, const Tensor& positions_in, const RopeFrequencies& freqs, cpu::RopeLayout layout) {
   check_defined(x_in, "rope", "x");
   check_same_device(x_in, positions_in, "rope");
   Tensor x = float_input(x_in, "rope", "x");
   LLM_CHECK(x.dim() == 4, "rope: x must be [B, T, H, D], got ", x.str());
   LLM_CHECK(x.size(3) % 2 == 0, "rope: head dimension ", x.size(3), " must be even");
   const Tensor pos = token_positions(positions_in, x.size(0), x.size(1));
-  Tensor y = rotate(x, pos, theta, layout, false);
+  Tensor y = rotate(x, pos, freqs, layout, false);
   record_op<RopeBackward>({&x_in, &positions_in}, {&y}, [&](RopeBackward& n) {
     n.positions = SavedTensor(pos);
-    n.theta = theta;
+    n.freqs = freqs;
     n.layout = layout;
   });
   return y;

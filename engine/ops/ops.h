@@ -89,8 +89,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps =
 Tensor rms_norm(const Tensor& x, const Tensor& w, float eps = 1e-5f);
 // ids (i32, any shape) into table [V, C] → [ids..., C]. Ids out of range are an error.
 Tensor embedding(const Tensor& ids, const Tensor& table);
-// x [B, T, H, D]; positions i32 [T] (shared by the batch) or [B, T].
-Tensor rope(const Tensor& x, const Tensor& positions, float theta,
+// x [B, T, H, D]; positions i32 [T] (shared by the batch) or [B, T]. freqs: a theta such as 10000.f,
+// or a theta with a context-extension scaling (kernels/rope_frequencies.h).
+Tensor rope(const Tensor& x, const Tensor& positions, const RopeFrequencies& freqs,
             cpu::RopeLayout layout = cpu::RopeLayout::kHalf);
 // Causal attention. q [B, T, Hq, D], k and v [B, T, Hkv, D] (Hq a multiple of Hkv) → [B, T, Hq, D].
 // doc (optional, i32 [B, T]): segment ids; each run of equal ids is one packed document, and a

@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/rope_frequencies.h"
+
 namespace llm::cpu {
 
 // ---- norms over the last dimension C of N rows ---------------------------------------------
@@ -33,9 +35,10 @@ enum class RopeLayout {
   kHalf,         // Hugging Face rotate_half: dimension i pairs with i + D/2
   kInterleaved,  // Meta / llama2.c: dimension 2i pairs with 2i+1
 };
-// x, out: [N, H, D] (N tokens of H heads); positions: [N]. Pair i rotates by pos * theta^(-2i/D).
-// inverse rotates by the negative angle (that is the backward). out may equal x. D must be even.
-void rope(int64_t N, int64_t H, int64_t D, const float* x, const int32_t* positions, float theta,
+// x, out: [N, H, D] (N tokens of H heads); positions: [N]. Pair i rotates by pos * f_i, f_i as
+// kernels/rope_frequencies.h defines it (theta^(-2i/D), optionally rescaled). inverse rotates by the
+// negative angle (that is the backward). out may equal x. D must be even.
+void rope(int64_t N, int64_t H, int64_t D, const float* x, const int32_t* positions, const RopeFrequencies& freqs,
           RopeLayout layout, bool inverse, float* out);
 
 // ---- softmax and cross-entropy over rows ----------------------------------------------------

@@ -7,13 +7,12 @@
 
 namespace llm::cpu {
 
-void rope(int64_t N, int64_t H, int64_t D, const float* x, const int32_t* positions, float theta,
+void rope(int64_t N, int64_t H, int64_t D, const float* x, const int32_t* positions, const RopeFrequencies& freqs,
           RopeLayout layout, bool inverse, float* out) {
   const int64_t half = D / 2;
-  // Frequencies in double: pos * freq reaches ~3e4 radians, where an fp32 angle would already be
-  // off by ~1e-3; in double the angle (and its sine/cosine) stay exact to fp32 precision.
+  // Angles in double (see rope_frequency), rounded to fp32 once as sine and cosine.
   std::vector<double> freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) freq[size_t(i)] = std::pow(double(theta), -2.0 * double(i) / double(D));
+  for (int64_t i = 0; i < half; ++i) freq[size_t(i)] = rope_frequency(freqs, i, D);
   const double sign = inverse ? -1.0 : 1.0;
 
 #pragma omp parallel if (N * H * D >= kParallelMinWork)

@@ -48,8 +48,8 @@ void swiglu_backward(int64_t n, const T* gate, const T* up, const T* dy, T* dgat
 
 // ---- rotary position embedding: x, out [N, H, D]; positions [N]; out may equal x ------------
 template <class T>
-void rope(int64_t N, int64_t H, int64_t D, const T* x, const int32_t* positions, float theta, RopeLayout layout,
-          bool inverse, T* out, cudaStream_t stream);
+void rope(int64_t N, int64_t H, int64_t D, const T* x, const int32_t* positions, const RopeFrequencies& freqs,
+          RopeLayout layout, bool inverse, T* out, cudaStream_t stream);
 
 // ---- softmax and cross-entropy over rows ----------------------------------------------------
 template <class T> void softmax_forward(int64_t N, int64_t C, const T* x, T* y, cudaStream_t stream);

@@ -233,15 +233,19 @@ void check_rope(int64_t N, int64_t H, int64_t D, cpu::RopeLayout layout, bool in
   const auto x = seen<T>(random_floats(n, 21, -2.f, 2.f));
   auto positions = random_ints(size_t(N), 22, 0, 4096);
   positions[0] = 32000;  // a long-context angle: ~3e4 radians
-  const float theta = 10000.f;
-  std::vector<float> want(n);
-  cpu::rope(N, H, D, x.data(), positions.data(), theta, layout, inverse, want.data());
+  // Plain and with Llama 3.2's rope_scaling (kernels/rope_frequencies.h: the same formula on both sides).
+  for (const RopeFrequencies freqs :
+       {RopeFrequencies(10000.f), RopeFrequencies(500000.f, {RopeScalingType::kLlama3, 32.f, 1.f, 4.f, 8192.f})}) {
+    SCOPED_TRACE(freqs.scaling.type == RopeScalingType::kNone ? "theta 10000" : "llama3 scaling");
+    std::vector<float> want(n);
+    cpu::rope(N, H, D, x.data(), positions.data(), freqs, layout, inverse, want.data());
 
-  Dev<T> d_x(x), d_out(n);
-  DeviceBuffer<int32_t> d_pos(positions);
-  T* out = in_place ? d_x.get() : d_out.get();
-  cuda::rope<T>(N, H, D, d_x.get(), d_pos.get(), theta, layout, inverse, out, nullptr);
-  expect_close("rope", download_floats(in_place ? d_x : d_out), want, kTol<T>, D);
+    Dev<T> d_x(x), d_out(n);
+    DeviceBuffer<int32_t> d_pos(positions);
+    T* out = in_place ? d_x.get() : d_out.get();
+    cuda::rope<T>(N, H, D, d_x.get(), d_pos.get(), freqs, layout, inverse, out, nullptr);
+    expect_close("rope", download_floats(in_place ? d_x : d_out), want, kTol<T>, D);
+  }
 }
 
 TEST_P(CudaFused, Rope) {

@@ -123,14 +123,14 @@ void swiglu_backward(int64_t n, const T* gate, const T* up, const T* dy, T* dgat
 // ---- rope, softmax, cross-entropy --------------------------------------------------------------
 
 template <class T>
-void rope(int64_t N, int64_t H, int64_t D, const T* x, const int32_t* positions, float theta, RopeLayout layout,
-          bool inverse, T* out, cudaStream_t stream) {
+void rope(int64_t N, int64_t H, int64_t D, const T* x, const int32_t* positions, const RopeFrequencies& freqs,
+          RopeLayout layout, bool inverse, T* out, cudaStream_t stream) {
   constexpr const char* kFn = "cuda::rope";
   emu::require_stream(stream, kFn);
   const auto xf = emu::read(x, N * H * D, kFn, "x");
   emu::require(positions, N, kFn, "positions");
   auto of = buffer(N * H * D);
-  cpu::rope(N, H, D, xf.data(), positions, theta, layout, inverse, of.data());
+  cpu::rope(N, H, D, xf.data(), positions, freqs, layout, inverse, of.data());
   emu::write(of, out, kFn, "out");
 }
 
@@ -272,8 +272,8 @@ void clip_scale(const float* sumsq_device, float max_norm, float* scale_device, 
   template void silu_backward<T>(int64_t, const T*, const T*, T*, cudaStream_t);                                    \
   template void swiglu_forward<T>(int64_t, const T*, const T*, T*, cudaStream_t);                                   \
   template void swiglu_backward<T>(int64_t, const T*, const T*, const T*, T*, T*, cudaStream_t);                    \
-  template void rope<T>(int64_t, int64_t, int64_t, const T*, const int32_t*, float, RopeLayout, bool, T*,           \
-                        cudaStream_t);                                                                              \
+  template void rope<T>(int64_t, int64_t, int64_t, const T*, const int32_t*, const RopeFrequencies&, RopeLayout,     \
+                        bool, T*, cudaStream_t);                                                                    \
   template void softmax_forward<T>(int64_t, int64_t, const T*, T*, cudaStream_t);                                   \
   template void softmax_backward<T>(int64_t, int64_t, const T*, const T*, T*, cudaStream_t);                        \
   template void cross_entropy_forward<T>(int64_t, int64_t, const T*, const int32_t*, int32_t, float*, float*,       \

@@ -235,6 +235,45 @@ TEST(HfModel, Qwen2AndMistralConfigsLoad) {
   EXPECT_EQ(train::load_pretrained(dir2.str()).config.sliding_window, 0);
 }
 
+// RoPE scaling (config.json's rope_scaling, Llama 3.1/3.2 and position interpolation) reaches every
+// layer's attention and survives the directory round trip.
+TEST(HfModel, RopeScalingReachesTheModelAndRoundTrips) {
+  const ModelConfig plain = tiny_llama();
+  auto m = random_model(plain, 7);
+  const auto weights = m->named_parameters();
+  auto with_config = [&](const ModelConfig& c) {
+    auto scaled = models::make_model(c, 0);
+    scaled->load_state(std::map<std::string, Tensor>(weights.begin(), weights.end()));
+    scaled->set_training(false);
+    return scaled;
+  };
+  NoGradGuard no_grad;
+  const Tensor ids = Tensor::from_vector(std::vector<int32_t>{5, 18, 31, 3, 22, 9}, Shape{1, 6});
+  // Linear scaling by 2 at positions 0, 2, 4, ... turns exactly as no scaling at 0, 1, 2, ...
+  ModelConfig linear = plain;
+  linear.rope_scaling = {RopeScalingType::kLinear, 2.f};
+  models::ForwardOptions even;
+  even.positions = Tensor::from_vector(std::vector<int32_t>{0, 2, 4, 6, 8, 10}, Shape{6});
+  EXPECT_EQ(with_config(linear)->forward(ids, even).to_vector<float>(), m->forward(ids).to_vector<float>());
+
+  // llama3 at this model's scale (head_dim 6, theta 500: wavelengths 6.3, 50 and 394 positions
+  // against 16 and 64) keeps the first frequency, blends the second and divides the third.
+  ModelConfig llama3 = plain;
+  llama3.rope_scaling = {RopeScalingType::kLlama3, 8.f, 1.f, 4.f, 64.f};
+  auto m3 = with_config(llama3);
+  const std::vector<float> want = m3->forward(ids).to_vector<float>();
+  EXPECT_NE(want, m->forward(ids).to_vector<float>());
+  TempDir dir("hf_rope_scaling");
+  io::save_hf_directory(dir.str(), llama3, m3->named_parameters(), "");
+  const json config = json::parse(data::read_file(dir / "config.json"));
+  EXPECT_EQ(config["rope_scaling"], json({{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                                          {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 64}}));
+  io::LoadedModel back = train::load_pretrained(dir.str());
+  EXPECT_EQ(back.config.rope_scaling.type, RopeScalingType::kLlama3);
+  EXPECT_EQ(back.config.summary(), llama3.summary());
+  EXPECT_EQ(train::make_loaded_model(back)->forward(ids).to_vector<float>(), want);
+}
+
 TEST(HfModel, NativeCheckpointToHfAndBack) {
   TempDir dir("hf_native");
   const ModelConfig c = tiny_llama(true);
@@ -446,6 +485,24 @@ TEST_F(HfErrors, LlamaAttentionBiasIsRefused) {
   // LLaMA's attention_bias also biases o_proj, which our model does not have.
   rewrite_config(dir_.str(), [](json& j) { j["attention_bias"] = true; });
   expect_error([&] { train::load_pretrained(dir_.str()); }, {dir_ / "config.json", "key 'attention_bias'", "qwen2"});
+}
+
+TEST_F(HfErrors, UnsupportedOrIncompleteRopeScaling) {
+  rewrite_config(dir_.str(), [](json& j) { j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}}; });
+  expect_error([&] { train::load_pretrained(dir_.str()); },
+               {dir_ / "config.json", "key 'rope_scaling': rope_type 'yarn' is not supported (linear and llama3 are)"});
+  rewrite_config(dir_.str(), [](json& j) { j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}}; });
+  expect_error([&] { train::load_pretrained(dir_.str()); },
+               {dir_ / "config.json", "key 'rope_scaling': missing key 'low_freq_factor'"});
+  rewrite_config(dir_.str(), [](json& j) { j["rope_scaling"] = {{"type", "linear"}, {"factor", 0.0}}; });
+  expect_error([&] { train::load_pretrained(dir_.str()); },
+               {dir_ / "config.json", "rope_scaling factor must be positive, got 0"});
+  rewrite_config(dir_.str(), [](json& j) { j["rope_scaling"] = "llama3"; });
+  expect_error([&] { train::load_pretrained(dir_.str()); },
+               {dir_ / "config.json", "key 'rope_scaling': expected an object, got \"llama3\""});
+  // "default" (and null) mean no scaling.
+  rewrite_config(dir_.str(), [](json& j) { j["rope_scaling"] = {{"rope_type", "default"}}; });
+  EXPECT_EQ(train::load_pretrained(dir_.str()).config.rope_scaling.type, RopeScalingType::kNone);
 }
 
 TEST_F(HfErrors, UnknownModelTypeAndMissingFiles) {
