@@ -5,9 +5,8 @@ Run (from the repository root, with Debian's python3-torch, i.e. the system inte
 
     /usr/bin/python3 scripts/make_fixtures.py
 
-It writes tests/fixtures/models/gpt2_tiny.json and tests/fixtures/models/llama_tiny.json, and the same
-two models as Hugging Face directories tests/fixtures/hf/gpt2_tiny/ and tests/fixtures/hf/llama_tiny/
-(config.json, model.safetensors, expected_logits.json; see "HF directories" below). The files
+It writes tests/fixtures/models/{gpt2,llama,qwen3}_tiny.json, and the same three models as Hugging
+Face directories tests/fixtures/hf/{gpt2,llama,qwen3}_tiny/ (config.json, model.safetensors, expected_logits.json; see "HF directories" below). The files
 are committed, so CI and the C++ tests never need torch; rerun this only when the conventions change.
 The output is deterministic: the same bytes on every run (fixed seeds, one thread).
 
@@ -41,6 +40,9 @@ Conventions (the C++ side follows exactly these):
   angle = pos * inv_freq (pos = 0..T-1), q' = q*cos + rotate_half(q)*sin with
   rotate_half(q) = [-q[hd/2:], q[:hd/2]] and cos/sin repeated over both halves. GQA: query head h uses
   kv head h // (H/Hkv).
+- Qwen3: LLaMA with q and k normalized per head before RoPE (q = q_norm(q_proj(h) as [B, T, H, hd]),
+  RMSNorm over hd with weights [hd]; k likewise with k_norm), hd = config head_dim (12, not
+  hidden_size / heads = 8), and logits = norm(x) @ embed_tokens^T (tied, no lm_head).
 - Attention: causal, scale 1/sqrt(hd), softmax over keys s <= t.
 - JSON layout: {"name", "config" (HF config.json keys), "input_ids" [B][T], "targets" [B][T],
   "params" {name: {"shape", "data" (flat row-major)}}, "logits" {"shape", "data"}, "loss",
@@ -91,6 +93,19 @@ LLAMA_CONFIG = {
     "max_position_embeddings": 16, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     "tie_word_embeddings": False, "hidden_act": "silu",
 }
+
+# Qwen3: LLaMA with an RMSNorm over each head of q and of k (q_norm, k_norm, weights [head_dim])
+# before RoPE, a head_dim that is not hidden_size / heads (12, not 8), and a tied output head.
+QWEN3_CONFIG = {
+    "model_type": "qwen3", "vocab_size": 89, "hidden_size": 32, "intermediate_size": 56,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12,
+    "max_position_embeddings": 16, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+    "tie_word_embeddings": True, "hidden_act": "silu",
+}
+
+
+def head_dim(cfg):
+    return cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,7 +164,7 @@ def llama_init(cfg, seed):
     C, I, L, V = (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"],
                   cfg["vocab_size"])
     H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd = C // H
+    hd = head_dim(cfg)
     init = Init(seed)
     init.matrix("model.embed_tokens.weight", (V, C))
     for i in range(L):
@@ -159,12 +174,16 @@ def llama_init(cfg, seed):
         init.matrix(p + "self_attn.k_proj.weight", (Hkv * hd, C))
         init.matrix(p + "self_attn.v_proj.weight", (Hkv * hd, C))
         init.matrix(p + "self_attn.o_proj.weight", (C, H * hd))
+        if cfg["model_type"] == "qwen3":
+            init.norm_weight(p + "self_attn.q_norm.weight", hd)
+            init.norm_weight(p + "self_attn.k_norm.weight", hd)
         init.norm_weight(p + "post_attention_layernorm.weight", C)
         init.matrix(p + "mlp.gate_proj.weight", (I, C))
         init.matrix(p + "mlp.up_proj.weight", (I, C))
         init.matrix(p + "mlp.down_proj.weight", (C, I))
     init.norm_weight("model.norm.weight", C)
-    init.matrix("lm_head.weight", (V, C))
+    if not cfg["tie_word_embeddings"]:
+        init.matrix("lm_head.weight", (V, C))
     return init.to_leaves()
 
 
@@ -265,15 +284,19 @@ def llama_forward(cfg, P, ids):
     C, L = cfg["hidden_size"], cfg["num_hidden_layers"]
     H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     eps = cfg["rms_norm_eps"]
-    hd = C // H
+    hd = head_dim(cfg)
     Bn, Tn = ids.shape
     cos, sin = rope_cos_sin(Tn, hd, cfg["rope_theta"])
     x = P["model.embed_tokens.weight"][ids]
     for i in range(L):
         p = f"model.layers.{i}."
         h = rms_norm(x, P[p + "input_layernorm.weight"], eps)
-        q = linear(h, P[p + "self_attn.q_proj.weight"]).view(Bn, Tn, H, hd).transpose(1, 2)
-        k = linear(h, P[p + "self_attn.k_proj.weight"]).view(Bn, Tn, Hkv, hd).transpose(1, 2)
+        q = linear(h, P[p + "self_attn.q_proj.weight"]).view(Bn, Tn, H, hd)
+        k = linear(h, P[p + "self_attn.k_proj.weight"]).view(Bn, Tn, Hkv, hd)
+        if cfg["model_type"] == "qwen3":  # per head, over its hd dimensions
+            q = rms_norm(q, P[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, P[p + "self_attn.k_norm.weight"], eps)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = linear(h, P[p + "self_attn.v_proj.weight"]).view(Bn, Tn, Hkv, hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = causal_attention(q, k, v).transpose(1, 2).reshape(Bn, Tn, H * hd)
@@ -283,7 +306,7 @@ def llama_forward(cfg, P, ids):
         u = linear(h, P[p + "mlp.up_proj.weight"])
         x = x + linear(F.silu(g) * u, P[p + "mlp.down_proj.weight"])
     x = rms_norm(x, P["model.norm.weight"], eps)
-    return linear(x, P["lm_head.weight"])
+    return linear(x, P["model.embed_tokens.weight" if cfg["tie_word_embeddings"] else "lm_head.weight"])
 
 
 def loss_fn(logits, targets):
@@ -472,6 +495,11 @@ def hf_config(fx):
         cfg.update({"architectures": ["GPT2LMHeadModel"], "n_ctx": cfg["n_positions"], "n_inner": None,
                     "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0, "initializer_range": 0.02,
                     "scale_attn_weights": True, "bos_token_id": 0, "eos_token_id": 0})
+    elif cfg["model_type"] == "qwen3":
+        cfg.update({"architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+                    "rope_scaling": None, "use_sliding_window": False, "sliding_window": None,
+                    "max_window_layers": cfg["num_hidden_layers"], "initializer_range": 0.02,
+                    "bos_token_id": 1, "eos_token_id": 2})
     else:
         cfg.update({"architectures": ["LlamaForCausalLM"], "attention_bias": False, "mlp_bias": False,
                     "rope_scaling": None, "pretraining_tp": 1, "initializer_range": 0.02,
@@ -505,7 +533,7 @@ def write_hf_directory(fx, out_dir, root):
         if gpt2 and name.endswith(GPT2_CONV1D):
             t = t.t()  # HF GPT-2 Conv1D: [in, out]
         tensors[name] = t
-    check(gpt2 != ("lm_head.weight" in tensors), "GPT-2 is tied (no lm_head), the LLaMA fixture untied")
+    check(fx["config"]["tie_word_embeddings"] != ("lm_head.weight" in tensors), "a tied model has no lm_head")
     files = {
         "config.json": (json.dumps(hf_config(fx), indent=2, sort_keys=True) + "\n").encode("utf-8"),
         "model.safetensors": safetensors_bytes(tensors),
@@ -547,13 +575,25 @@ def main():
                 ("model.norm.weight", (2,)),
                 ("lm_head.weight", (50, 10))]
 
+    def qwen3_picks(ids):
+        return [("model.embed_tokens.weight", (int(ids[0, 3]), 7)),  # embedding and tied lm_head
+                ("model.layers.0.self_attn.q_proj.weight", (30, 4)),
+                ("model.layers.0.self_attn.q_norm.weight", (5,)),
+                ("model.layers.1.self_attn.k_norm.weight", (11,)),
+                ("model.layers.1.self_attn.k_proj.weight", (17, 20)),
+                ("model.layers.0.self_attn.o_proj.weight", (9, 40)),
+                ("model.layers.1.mlp.down_proj.weight", (3, 50)),
+                ("model.norm.weight", (31,))]
+
     fixtures = [
         build("gpt2_tiny", GPT2_CONFIG, gpt2_init, gpt2_forward, GPT2_CONFIG["vocab_size"],
               1234, gpt2_picks),
         build("llama_tiny", LLAMA_CONFIG, llama_init, llama_forward, LLAMA_CONFIG["vocab_size"],
               5678, llama_picks),
+        build("qwen3_tiny", QWEN3_CONFIG, llama_init, llama_forward, QWEN3_CONFIG["vocab_size"],
+              9012, qwen3_picks),
     ]
-    for fx, fw in zip(fixtures, (gpt2_forward, llama_forward)):
+    for fx, fw in zip(fixtures, (gpt2_forward, llama_forward, llama_forward)):
         print(fx["name"] + ":")
         float32_rerun(fx, fw)
     for fx in fixtures:

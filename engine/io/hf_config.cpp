@@ -107,7 +107,7 @@ ModelConfig config_from_hf_json(const std::string& text, const std::string& sour
       LLM_CHECK(act == "gelu_new" || act == "gelu_pytorch_tanh", source, ": key 'activation_function': '", act,
                 "' is not supported (the tanh-approximate GELU is)");
     }
-  } else if (type == "llama" || type == "mistral" || type == "qwen2") {
+  } else if (type == "llama" || type == "mistral" || type == "qwen2" || type == "qwen3") {
     c.arch = Arch::Llama;
     c.vocab_size = k.integer("vocab_size");
     c.max_seq_len = k.integer("max_position_embeddings");
@@ -120,25 +120,25 @@ ModelConfig config_from_hf_json(const std::string& text, const std::string& sour
     c.rope_theta = static_cast<float>(k.number_or("rope_theta", 10000.0));
     c.tie_embeddings = k.boolean_or("tie_word_embeddings", false);
     c.attention_bias = type == "qwen2";
+    c.qk_norm = type == "qwen3";
     LLM_CHECK(type == "qwen2" || !k.boolean_or("attention_bias", false), source,
               ": key 'attention_bias': true (biases on q/k/v and o_proj) is not supported for ", type,
               "; q/k/v biases are supported as model_type qwen2");
-    if (k.has("head_dim"))
-      LLM_CHECK(k.integer("head_dim") == c.dim / std::max<int64_t>(c.n_heads, 1), source,
-                ": key 'head_dim': a head_dim other than hidden_size / num_attention_heads is not supported");
+    if (k.has("head_dim") && (c.n_heads <= 0 || k.integer("head_dim") != c.dim / c.n_heads))
+      c.explicit_head_dim = k.integer("head_dim");
     if (k.has("rope_scaling")) c.rope_scaling = rope_scaling_from(j["rope_scaling"], source);
     if (type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
       c.sliding_window = k.integer("sliding_window");
       if (c.sliding_window >= c.max_seq_len) c.sliding_window = 0;  // never narrower than the context: no window
     }
-    LLM_CHECK(type != "qwen2" || !k.boolean_or("use_sliding_window", false), source,
-              ": key 'use_sliding_window': true is not supported for qwen2 (its per-layer windows)");
+    LLM_CHECK((type != "qwen2" && type != "qwen3") || !k.boolean_or("use_sliding_window", false), source,
+              ": key 'use_sliding_window': true is not supported for ", type, " (its per-layer windows)");
     if (k.has("hidden_act"))
       LLM_CHECK(k.string("hidden_act") == "silu", source, ": key 'hidden_act': '", k.string("hidden_act"),
                 "' is not supported (silu is)");
   } else {
     throw Error(source + ": key 'model_type': unknown architecture '" + type +
-                "' (supported: gpt2, llama, mistral, qwen2)");
+                "' (supported: gpt2, llama, mistral, qwen2, qwen3)");
   }
   try {
     c.validate();
@@ -156,18 +156,23 @@ std::string config_to_hf_json(const ModelConfig& c) {
          {"n_head", c.n_heads}, {"n_inner", c.hidden_dim}, {"layer_norm_epsilon", c.norm_eps},
          {"activation_function", "gelu_new"}, {"tie_word_embeddings", true}};
   } else {
-    // q/k/v biases without an o_proj bias is Qwen2's layout (LLaMA's attention_bias also biases o_proj).
-    const bool qwen2 = c.attention_bias, mistral = c.sliding_window > 0;
-    const char* type = qwen2 ? "qwen2" : mistral ? "mistral" : "llama";
-    const char* model_class = qwen2 ? "Qwen2ForCausalLM" : mistral ? "MistralForCausalLM" : "LlamaForCausalLM";
+    // q/k/v biases without an o_proj bias is Qwen2's layout (LLaMA's attention_bias also biases o_proj),
+    // q/k norms Qwen3's.
+    const bool qwen2 = c.attention_bias && !c.qk_norm, qwen3 = c.qk_norm, mistral = c.sliding_window > 0;
+    const char* type = qwen3 ? "qwen3" : qwen2 ? "qwen2" : mistral ? "mistral" : "llama";
+    const char* model_class = qwen3   ? "Qwen3ForCausalLM"
+                              : qwen2 ? "Qwen2ForCausalLM"
+                              : mistral ? "MistralForCausalLM"
+                                        : "LlamaForCausalLM";
     j = {{"architectures", {model_class}}, {"model_type", type},
          {"vocab_size", c.vocab_size},
          {"max_position_embeddings", c.max_seq_len}, {"hidden_size", c.dim}, {"num_hidden_layers", c.n_layers},
          {"num_attention_heads", c.n_heads}, {"num_key_value_heads", c.n_kv_heads},
          {"intermediate_size", c.hidden_dim}, {"rms_norm_eps", c.norm_eps}, {"rope_theta", c.rope_theta},
          {"tie_word_embeddings", c.tie_embeddings}, {"hidden_act", "silu"}};
-    if (qwen2) j["use_sliding_window"] = false;
-    else j["attention_bias"] = false;
+    if (qwen2 || qwen3) j["use_sliding_window"] = false;
+    if (!qwen2) j["attention_bias"] = false;
+    j["head_dim"] = c.head_dim();
     if (mistral) j["sliding_window"] = c.sliding_window;
     const RopeScaling& s = c.rope_scaling;
     if (s.type == RopeScalingType::kLinear) j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", s.factor}};

@@ -91,6 +91,10 @@ std::map<std::string, Shape> expected_parameters(const ModelConfig& c) {
       p[b + "self_attn.k_proj.bias"] = Shape{kv};
       p[b + "self_attn.v_proj.bias"] = Shape{kv};
     }
+    if (c.qk_norm) {
+      p[b + "self_attn.q_norm.weight"] = Shape{c.head_dim()};
+      p[b + "self_attn.k_norm.weight"] = Shape{c.head_dim()};
+    }
     p[b + "self_attn.o_proj.weight"] = Shape{D, q};
     p[b + "mlp.gate_proj.weight"] = Shape{H, D};
     p[b + "mlp.up_proj.weight"] = Shape{H, D};

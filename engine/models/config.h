@@ -10,7 +10,8 @@ namespace llm::models {
 
 enum class Arch {
   GPT2,   // learned positions, pre-LayerNorm, GELU MLP, biases, tied embeddings
-  Llama,  // RMSNorm, RoPE, SwiGLU MLP, grouped-query attention, no biases (Mistral; Qwen2 with attention_bias)
+  Llama,  // RMSNorm, RoPE, SwiGLU MLP, grouped-query attention, no biases (Mistral; Qwen2 with attention_bias;
+          // Qwen3 with qk_norm)
 };
 
 struct ModelConfig {
@@ -28,8 +29,10 @@ struct ModelConfig {
   bool tie_embeddings = true;
   bool attention_bias = false;  // biases on q/k/v projections (Qwen2)
   int64_t sliding_window = 0;   // Mistral: each token attends to at most this many latest tokens; 0: all
+  int64_t explicit_head_dim = 0;  // HF head_dim where it is not dim / n_heads (Qwen3, Mistral-Nemo); 0: dim / n_heads
+  bool qk_norm = false;           // RMSNorm over each head of q and of k before RoPE (Qwen3)
 
-  int64_t head_dim() const { return n_heads ? dim / n_heads : 0; }
+  int64_t head_dim() const { return explicit_head_dim > 0 ? explicit_head_dim : n_heads ? dim / n_heads : 0; }
   RopeFrequencies rope() const { return {rope_theta, rope_scaling}; }
   const char* arch_name() const { return arch == Arch::GPT2 ? "gpt2" : "llama"; }
   // Throws llm::Error naming the first inconsistent field.

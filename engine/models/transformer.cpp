@@ -14,7 +14,15 @@ void ModelConfig::validate() const {
   positive(n_heads, "n_heads");
   positive(n_kv_heads, "n_kv_heads");
   positive(hidden_dim, "hidden_dim");
-  LLM_CHECK(dim % n_heads == 0, "model config: dim ", dim, " is not a multiple of n_heads ", n_heads);
+  LLM_CHECK(explicit_head_dim > 0 || dim % n_heads == 0, "model config: dim ", dim, " is not a multiple of n_heads ",
+            n_heads, " (and no head_dim is given)");
+  LLM_CHECK(explicit_head_dim >= 0, "model config: head_dim must be positive, got ", explicit_head_dim);
+  LLM_CHECK(arch == Arch::Llama || (explicit_head_dim == 0 && !qk_norm),
+            "model config: a head_dim of its own and qk_norm are LLaMA-family settings");
+  // At most one of the family's variants (Qwen2's biases, Qwen3's q/k norms, Mistral's window): the
+  // combinations are no Hugging Face model type, so config.json could not say them.
+  LLM_CHECK(int(attention_bias) + int(qk_norm) + int(sliding_window > 0) <= 1,
+            "model config: attention_bias, qk_norm and sliding_window are three model types; at most one applies");
   LLM_CHECK(n_heads % n_kv_heads == 0, "model config: n_heads ", n_heads, " is not a multiple of n_kv_heads ", n_kv_heads);
   LLM_CHECK(arch != Arch::GPT2 || n_kv_heads == n_heads, "model config: GPT-2 has n_kv_heads == n_heads");
   LLM_CHECK(arch != Arch::Llama || head_dim() % 2 == 0, "model config: RoPE needs an even head_dim, got ", head_dim());
@@ -43,7 +51,8 @@ std::string ModelConfig::summary() const {
          (tie_embeddings ? ", tied embeddings" : "") +
          (rope_scaling.type == RopeScalingType::kLinear ? ", linear RoPE scaling" : "") +
          (rope_scaling.type == RopeScalingType::kLlama3 ? ", llama3 RoPE scaling" : "") +
-         (sliding_window > 0 ? ", sliding window " + std::to_string(sliding_window) : "");
+         (sliding_window > 0 ? ", sliding window " + std::to_string(sliding_window) : "") +
+         (explicit_head_dim > 0 ? ", head_dim " + std::to_string(explicit_head_dim) : "") + (qk_norm ? ", qk_norm" : "");
 }
 
 int64_t ModelConfig::num_parameters() const {
@@ -54,7 +63,9 @@ int64_t ModelConfig::num_parameters() const {
                 (hidden_dim * dim + dim);
     n = vocab_size * dim + max_seq_len * dim + 2 * dim;
   } else {
-    per_layer = 2 * dim + dim * dim * 2 + 2 * dim * kv + 3 * dim * hidden_dim + (attention_bias ? dim + 2 * kv : 0);
+    const int64_t q = n_heads * head_dim();
+    per_layer = 2 * dim + 2 * dim * q + 2 * dim * kv + 3 * dim * hidden_dim + (attention_bias ? q + 2 * kv : 0) +
+                (qk_norm ? 2 * head_dim() : 0);
     n = vocab_size * dim + dim;
   }
   return n + n_layers * per_layer + (tie_embeddings ? 0 : vocab_size * dim);
@@ -63,7 +74,7 @@ int64_t ModelConfig::num_parameters() const {
 double ModelConfig::training_flops_per_token(int64_t seq_len) const {
   int64_t n = num_parameters();
   if (arch == Arch::GPT2) n -= max_seq_len * dim;
-  return 6.0 * static_cast<double>(n) + 6.0 * static_cast<double>(n_layers * seq_len * dim);
+  return 6.0 * static_cast<double>(n) + 6.0 * static_cast<double>(n_layers * seq_len * n_heads * head_dim());
 }
 
 // ---- initialization -------------------------------------------------------------------------
@@ -257,6 +268,12 @@ class LlamaBlock : public nn::Module {
     register_module("self_attn.k_proj", &k_proj);
     register_module("self_attn.v_proj", &v_proj);
     register_module("self_attn.o_proj", &o_proj);
+    if (c.qk_norm) {
+      q_norm = std::make_unique<nn::RMSNorm>(c.head_dim(), c.norm_eps);
+      k_norm = std::make_unique<nn::RMSNorm>(c.head_dim(), c.norm_eps);
+      register_module("self_attn.q_norm", q_norm.get());
+      register_module("self_attn.k_norm", k_norm.get());
+    }
     register_module("post_attention_layernorm", &post_attention_layernorm);
     register_module("mlp.gate_proj", &gate_proj);
     register_module("mlp.up_proj", &up_proj);
@@ -266,8 +283,8 @@ class LlamaBlock : public nn::Module {
   Tensor forward(const Tensor& x, const Tensor& positions, const Tensor& doc) const {
     const int64_t B = x.size(0), T = x.size(1), hd = config_.head_dim();
     const Tensor h = input_layernorm.forward(x);
-    const Tensor q = ops::rope(q_proj.forward(h).view(Shape{B, T, config_.n_heads, hd}), positions, config_.rope());
-    const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope());
+    const Tensor q = rotated(q_proj.forward(h), q_norm.get(), config_.n_heads, positions);
+    const Tensor k = rotated(k_proj.forward(h), k_norm.get(), config_.n_kv_heads, positions);
     const Tensor v = v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd});
     const Tensor y = ops::attention(q, k, v, doc, 0.f, config_.sliding_window).view(Shape{B, T, config_.n_heads * hd});
     const Tensor r = o_proj.forward_residual(y, x);
@@ -279,8 +296,8 @@ class LlamaBlock : public nn::Module {
                         KVCache& cache, size_t layer) const {
     const int64_t B = x.size(0), T = x.size(1), hd = config_.head_dim();
     const Tensor h = input_layernorm.forward(x);
-    const Tensor q = ops::rope(q_proj.forward(h).view(Shape{B, T, config_.n_heads, hd}), positions, config_.rope());
-    const Tensor k = ops::rope(k_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), positions, config_.rope());
+    const Tensor q = rotated(q_proj.forward(h), q_norm.get(), config_.n_heads, positions);
+    const Tensor k = rotated(k_proj.forward(h), k_norm.get(), config_.n_kv_heads, positions);
     append_to_cache(k, v_proj.forward(h).view(Shape{B, T, config_.n_kv_heads, hd}), past, n_new, cache, layer);
     const Tensor y = ops::attention_cached(q, cache.k[layer], cache.v[layer], past, 0.f, config_.sliding_window);
     const Tensor r = o_proj.forward_residual(y.view(Shape{B, T, config_.n_heads * hd}), x);
@@ -290,10 +307,18 @@ class LlamaBlock : public nn::Module {
 
   nn::RMSNorm input_layernorm;
   nn::Linear q_proj, k_proj, v_proj, o_proj;
+  std::unique_ptr<nn::RMSNorm> q_norm, k_norm;  // qk_norm only
   nn::RMSNorm post_attention_layernorm;
   nn::Linear gate_proj, up_proj, down_proj;
 
  private:
+  // A projection [B, T, heads·hd] as heads [B, T, heads, hd], normalized per head (qk_norm), then rotated.
+  Tensor rotated(const Tensor& projected, const nn::RMSNorm* norm, int64_t heads, const Tensor& positions) const {
+    Tensor x = projected.view(Shape{projected.size(0), projected.size(1), heads, config_.head_dim()});
+    if (norm) x = norm->forward(x);
+    return ops::rope(x, positions, config_.rope());
+  }
+
   ModelConfig config_;
 };
 

@@ -1,7 +1,7 @@
-// The tiny GPT-2 and LLaMA as Hugging Face directories (tests/fixtures/hf, written by
+// The tiny GPT-2, LLaMA and Qwen3 as Hugging Face directories (tests/fixtures/hf, written by
 // scripts/make_fixtures.py with HF's real conventions: GPT-2 "transformer." names and Conv1D [in, out]
-// weights, tied; LLaMA untied with lm_head.weight) load through load_pretrained and give PyTorch's
-// float64 logits for the fixture batch.
+// weights, tied; LLaMA untied with lm_head.weight; Qwen3 with q/k norms, tied) load through
+// load_pretrained and give PyTorch's float64 logits for the fixture batch.
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -49,7 +49,7 @@ TEST_P(HfFixture, LogitsMatchPyTorch) {
   EXPECT_LT(max_err / max_ref, 1e-4) << "max abs error " << max_err << " (largest |logit| " << max_ref << ")";
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, HfFixture, ::testing::Values("gpt2_tiny", "llama_tiny"));
+INSTANTIATE_TEST_SUITE_P(Models, HfFixture, ::testing::Values("gpt2_tiny", "llama_tiny", "qwen3_tiny"));
 
 TEST(HfFixtureLayout, FollowsHuggingFacesConventions) {
   const io::SafetensorsFile gpt2(hf_dir("gpt2_tiny") + "/model.safetensors");
@@ -64,6 +64,15 @@ TEST(HfFixtureLayout, FollowsHuggingFacesConventions) {
   const io::LoadedModel l = train::load_pretrained(hf_dir("llama_tiny"));
   EXPECT_FALSE(l.config.tie_embeddings);
   EXPECT_EQ(l.config.n_kv_heads, 2);
+  // Qwen3: q/k norms per head, a head_dim (12) that is not hidden_size / heads (8), tied.
+  const io::SafetensorsFile qwen3(hf_dir("qwen3_tiny") + "/model.safetensors");
+  EXPECT_EQ(qwen3.entry("model.layers.0.self_attn.q_proj.weight").shape, (std::vector<int64_t>{48, 32}));
+  EXPECT_EQ(qwen3.entry("model.layers.1.self_attn.k_norm.weight").shape, (std::vector<int64_t>{12}));
+  const io::LoadedModel q = train::load_pretrained(hf_dir("qwen3_tiny"));
+  EXPECT_TRUE(q.config.qk_norm);
+  EXPECT_EQ(q.config.head_dim(), 12);
+  EXPECT_TRUE(q.config.tie_embeddings);
+  EXPECT_EQ(q.config.num_parameters(), 23024) << "as PyTorch counts them";
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 // Generation with a KV cache must compute exactly what the full forward computes: prompts of
 // different lengths prefilled in one padded batch, then decoded one token per step.
+#include <functional>
+
 #include "engine/models/transformer.h"
 #include "kernels/cpu/attention.h"
 #include "tests/common/testing.h"
@@ -29,9 +31,11 @@ std::vector<float> full_last_logits(CausalLM& m, const std::vector<int32_t>& seq
   return std::vector<float>(all.end() - V, all.end());
 }
 
-void check_cache_matches_full_forward(Arch arch, int64_t sliding_window = 0) {
+void check_cache_matches_full_forward(Arch arch, int64_t sliding_window = 0,
+                                      const std::function<void(ModelConfig&)>& variant = {}) {
   ModelConfig config = tiny(arch);
   config.sliding_window = sliding_window;
+  if (variant) variant(config);
   auto model = make_model(config, 3);
   NoGradGuard no_grad;
   const int64_t V = model->config().vocab_size;
@@ -69,6 +73,16 @@ TEST(KVCache, LlamaMatchesFullForward) { check_cache_matches_full_forward(Arch::
 TEST(KVCache, Gpt2MatchesFullForward) { check_cache_matches_full_forward(Arch::GPT2); }
 // Sequences grow to 14 tokens, past a window of 4: prefill and decode must both apply it.
 TEST(KVCache, SlidingWindowMatchesFullForward) { check_cache_matches_full_forward(Arch::Llama, 4); }
+// Qwen3's q/k norms and a head_dim of its own (10 with dim 24 and 4 heads), and Llama 3's RoPE scaling.
+TEST(KVCache, Qwen3AndLlama3MatchFullForward) {
+  check_cache_matches_full_forward(Arch::Llama, 0, [](ModelConfig& c) {
+    c.qk_norm = true;
+    c.explicit_head_dim = 10;
+  });
+  check_cache_matches_full_forward(Arch::Llama, 0, [](ModelConfig& c) {
+    c.rope_scaling = {RopeScalingType::kLlama3, 8.f, 1.f, 4.f, 16.f};
+  });
+}
 
 TEST(KVCache, SlidingWindowChangesLongSequencesOnly) {
   ModelConfig windowed = tiny(Arch::Llama);

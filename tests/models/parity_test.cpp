@@ -1,5 +1,6 @@
-// Whole models against PyTorch: tests/fixtures/models/*.json hold a tiny GPT-2 and a tiny LLaMA (GQA,
-// untied) made by scripts/make_fixtures.py: weights, a batch, logits, loss, every gradient, and the
+// Whole models against PyTorch: tests/fixtures/models/*.json hold a tiny GPT-2, a tiny LLaMA (GQA,
+// untied) and a tiny Qwen3 (q/k norms, head_dim 12 with hidden 32 and 4 heads, tied) made by
+// scripts/make_fixtures.py: weights, a batch, logits, loss, every gradient, and the
 // parameters after 3 AdamW steps, all computed in float64.
 #include <fstream>
 #include <map>
@@ -120,6 +121,7 @@ void check_model(const std::string& name) {
 
 TEST(ModelParity, Gpt2MatchesPyTorch) { check_model("gpt2_tiny"); }
 TEST(ModelParity, LlamaMatchesPyTorch) { check_model("llama_tiny"); }
+TEST(ModelParity, Qwen3MatchesPyTorch) { check_model("qwen3_tiny"); }
 
 TEST(ModelConfig, HfConfigErrorsNameTheKey) {
   auto error_of = [](const std::string& text) {
