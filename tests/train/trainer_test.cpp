@@ -116,6 +116,11 @@ TEST(TrainConfig, OverridesAndYamlRoundTrip) {
   EXPECT_EQ(c.model.n_kv_heads, 2);
   const TrainConfig back = parse_train_config(to_yaml(c), "roundtrip");
   EXPECT_EQ(to_yaml(back), to_yaml(c));
+  // Qwen3's settings from a recipe: q/k norms and a head_dim of its own.
+  const TrainConfig q = tiny_config("random", "cfg", {"model.qk_norm=true", "model.head_dim=12"});
+  EXPECT_TRUE(q.model.qk_norm);
+  EXPECT_EQ(q.model.head_dim(), 12);
+  EXPECT_EQ(to_yaml(parse_train_config(to_yaml(q), "roundtrip")), to_yaml(q));
   // The fine-tuning sections, with text that needs quoting and a list of LoRA targets.
   const TrainConfig f = parse_train_config(
       "data: {train: x.jsonl}\n"
