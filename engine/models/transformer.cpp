@@ -366,11 +366,15 @@ class Llama : public CausalLM {
 };
 }  // namespace
 
-std::unique_ptr<CausalLM> make_model(const ModelConfig& config, uint64_t seed) {
+std::unique_ptr<CausalLM> make_model_for_loading(const ModelConfig& config) {
   config.validate();
-  std::unique_ptr<CausalLM> model;
-  if (config.arch == Arch::GPT2) model = std::make_unique<GPT2>(config);
-  else model = std::make_unique<Llama>(config);
+  nn::SkipParameterInit skip;
+  if (config.arch == Arch::GPT2) return std::make_unique<GPT2>(config);
+  return std::make_unique<Llama>(config);
+}
+
+std::unique_ptr<CausalLM> make_model(const ModelConfig& config, uint64_t seed) {
+  std::unique_ptr<CausalLM> model = make_model_for_loading(config);
   model->init_weights(seed);
   return model;
 }

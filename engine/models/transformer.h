@@ -74,5 +74,8 @@ class CausalLM : public nn::Module {
 
 // The model for config.arch, with weights initialized from `seed`.
 std::unique_ptr<CausalLM> make_model(const ModelConfig& config, uint64_t seed = 0);
+// The same with its weight matrices left uninitialized, for load_state (strict) to fill every
+// parameter: loading a pretrained model neither draws random weights nor zeroes memory it replaces.
+std::unique_ptr<CausalLM> make_model_for_loading(const ModelConfig& config);
 
 }  // namespace llm::models

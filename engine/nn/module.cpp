@@ -4,6 +4,18 @@
 
 namespace llm::nn {
 
+namespace {
+thread_local bool skip_parameter_init = false;
+// A weight matrix: zeros, or uninitialized under SkipParameterInit.
+Tensor weight_matrix(const Shape& shape) {
+  return SkipParameterInit::active() ? Tensor::empty(shape) : Tensor::zeros(shape);
+}
+}  // namespace
+
+SkipParameterInit::SkipParameterInit() : was_(skip_parameter_init) { skip_parameter_init = true; }
+SkipParameterInit::~SkipParameterInit() { skip_parameter_init = was_; }
+bool SkipParameterInit::active() { return skip_parameter_init; }
+
 void Module::register_parameter(const std::string& name, Tensor* slot) {
   if (slot->defined()) slot->set_requires_grad(true);
   params_.emplace_back(name, slot);
@@ -50,25 +62,57 @@ std::vector<std::pair<std::string, Module*>> Module::named_modules() {
   return out;
 }
 
-void Module::load_state(const std::map<std::string, Tensor>& tensors, bool strict) {
+void Module::collect_slots(const std::string& prefix, std::vector<std::pair<std::string, Tensor*>>* out) {
+  for (auto& [name, slot] : params_)
+    if (slot->defined()) out->emplace_back(prefix + name, slot);
+  for (auto& [name, child] : children_) child->collect_slots(prefix + name + ".", out);
+}
+
+// The checks of both load_states; place(slot, tensor) puts each tensor into its parameter's slot.
+template <class Map, class Place>
+void Module::load_state_with(Map& tensors, bool strict, Place place) {
   NoGradGuard no_grad;
+  std::vector<std::pair<std::string, Tensor*>> slots;
+  collect_slots("", &slots);
   std::set<std::string> used;
   std::vector<std::string> missing;
-  for (auto& [name, param] : named_parameters()) {
+  for (auto& [name, slot] : slots) {
     auto it = tensors.find(name);
     if (it == tensors.end()) {
       missing.push_back(name);
       continue;
     }
-    LLM_CHECK(it->second.shape() == param.shape(), "tensor '", name, "' has shape ", it->second.shape().str(),
-              ", but the model expects ", param.shape().str());
-    param.copy_(it->second);
+    LLM_CHECK(it->second.shape() == slot->shape(), "tensor '", name, "' has shape ", it->second.shape().str(),
+              ", but the model expects ", slot->shape().str());
+    place(*slot, it->second);
     used.insert(name);
   }
   if (!strict) return;
   LLM_CHECK(missing.empty(), "missing tensor '", missing.front(), "'", missing.size() > 1 ? " (and " : "",
             missing.size() > 1 ? std::to_string(missing.size() - 1) + " more)" : "");
   for (const auto& [name, t] : tensors) LLM_CHECK(used.count(name), "unexpected tensor '", name, "' (", t.str(), ")");
+}
+
+void Module::load_state(const std::map<std::string, Tensor>& tensors, bool strict) {
+  load_state_with(tensors, strict, [](Tensor& slot, const Tensor& t) { slot.copy_(t); });
+}
+
+void Module::adopt_state(std::map<std::string, Tensor>&& tensors, bool strict) {
+  load_state_with(tensors, strict, [](Tensor& slot, const Tensor& t) {
+    if (!t.is_contiguous() || t.dtype() != slot.dtype() || t.device() != slot.device()) {
+      slot.copy_(t);
+      return;
+    }
+    Tensor adopted = t.detach();
+    adopted.set_requires_grad(slot.requires_grad());
+    adopted.set_name(slot.name());
+    slot = adopted;
+  });
+  tensors.clear();
+}
+
+void Module::release_quantized_fp32_weights() {
+  for (auto& [name, child] : children_) child->release_quantized_fp32_weights();
 }
 
 void Module::to(Device device) {
@@ -107,7 +151,7 @@ void Module::set_training(bool on) {
 }
 
 Linear::Linear(int64_t in, int64_t out, bool has_bias) {
-  weight = Tensor::zeros(Shape{out, in});
+  weight = weight_matrix(Shape{out, in});
   register_parameter("weight", &weight);
   if (has_bias) {
     bias = Tensor::zeros(Shape{out});
@@ -137,7 +181,7 @@ Tensor Linear::forward_residual(const Tensor& x, const Tensor& residual) const {
 }
 
 Embedding::Embedding(int64_t vocab, int64_t dim) {
-  weight = Tensor::zeros(Shape{vocab, dim});
+  weight = weight_matrix(Shape{vocab, dim});
   register_parameter("weight", &weight);
 }
 

@@ -11,6 +11,21 @@
 
 namespace llm::nn {
 
+// While one is alive (on this thread), new Linear and Embedding weights are left uninitialized
+// instead of zeroed, as torch's skip_init: for a model whose every parameter load_state is about to
+// fill, so that its memory is not written (and made resident) twice.
+class SkipParameterInit {
+ public:
+  SkipParameterInit();
+  ~SkipParameterInit();
+  SkipParameterInit(const SkipParameterInit&) = delete;
+  SkipParameterInit& operator=(const SkipParameterInit&) = delete;
+  static bool active();
+
+ private:
+  bool was_;
+};
+
 class Module {
  public:
   Module() = default;
@@ -31,6 +46,12 @@ class Module {
   // Copies tensors into the parameters of the same names (shapes must match). strict: every
   // parameter must be given and every given name must exist; errors name the offending tensors.
   void load_state(const std::map<std::string, Tensor>& tensors, bool strict = true);
+  // The same, but the parameters become the given tensors where they can serve as they are
+  // (contiguous, the parameter's dtype and device) instead of copies of them: loading a model then
+  // needs no second copy of its weights (a memory-mapped f32 file's tensors stay mapped; its pages are
+  // copy-on-write). Only for a model built to be loaded, before anything (an optimizer) holds its
+  // parameters, and with tensors nothing else will use: they are shared, not copied.
+  void adopt_state(std::map<std::string, Tensor>&& tensors, bool strict = true);
 
   // Moves every parameter to `device` (a new leaf there, requires_grad as before; gradients dropped).
   // Modules hold parameters by slot, so every later forward uses the moved ones.
@@ -45,6 +66,9 @@ class Module {
   // Inference with int8 weights (Q8_0): every Linear below keeps a quantized copy of its weight and
   // uses it in forward (not differentiable; the fp32 weights stay for training and saving).
   virtual void quantize_q8();
+  // For a model that only generates from here on: frees the fp32 weights that Q8 copies replace (a
+  // quarter of the memory remains). Training, saving and LoRA need them: not after this.
+  virtual void release_quantized_fp32_weights();
 
  protected:
   // A slot may stay undefined (an optional parameter, e.g. a LoRA adapter): it is listed once defined.
@@ -53,6 +77,9 @@ class Module {
 
  private:
   void collect(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>* out) const;
+  void collect_slots(const std::string& prefix, std::vector<std::pair<std::string, Tensor*>>* out);
+  template <class Map, class Place>
+  void load_state_with(Map& tensors, bool strict, Place place);
   std::vector<std::pair<std::string, Tensor*>> params_;
   std::vector<std::pair<std::string, Module*>> children_;
   bool training_ = true;
@@ -82,6 +109,9 @@ class Linear : public Module {
   // working on top of the quantized weight (its own matrices stay fp32).
   void quantize_q8() override {
     if (weight.size(1) % 32 == 0) q8 = ops::quantize_q8(weight);
+  }
+  void release_quantized_fp32_weights() override {
+    if (q8.defined()) weight = Tensor();
   }
   int64_t in_features() const { return weight.size(1); }
   int64_t out_features() const { return weight.size(0); }

@@ -35,8 +35,15 @@ io::LoadedModel load_pretrained(const std::string& path) {
 }
 
 std::unique_ptr<models::CausalLM> make_loaded_model(const io::LoadedModel& loaded) {
-  auto model = models::make_model(loaded.config, 0);
+  auto model = models::make_model_for_loading(loaded.config);
   model->load_state(loaded.weights, /*strict=*/true);
+  model->set_training(false);
+  return model;
+}
+
+std::unique_ptr<models::CausalLM> make_loaded_model(io::LoadedModel&& loaded) {
+  auto model = models::make_model_for_loading(loaded.config);
+  model->adopt_state(std::move(loaded.weights), /*strict=*/true);
   model->set_training(false);
   return model;
 }
@@ -73,15 +80,18 @@ void check_tokenizer_fits(const data::Tokenizer& tokenizer, const models::ModelC
 
 InferenceModel load_inference_model(const std::string& path, const std::string& tokenizer_spec, bool quantize_q8,
                                     const std::string& missing_tokenizer_hint, const Placement& where) {
-  const io::LoadedModel loaded = load_pretrained(path);
+  io::LoadedModel loaded = load_pretrained(path);
   const std::string spec = !tokenizer_spec.empty() ? tokenizer_spec : loaded.tokenizer;
   LLM_CHECK(!spec.empty(), path, ": no tokenizer came with the model; ", missing_tokenizer_hint);
   InferenceModel m;
   m.tokenizer = data::load_tokenizer(spec);
   check_tokenizer_fits(*m.tokenizer, loaded.config, spec, path);
-  m.model = make_loaded_model(loaded);
+  m.model = make_loaded_model(std::move(loaded));
   place(*m.model, where, quantize_q8);
-  if (quantize_q8) m.model->quantize_q8();
+  if (quantize_q8) {
+    m.model->quantize_q8();
+    m.model->release_quantized_fp32_weights();  // only generation follows
+  }
   return m;
 }
 

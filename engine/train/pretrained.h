@@ -18,7 +18,10 @@ io::LoadedModel load_pretrained(const std::string& path);
 
 // load_pretrained + make_model + load_state: a model ready for inference (evaluation mode).
 std::unique_ptr<models::CausalLM> load_model(const std::string& path);
+// From an rvalue the model adopts the loaded tensors (Module::adopt_state: no second copy of the
+// weights); from an lvalue it copies them.
 std::unique_ptr<models::CausalLM> make_loaded_model(const io::LoadedModel& loaded);
+std::unique_ptr<models::CausalLM> make_loaded_model(io::LoadedModel&& loaded);
 
 // Where an inference model runs: the CPU (f32), or the first GPU with weights, activations and KV
 // cache in bf16 or f32 (matmuls there read bf16 operands either way; f32 keeps everything else fp32).

@@ -101,8 +101,12 @@ Trainer::Trainer(TrainConfig config, std::ostream& log)
   if (tokenizer_)
     LLM_CHECK(tokenizer_->vocab_size() <= mc.vocab_size, config_.source, ": the tokenizer has ", tokenizer_->vocab_size(),
               " tokens but the model only ", mc.vocab_size);
-  model_ = models::make_model(mc, config_.seed);
-  if (!init_weights.empty()) model_->load_state(init_weights);
+  if (init_weights.empty()) {
+    model_ = models::make_model(mc, config_.seed);
+  } else {
+    model_ = models::make_model_for_loading(mc);
+    model_->adopt_state(std::move(init_weights));  // takes them over: no second copy
+  }
   dist::broadcast_parameters(*comm_, model_->parameters());  // identical from the seed; now guaranteed
   if (config_.device == "cuda") {
     // fp32 master weights on the GPU (initialized on the CPU first: the same weights as a CPU run).
