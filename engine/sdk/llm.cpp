@@ -113,7 +113,7 @@ ModelInfo Model::info() const {
   i.context_length = c.max_seq_len;
   i.n_layers = c.n_layers;
   i.dim = c.dim;
-  i.parameters = impl_->model->num_parameters();
+  i.parameters = c.num_parameters();  // the model's, however its weights are stored (q8 frees fp32 copies)
   i.chat_template = impl_->chat.origin();
   i.has_chat_template = !impl_->chat.is_default();
   return i;

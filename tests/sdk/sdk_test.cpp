@@ -41,6 +41,11 @@ TEST(Sdk, InfoAndTokenizerRoundTrip) {
   EXPECT_EQ(i.dim, 64);
   EXPECT_GT(i.parameters, 200000);
   EXPECT_FALSE(i.has_chat_template);
+  // A q8 model is the same model: the same count, though it frees the fp32 weights it quantized.
+  llm::LoadOptions q8;
+  q8.tokenizer = kTokenizer;
+  q8.quantize_q8 = true;
+  EXPECT_EQ(llm::Model::from_pretrained(kModel, q8).info().parameters, i.parameters);
   const std::vector<int32_t> ids = model().tokenize("Once upon a time", true);
   ASSERT_FALSE(ids.empty());
   EXPECT_EQ(ids[0], 1);  // BOS
