@@ -158,7 +158,7 @@ std::string config_to_hf_json(const ModelConfig& c) {
   } else {
     // q/k/v biases without an o_proj bias is Qwen2's layout (LLaMA's attention_bias also biases o_proj),
     // q/k norms Qwen3's.
-    const bool qwen2 = c.attention_bias && !c.qk_norm, qwen3 = c.qk_norm, mistral = c.sliding_window > 0;
+    const bool qwen2 = c.attention_bias, qwen3 = c.qk_norm, mistral = c.sliding_window > 0;  // one at most (validate)
     const char* type = qwen3 ? "qwen3" : qwen2 ? "qwen2" : mistral ? "mistral" : "llama";
     const char* model_class = qwen3   ? "Qwen3ForCausalLM"
                               : qwen2 ? "Qwen2ForCausalLM"
