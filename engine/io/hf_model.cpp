@@ -1,6 +1,8 @@
 #include "engine/io/hf_model.h"
 
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -45,10 +47,10 @@ const char* const kTokenizerFiles[] = {"tokenizer.json",  "tokenizer_config.json
                                        "encoder.json",    "vocab.bpe",             "special_tokens_map.json",
                                        "vocab.json",      "merges.txt"};
 
-// A tensor read from a file, with the file it came from (for messages).
+// A stored tensor, not read yet: the (shared) file it is in and its name there.
 struct Source {
-  Tensor tensor;
-  std::string file;
+  std::shared_ptr<const SafetensorsFile> file;
+  std::string stored_name;
 };
 }  // namespace
 
@@ -136,27 +138,28 @@ std::string tokenizer_spec_in(const std::string& dir) {
   return "";
 }
 
-LoadedModel load_hf_directory(const std::string& dir) {
+struct HfDirectory::Stored {
+  std::map<std::string, Source> raw;  // every stored tensor by its stored name
+  std::string listing;                // the file that names all tensors, for "missing" messages
+};
+
+HfDirectory::HfDirectory(const std::string& dir) : dir_(dir), stored_(std::make_shared<Stored>()) {
   const fs::path d(dir);
   LLM_CHECK(fs::is_directory(d), dir, ": no such directory");
-  const std::string config_path = (d / "config.json").string();
-  LLM_CHECK(fs::is_regular_file(config_path), dir, ": not a Hugging Face model directory (no config.json)");
-  LoadedModel out;
-  out.config = config_from_hf_json(read_text(config_path), config_path);
-  const ModelConfig& c = out.config;
-  LLM_CHECK(c.arch != Arch::GPT2 || c.tie_embeddings, config_path,
+  config_path_ = (d / "config.json").string();
+  LLM_CHECK(fs::is_regular_file(config_path_), dir, ": not a Hugging Face model directory (no config.json)");
+  config_ = config_from_hf_json(read_text(config_path_), config_path_);
+  LLM_CHECK(config_.arch != Arch::GPT2 || config_.tie_embeddings, config_path_,
             ": key 'tie_word_embeddings': GPT-2 with an untied lm_head is not supported");
 
-  // Every stored tensor with the file it lives in.
-  std::map<std::string, Source> raw;
-  std::string listing;  // the file that names all tensors, for "missing" messages
+  std::map<std::string, Source>& raw = stored_->raw;
   const std::string single = (d / "model.safetensors").string(), index = (d / "model.safetensors.index.json").string();
   if (fs::is_regular_file(single)) {
-    listing = single;
-    const SafetensorsFile file(single);
-    for (const std::string& name : file.names()) raw[name] = {file.tensor(name), single};
+    stored_->listing = single;
+    const auto file = std::make_shared<const SafetensorsFile>(single);
+    for (const std::string& name : file->names()) raw[name] = {file, name};
   } else if (fs::is_regular_file(index)) {
-    listing = index;
+    stored_->listing = index;
     json j;
     try {
       j = json::parse(read_text(index));
@@ -178,23 +181,29 @@ LoadedModel load_hf_directory(const std::string& dir) {
                 "') does not exist");
     for (const auto& [file_name, names] : by_file) {
       const std::string shard = (d / file_name).string();
-      const SafetensorsFile file(shard);
+      const auto file = std::make_shared<const SafetensorsFile>(shard);
       for (const std::string& name : names) {
-        LLM_CHECK(file.contains(name), shard, ": missing tensor '", name, "' (the index puts it here)");
-        raw[name] = {file.tensor(name), shard};
+        LLM_CHECK(file->contains(name), shard, ": missing tensor '", name, "' (the index puts it here)");
+        raw[name] = {file, name};
       }
       const std::set<std::string> listed(names.begin(), names.end());
-      for (const std::string& name : file.names())
+      for (const std::string& name : file->names())
         LLM_CHECK(listed.count(name), shard, ": unexpected tensor '", name, "' (not in ", index, "'s weight_map for this shard)");
     }
   } else {
     throw Error(dir + ": no model.safetensors or model.safetensors.index.json (only safetensors weights are supported)");
   }
+  check_layer_count(config_, raw.size(), stored_->listing + " (" + config_path_ + ")");
+}
 
+std::string HfDirectory::tokenizer() const { return tokenizer_spec_in(dir_); }
+
+void HfDirectory::for_each_weight(const std::function<void(const std::string&, Tensor)>& visit) const {
   // HF names → ours, dropping buffers and tied heads; GPT-2's Conv1D weights turned to [out, in].
-  check_layer_count(c, raw.size(), listing + " (" + config_path + ")");
+  const ModelConfig& c = config_;
   const std::map<std::string, Shape> expected = expected_parameters(c);
-  for (auto& [stored_name, src] : raw) {
+  std::map<std::string, std::string> seen;  // our name → its stored name
+  for (const auto& [stored_name, src] : stored_->raw) {
     std::string name = stored_name;
     if (c.arch == Arch::GPT2) {
       if (name == "lm_head.weight" || ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias")) continue;
@@ -203,24 +212,31 @@ LoadedModel load_hf_directory(const std::string& dir) {
       if (ends_with(name, "rotary_emb.inv_freq")) continue;
       if (c.tie_embeddings && name == "lm_head.weight") continue;
     }
+    const std::string& file = src.file->path();
     const auto it = expected.find(name);
-    LLM_CHECK(it != expected.end(), src.file, ": unexpected tensor '", stored_name, "' (not a parameter of this ",
-              config_path, " model)");
-    Tensor t = src.tensor;
-    if (c.arch == Arch::GPT2 && is_conv1d_weight(name)) {
-      const Shape want = reversed(it->second);
-      LLM_CHECK(t.shape() == want, src.file, ": tensor '", stored_name, "' has shape ", t.shape().str(), ", expected ",
-                want.str(), " (GPT-2 Conv1D [in, out])");
-      t = t.transpose(0, 1).contiguous();
-    } else {
-      LLM_CHECK(t.shape() == it->second, src.file, ": tensor '", stored_name, "' has shape ", t.shape().str(),
-                ", expected ", it->second.str());
-    }
-    LLM_CHECK(out.weights.emplace(name, t).second, src.file, ": tensor '", stored_name, "' is stored twice (also as '",
-              name, "')");
+    LLM_CHECK(it != expected.end(), file, ": unexpected tensor '", stored_name, "' (not a parameter of this ",
+              config_path_, " model)");
+    LLM_CHECK(seen.emplace(name, stored_name).second, file, ": tensor '", stored_name, "' is stored twice (also as '",
+              seen[name], "')");
+    // Shapes are checked from the header, before the data is read and converted.
+    const Shape stored_shape(src.file->entry(src.stored_name).shape);
+    const bool conv1d = c.arch == Arch::GPT2 && is_conv1d_weight(name);
+    const Shape want = conv1d ? reversed(it->second) : it->second;
+    LLM_CHECK(stored_shape == want, file, ": tensor '", stored_name, "' has shape ", stored_shape.str(), ", expected ",
+              want.str(), conv1d ? " (GPT-2 Conv1D [in, out])" : "");
+    Tensor t = src.file->tensor(src.stored_name);
+    visit(name, conv1d ? t.transpose(0, 1).contiguous() : t);
   }
-  for (const auto& kv : expected) LLM_CHECK(out.weights.count(kv.first), listing, ": missing tensor '", kv.first, "'");
-  out.tokenizer = tokenizer_spec_in(dir);
+  for (const auto& kv : expected)
+    LLM_CHECK(seen.count(kv.first), stored_->listing, ": missing tensor '", kv.first, "'");
+}
+
+LoadedModel load_hf_directory(const std::string& dir) {
+  const HfDirectory hf(dir);
+  LoadedModel out;
+  out.config = hf.config();
+  hf.for_each_weight([&](const std::string& name, Tensor t) { out.weights.emplace(name, std::move(t)); });
+  out.tokenizer = hf.tokenizer();
   return out;
 }
 

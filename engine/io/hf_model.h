@@ -5,7 +5,9 @@
 //
 // load_pretrained() (engine/train/pretrained.h) adds native checkpoints on top of this.
 #pragma once
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,6 +36,25 @@ void check_weights(const models::ModelConfig& config, const std::map<std::string
 // A HF directory (config.json, model.safetensors or model.safetensors.index.json + shards). Unknown
 // model types, missing/unexpected/mis-shaped tensors and damaged files are errors naming the file.
 LoadedModel load_hf_directory(const std::string& dir);
+
+// The same, one weight at a time: opening reads config.json and the safetensors headers (no tensor
+// data); for_each_weight then reads each parameter (converted to f32, in our names and orientation)
+// only as it hands it over, so a caller that turns weights into something smaller (Q8) never holds
+// them all in f32.
+class HfDirectory {
+ public:
+  explicit HfDirectory(const std::string& dir);
+  const models::ModelConfig& config() const { return config_; }
+  std::string tokenizer() const;  // tokenizer_spec_in(dir)
+  // Every parameter once; errors as load_hf_directory's (a missing one after the others were given).
+  void for_each_weight(const std::function<void(const std::string&, Tensor)>& visit) const;
+
+ private:
+  struct Stored;
+  std::string dir_, config_path_;
+  models::ModelConfig config_;
+  std::shared_ptr<Stored> stored_;
+};
 
 // Writes dir/config.json, dir/model.safetensors (f32, HF names and orientation) and copies the
 // tokenizer files found in `tokenizer_source` (a directory, or one tokenizer file; "" for none).

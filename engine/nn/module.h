@@ -108,7 +108,7 @@ class Linear : public Module {
   // Layers whose input width is not a multiple of the 32-value block stay in fp32. An adapter keeps
   // working on top of the quantized weight (its own matrices stay fp32).
   void quantize_q8() override {
-    if (weight.size(1) % 32 == 0) q8 = ops::quantize_q8(weight);
+    if (weight.defined() && weight.size(1) % 32 == 0) q8 = ops::quantize_q8(weight);  // undefined: done and freed
   }
   void release_quantized_fp32_weights() override {
     if (q8.defined()) weight = Tensor();

@@ -1,6 +1,7 @@
 #include "engine/train/pretrained.h"
 
 #include <filesystem>
+#include <map>
 
 #include "engine/core/allocator.h"
 #include "engine/core/error.h"
@@ -60,13 +61,20 @@ Placement parse_placement(const std::string& device, const std::string& dtype) {
   return p;
 }
 
-void place(models::CausalLM& model, const Placement& where, bool quantized_q8) {
+namespace {
+void check_placement(const Placement& where, bool quantized_q8) {
   if (where.device.is_cpu()) {
     LLM_CHECK(where.dtype == DType::F32, "--dtype bf16 needs --device cuda (the CPU computes in f32)");
     return;
   }
   LLM_CHECK(!quantized_q8, "--quantize q8 is a CPU path; with --device cuda the weights are bf16 or f32");
   LLM_CHECK(cuda_device_count() > 0, "--device cuda: no CUDA device is visible (or this build has no CUDA backend)");
+}
+}  // namespace
+
+void place(models::CausalLM& model, const Placement& where, bool quantized_q8) {
+  check_placement(where, quantized_q8);
+  if (where.device.is_cpu()) return;
   model.to(where.device);
   model.to(where.dtype);
   model.set_activation_dtype(where.dtype);
@@ -78,14 +86,52 @@ void check_tokenizer_fits(const data::Tokenizer& tokenizer, const models::ModelC
             " tokens but the model ", path, " only ", config.vocab_size, " (a tokenizer of another model?)");
 }
 
+namespace {
+// A Q8 model from a HF directory, one weight at a time: each Linear's weight is quantized as it is
+// read and its f32 copy dropped at once, so the f32 model is never whole in memory.
+std::unique_ptr<models::CausalLM> load_q8_streaming(const io::HfDirectory& hf) {
+  auto model = models::make_model_for_loading(hf.config());
+  std::map<std::string, nn::Linear*> linears;  // by their weight's name
+  for (auto& [path, module] : model->named_modules())
+    if (auto* linear = dynamic_cast<nn::Linear*>(module)) linears[path + ".weight"] = linear;
+  std::map<std::string, Tensor> rest;
+  hf.for_each_weight([&](const std::string& name, Tensor t) {
+    const auto it = linears.find(name);
+    if (it == linears.end()) {
+      rest.emplace(name, std::move(t));
+      return;
+    }
+    nn::Linear& linear = *it->second;
+    linear.weight = std::move(t);
+    linear.quantize_q8();
+    linear.release_quantized_fp32_weights();  // kept where the layer cannot be quantized
+  });
+  model->adopt_state(std::move(rest), /*strict=*/false);  // for_each_weight gave every parameter
+  model->quantize_q8();                                    // the output head's copy when it is tied
+  model->set_training(false);
+  return model;
+}
+}  // namespace
+
 InferenceModel load_inference_model(const std::string& path, const std::string& tokenizer_spec, bool quantize_q8,
                                     const std::string& missing_tokenizer_hint, const Placement& where) {
-  io::LoadedModel loaded = load_pretrained(path);
-  const std::string spec = !tokenizer_spec.empty() ? tokenizer_spec : loaded.tokenizer;
-  LLM_CHECK(!spec.empty(), path, ": no tokenizer came with the model; ", missing_tokenizer_hint);
+  check_placement(where, quantize_q8);  // before any loading time is spent
   InferenceModel m;
-  m.tokenizer = data::load_tokenizer(spec);
-  check_tokenizer_fits(*m.tokenizer, loaded.config, spec, path);
+  auto load_tokenizer = [&](const std::string& bundled, const models::ModelConfig& config) {
+    const std::string spec = !tokenizer_spec.empty() ? tokenizer_spec : bundled;
+    LLM_CHECK(!spec.empty(), path, ": no tokenizer came with the model; ", missing_tokenizer_hint);
+    m.tokenizer = data::load_tokenizer(spec);
+    check_tokenizer_fits(*m.tokenizer, config, spec, path);
+  };
+  std::error_code ec;
+  if (quantize_q8 && where.device.is_cpu() && fs::is_directory(path, ec)) {
+    const io::HfDirectory hf(path);
+    load_tokenizer(hf.tokenizer(), hf.config());
+    m.model = load_q8_streaming(hf);
+    return m;
+  }
+  io::LoadedModel loaded = load_pretrained(path);
+  load_tokenizer(loaded.tokenizer, loaded.config);
   m.model = make_loaded_model(std::move(loaded));
   place(*m.model, where, quantize_q8);
   if (quantize_q8) {

@@ -60,7 +60,8 @@ TEST(Stories260KGenerate, Q8WeightsStayCloseToFp32) {
 
 // A model loaded for generation with Q8 weights keeps only the int8 copies of the layers it quantized
 // (their fp32 weights are freed: a quarter of the memory) and computes what a quantized model that
-// kept them computes. down_proj's input width (172) is no multiple of 32: it stays fp32.
+// kept them computes; from a HF directory it is built one weight at a time. down_proj's input width
+// (172) is no multiple of 32: it stays fp32.
 TEST(Stories260KGenerate, Q8InferenceModelFreesTheFp32WeightsItReplaced) {
   const std::string bin = std::string(LLM_SOURCE_DIR) + "/tests/fixtures/stories260K/stories260K.bin";
   auto kept = train::load_model(bin);
@@ -75,7 +76,14 @@ TEST(Stories260KGenerate, Q8InferenceModelFreesTheFp32WeightsItReplaced) {
   EXPECT_TRUE(names.count("model.embed_tokens.weight"));
   NoGradGuard no_grad;
   const Tensor input = Tensor::from_vector(std::vector<int32_t>{1, 403, 89, 7, 260}, Shape{1, 5});
-  EXPECT_EQ(m.model->forward(input).to_vector<float>(), kept->forward(input).to_vector<float>());
+  const std::vector<float> want = kept->forward(input).to_vector<float>();
+  EXPECT_EQ(m.model->forward(input).to_vector<float>(), want);
+  // From a HF directory (the same weights) each weight is quantized as it is read: the same model.
+  const train::InferenceModel streamed = train::load_inference_model(
+      std::string(LLM_SOURCE_DIR) + "/tests/fixtures/stories260K",
+      std::string(LLM_SOURCE_DIR) + "/data/assets/stories260K/tok512.model", /*quantize_q8=*/true, "");
+  EXPECT_EQ(streamed.model->named_parameters().size(), m.model->named_parameters().size());
+  EXPECT_EQ(streamed.model->forward(input).to_vector<float>(), want);
 }
 
 }  // namespace
