@@ -107,7 +107,7 @@ ModelConfig config_from_hf_json(const std::string& text, const std::string& sour
       LLM_CHECK(act == "gelu_new" || act == "gelu_pytorch_tanh", source, ": key 'activation_function': '", act,
                 "' is not supported (the tanh-approximate GELU is)");
     }
-  } else if (type == "llama" || type == "mistral" || type == "qwen2" || type == "qwen3") {
+  } else if (type == "llama" || type == "mistral" || type == "qwen2" || type == "qwen3" || type == "phi3") {
     c.arch = Arch::Llama;
     c.vocab_size = k.integer("vocab_size");
     c.max_seq_len = k.integer("max_position_embeddings");
@@ -127,7 +127,10 @@ ModelConfig config_from_hf_json(const std::string& text, const std::string& sour
     if (k.has("head_dim") && (c.n_heads <= 0 || k.integer("head_dim") != c.dim / c.n_heads))
       c.explicit_head_dim = k.integer("head_dim");
     if (k.has("rope_scaling")) c.rope_scaling = rope_scaling_from(j["rope_scaling"], source);
-    if (type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+    // Phi-3 is LLaMA with fused q/k/v and gate/up projections (split on loading) and Mistral's window.
+    LLM_CHECK(type != "phi3" || k.number_or("partial_rotary_factor", 1.0) == 1.0, source,
+              ": key 'partial_rotary_factor': RoPE on part of each head is not supported");
+    if ((type == "mistral" || type == "phi3") && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
       c.sliding_window = k.integer("sliding_window");
       if (c.sliding_window >= c.max_seq_len) c.sliding_window = 0;  // never narrower than the context: no window
     }
@@ -138,7 +141,7 @@ ModelConfig config_from_hf_json(const std::string& text, const std::string& sour
                 "' is not supported (silu is)");
   } else {
     throw Error(source + ": key 'model_type': unknown architecture '" + type +
-                "' (supported: gpt2, llama, mistral, qwen2, qwen3)");
+                "' (supported: gpt2, llama, mistral, qwen2, qwen3, phi3)");
   }
   try {
     c.validate();

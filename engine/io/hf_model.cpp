@@ -148,7 +148,9 @@ HfDirectory::HfDirectory(const std::string& dir) : dir_(dir), stored_(std::make_
   LLM_CHECK(fs::is_directory(d), dir, ": no such directory");
   config_path_ = (d / "config.json").string();
   LLM_CHECK(fs::is_regular_file(config_path_), dir, ": not a Hugging Face model directory (no config.json)");
-  config_ = config_from_hf_json(read_text(config_path_), config_path_);
+  const std::string config_text = read_text(config_path_);
+  config_ = config_from_hf_json(config_text, config_path_);
+  fused_projections_ = json::parse(config_text).value("model_type", "") == "phi3";
   LLM_CHECK(config_.arch != Arch::GPT2 || config_.tie_embeddings, config_path_,
             ": key 'tie_word_embeddings': GPT-2 with an untied lm_head is not supported");
 
@@ -198,8 +200,28 @@ HfDirectory::HfDirectory(const std::string& dir) : dir_(dir), stored_(std::make_
 
 std::string HfDirectory::tokenizer() const { return tokenizer_spec_in(dir_); }
 
+namespace {
+// Our parameters a stored tensor holds, in row order: itself, or for Phi-3's fused projections the
+// parts it stacks (qkv_proj: q, k, v; gate_up_proj: gate, up).
+std::vector<std::string> parts_of(const std::string& name, bool fused) {
+  for (const auto& [fused_name, parts] :
+       {std::pair<std::string, std::vector<std::string>>{"self_attn.qkv_proj.weight",
+                                                         {"self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                                          "self_attn.v_proj.weight"}},
+        {"mlp.gate_up_proj.weight", {"mlp.gate_proj.weight", "mlp.up_proj.weight"}}})
+    if (fused && ends_with(name, "." + fused_name)) {
+      const std::string prefix = name.substr(0, name.size() - fused_name.size());
+      std::vector<std::string> out;
+      for (const std::string& part : parts) out.push_back(prefix + part);
+      return out;
+    }
+  return {name};
+}
+}  // namespace
+
 void HfDirectory::for_each_weight(const std::function<void(const std::string&, Tensor)>& visit) const {
-  // HF names → ours, dropping buffers and tied heads; GPT-2's Conv1D weights turned to [out, in].
+  // HF names → ours, dropping buffers and tied heads; GPT-2's Conv1D weights turned to [out, in];
+  // Phi-3's fused projections split.
   const ModelConfig& c = config_;
   const std::map<std::string, Shape> expected = expected_parameters(c);
   std::map<std::string, std::string> seen;  // our name → its stored name
@@ -213,19 +235,35 @@ void HfDirectory::for_each_weight(const std::function<void(const std::string&, T
       if (c.tie_embeddings && name == "lm_head.weight") continue;
     }
     const std::string& file = src.file->path();
-    const auto it = expected.find(name);
-    LLM_CHECK(it != expected.end(), file, ": unexpected tensor '", stored_name, "' (not a parameter of this ",
-              config_path_, " model)");
-    LLM_CHECK(seen.emplace(name, stored_name).second, file, ": tensor '", stored_name, "' is stored twice (also as '",
-              seen[name], "')");
+    const std::vector<std::string> parts = parts_of(name, fused_projections_);
+    int64_t rows = 0;
+    for (const std::string& part : parts) {
+      const auto it = expected.find(part);
+      LLM_CHECK(it != expected.end(), file, ": unexpected tensor '", stored_name, "' (not a parameter of this ",
+                config_path_, " model)");
+      LLM_CHECK(seen.emplace(part, stored_name).second, file, ": tensor '", stored_name, "' is stored twice (also as '",
+                seen[part], "')");
+      rows += it->second[0];
+    }
     // Shapes are checked from the header, before the data is read and converted.
     const Shape stored_shape(src.file->entry(src.stored_name).shape);
+    const Shape& first = expected.at(parts.front());
     const bool conv1d = c.arch == Arch::GPT2 && is_conv1d_weight(name);
-    const Shape want = conv1d ? reversed(it->second) : it->second;
+    const Shape want = conv1d ? reversed(first) : parts.size() > 1 ? Shape{rows, first[1]} : first;
     LLM_CHECK(stored_shape == want, file, ": tensor '", stored_name, "' has shape ", stored_shape.str(), ", expected ",
               want.str(), conv1d ? " (GPT-2 Conv1D [in, out])" : "");
     Tensor t = src.file->tensor(src.stored_name);
-    visit(name, conv1d ? t.transpose(0, 1).contiguous() : t);
+    if (conv1d) t = t.transpose(0, 1).contiguous();
+    if (parts.size() == 1) {
+      visit(name, t);
+      continue;
+    }
+    int64_t begin = 0;
+    for (const std::string& part : parts) {
+      const int64_t n = expected.at(part)[0];
+      visit(part, t.slice(0, begin, begin + n).contiguous());
+      begin += n;
+    }
   }
   for (const auto& kv : expected)
     LLM_CHECK(seen.count(kv.first), stored_->listing, ": missing tensor '", kv.first, "'");

@@ -53,6 +53,7 @@ class HfDirectory {
   struct Stored;
   std::string dir_, config_path_;
   models::ModelConfig config_;
+  bool fused_projections_ = false;  // Phi-3: qkv_proj and gate_up_proj stack ours
   std::shared_ptr<Stored> stored_;
 };
 

@@ -274,6 +274,46 @@ TEST(HfModel, RopeScalingReachesTheModelAndRoundTrips) {
   EXPECT_EQ(train::make_loaded_model(back)->forward(ids).to_vector<float>(), want);
 }
 
+// Phi-3 (Phi3ForCausalLM) stacks q, k, v in self_attn.qkv_proj and gate, up in mlp.gate_up_proj; it is
+// otherwise this LLaMA with Mistral's window. The same weights fused that way give the same logits.
+TEST(HfModel, Phi3FusedProjectionsAreSplitOnLoading) {
+  TempDir dir("hf_phi3");
+  const ModelConfig c = tiny_llama();
+  auto m = random_model(c, 11);
+  io::save_hf_directory(dir.str(), c, m->named_parameters(), "");
+  {
+    const io::SafetensorsFile src(dir / "model.safetensors");
+    std::map<std::string, Tensor> by_name;
+    for (const std::string& name : src.names()) by_name[name] = src.tensor(name);
+    Weights fused;
+    for (const auto& [name, t] : by_name) {
+      const auto strip = [&](const std::string& suffix) { return name.substr(0, name.size() - suffix.size()); };
+      if (name.find("self_attn.q_proj.weight") != std::string::npos) {
+        const std::string p = strip("q_proj.weight");
+        fused.emplace_back(p + "qkv_proj.weight",
+                           ops::cat({t, by_name.at(p + "k_proj.weight"), by_name.at(p + "v_proj.weight")}, 0));
+      } else if (name.find("mlp.gate_proj.weight") != std::string::npos) {
+        const std::string p = strip("gate_proj.weight");
+        fused.emplace_back(p + "gate_up_proj.weight", ops::cat({t, by_name.at(p + "up_proj.weight")}, 0));
+      } else if (name.find("k_proj") == std::string::npos && name.find("v_proj") == std::string::npos &&
+                 name.find("up_proj") == std::string::npos) {
+        fused.emplace_back(name, t);
+      }
+    }
+    io::write_safetensors(dir / "model.safetensors", fused);
+  }
+  rewrite_config(dir.str(), [](json& j) {
+    j["model_type"] = "phi3";
+    j["architectures"] = {"Phi3ForCausalLM"};
+    j["sliding_window"] = 2047;  // wider than the context: no window
+  });
+  const io::LoadedModel back = train::load_pretrained(dir.str());
+  expect_same_weights(m->named_parameters(), back.weights);
+  EXPECT_EQ(logits(*train::make_loaded_model(back)), logits(*m));
+  rewrite_config(dir.str(), [](json& j) { j["partial_rotary_factor"] = 0.75; });
+  EXPECT_NE(error_of([&] { train::load_pretrained(dir.str()); }).find("key 'partial_rotary_factor'"), std::string::npos);
+}
+
 TEST(HfModel, NativeCheckpointToHfAndBack) {
   TempDir dir("hf_native");
   const ModelConfig c = tiny_llama(true);
