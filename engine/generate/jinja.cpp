@@ -24,6 +24,27 @@ struct Fail : std::runtime_error {
   explicit Fail(const std::string& what) : std::runtime_error(what) {}
 };
 
+// Bounds that make a runaway template an error instead of a hang or an out-of-memory kill: loop
+// iterations and macro calls per render (nested loops over range() or a macro calling itself twice
+// per level are exponential), and the memory of a string or list built by +, ~ and * (doubling one in
+// a loop) and of the output.
+constexpr int64_t kMaxSteps = 1000000;
+constexpr double kMaxBytes = 256.0 * (1 << 20);
+
+// The memory a value built from others holds: a string's bytes; a list's items and the bytes of its
+// strings (strings are held by value, so each copy in a list costs memory).
+double footprint(const Value& v) {
+  if (v.is_string()) return static_cast<double>(v.as_string().size());
+  if (!v.is_list()) return 0;
+  double n = static_cast<double>(v.list().size() * sizeof(Value));
+  for (const Value& x : v.list()) n += x.is_string() ? static_cast<double>(x.as_string().size()) : 0;
+  return n;
+}
+
+void check_size(double bytes, const std::string& op) {
+  if (bytes > kMaxBytes) throw Fail("'" + op + "' would make a value of more than 256 MiB");
+}
+
 const char* kind_name(Value::Kind k) {
   switch (k) {
     case Value::Kind::Undefined: return "undefined";
@@ -563,8 +584,15 @@ struct Scope {
 };
 
 struct RenderState {
-  size_t pos = 0;  // the construct being evaluated, for error positions
-  int depth = 0;   // macro call depth, bounded so runaway recursion is an error, not a crash
+  size_t pos = 0;     // the construct being evaluated, for error positions
+  int depth = 0;      // macro call depth, bounded so runaway recursion is an error, not a crash
+  int64_t steps = 0;  // loop iterations and macro calls so far, bounded by kMaxSteps
+
+  void step(size_t at) {
+    if (++steps <= kMaxSteps) return;
+    pos = at;
+    throw Fail("the template ran more than 1000000 loop iterations and macro calls (an endless loop?)");
+  }
 };
 
 struct Context {
@@ -603,6 +631,7 @@ using Body = std::vector<NodePtr>;
 Flow exec_body(const Body& body, Context& ctx) {
   for (const NodePtr& n : body) {
     const Flow f = n->exec(ctx);
+    if (ctx.out && static_cast<double>(ctx.out->size()) > kMaxBytes) throw Fail("the output would be longer than 256 MiB");
     if (f != Flow::Normal) return f;
   }
   return Flow::Normal;
@@ -946,21 +975,19 @@ Value subscript(const Value& obj, const Value& key) {
 
 Value arithmetic(const std::string& op, const Value& a, const Value& b) {
   if (a.is_undefined() || b.is_undefined()) throw Fail("undefined value in '" + op + "'");
-  if (op == "+") {
-    if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
-    if (a.is_list() && b.is_list()) {
-      Value::List l = a.list();
-      l.insert(l.end(), b.list().begin(), b.list().end());
-      return Value(l);
-    }
+  if (op == "+" && ((a.is_string() && b.is_string()) || (a.is_list() && b.is_list()))) {
+    check_size(footprint(a) + footprint(b), op);
+    if (a.is_string()) return Value(a.as_string() + b.as_string());
+    Value::List l = a.list();
+    l.insert(l.end(), b.list().begin(), b.list().end());
+    return Value(l);
   }
   if (op == "*") {
     const Value* seq = a.is_string() || a.is_list() ? &a : b.is_string() || b.is_list() ? &b : nullptr;
     const Value& times = seq == &a ? b : a;
     if (seq && (times.kind() == Value::Kind::Int || times.kind() == Value::Kind::Bool)) {
       const int64_t n = std::max<int64_t>(0, times.as_int());
-      const double size = static_cast<double>(seq->is_string() ? seq->as_string().size() : seq->list().size());
-      if (size * static_cast<double>(n) > 1e8) throw Fail("'*' would make a sequence of more than 1e8 items");
+      check_size(footprint(*seq) * static_cast<double>(n), op);
       if (seq->is_string()) {
         std::string out;
         for (int64_t i = 0; i < n; ++i) out += seq->as_string();
@@ -1416,7 +1443,11 @@ struct Binary : Expr {
     }
     const Value l = left->eval(ctx), r = right->eval(ctx);
     ctx.at(pos);
-    if (op == "~") return Value(l.str() + r.str());
+    if (op == "~") {
+      std::string a = l.str(), b = r.str();
+      check_size(static_cast<double>(a.size() + b.size()), op);
+      return Value(a + b);
+    }
     return arithmetic(op, l, r);
   }
 };
@@ -1515,6 +1546,7 @@ struct ForNode : Node {
     Value::List items;
     if (filter) {
       for (const Value& x : all) {
+        ctx.state->step(pos);
         assign(ctx, targets, x);
         if (filter->eval(ctx).truthy()) items.push_back(x);
       }
@@ -1523,6 +1555,7 @@ struct ForNode : Node {
     }
     const int64_t n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      ctx.state->step(pos);
       Value::Dict loop;
       loop.items = {{"index", Value(i + 1)},
                     {"index0", Value(i)},
@@ -1602,6 +1635,7 @@ struct MacroNode : Node {
     ast::RenderState* state = ctx.state;
     ctx.set(name, Value::function([self, globals, state](const CallArgs& a) {
       if (state->depth >= 100) throw Fail("macro '" + self->name + "' nested too deep (recursion?)");
+      state->step(state->pos);
       Context inner{{globals.lock(), std::make_shared<ast::Scope>()}, nullptr, state};
       if (a.positional.size() > self->params.size())
         throw Fail("macro '" + self->name + "' takes " + std::to_string(self->params.size()) + " arguments, got " +

@@ -239,12 +239,33 @@ TEST(Jinja, RuntimeErrorsNameLineAndColumn) {
   EXPECT_EQ(error_of("{{ 2 ** 63 }}"), "template:1:6: integer overflow in '**'");
   EXPECT_EQ(error_of("{{ 9223372036854775807 + 1 }}"), "template:1:24: integer overflow in '+'");
   EXPECT_EQ(error_of("{{ 1e300 | int }}"), "template:1:10: cannot convert 1e+300 to an integer");
-  EXPECT_EQ(error_of("{{ 'ab' * 100000000 }}"), "template:1:9: '*' would make a sequence of more than 1e8 items");
+  EXPECT_EQ(error_of("{{ 'ab' * 200000000 }}"), "template:1:9: '*' would make a value of more than 256 MiB");
   EXPECT_EQ(error_of("{% for x in 3 %}{% endfor %}"), "template:1:13: a int value is not iterable");
   EXPECT_EQ(error_of("{% set x = 1 %}{% set x.a = 2 %}"), "template:1:19: cannot set attribute 'a' of 'x' (a int, not a namespace)");
   EXPECT_EQ(error_of("{{ {'a': x} | tojson }}"), "template:1:13: tojson: a undefined value is not JSON serializable");
   EXPECT_EQ(error_of("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"),
             "template:1:21: macro 'f' nested too deep (recursion?)");
+}
+
+TEST(Jinja, RunawayTemplatesAreErrorsNotHangsOrOutOfMemory) {
+  // Nested loops over big ranges, and a macro calling itself twice per level, ran for hours.
+  EXPECT_EQ(error_of("{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}"),
+            "template:1:33: the template ran more than 1000000 loop iterations and macro calls (an endless loop?)");
+  EXPECT_NE(error_of("{% macro f(n) %}{% if n < 90 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}{{ f(0) }}")
+                .find("more than 1000000 loop iterations and macro calls"),
+            std::string::npos);
+  // Doubling a string or a list in a loop, or copying a long string into a list, exhausted memory.
+  EXPECT_EQ(error_of("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"),
+            "template:1:75: '~' would make a value of more than 256 MiB");
+  EXPECT_EQ(error_of("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}"),
+            "template:1:75: '+' would make a value of more than 256 MiB");
+  EXPECT_EQ(error_of("{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}"),
+            "template:1:75: '+' would make a value of more than 256 MiB");
+  EXPECT_EQ(error_of("{{ ['x' * 10000000] * 100 }}"), "template:1:21: '*' would make a value of more than 256 MiB");
+  EXPECT_EQ(error_of("{% set s = 'x' * 10000000 %}{% for i in range(30) %}{{ s }}{% endfor %}"),
+            "template:1:46: the output would be longer than 256 MiB");
+  // Within the bounds all of it works.
+  EXPECT_EQ(render("{% for i in range(100) %}{% for j in range(100) %}{% endfor %}{% endfor %}{{ ('ab' ~ 'c') * 2 }}"), "abcabc");
 }
 
 TEST(Jinja, RaiseExceptionCarriesTheTemplatesMessage) {
