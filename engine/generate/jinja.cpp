@@ -1696,6 +1696,24 @@ class Parser {
 
  private:
   [[noreturn]] void fail(size_t pos, const std::string& msg) const { throw Error(located(name_, src_, pos, msg)); }
+
+  // Parsing, rendering and freeing the tree recurse once per level of nesting (blocks, brackets,
+  // operator and filter chains), so a deep one overflowed the stack: the depth is bounded. A Nest
+  // counts the levels one parsing function opens and gives them back when it returns.
+  static constexpr int kMaxNesting = 500;
+  int depth_ = 0;
+  struct Nest {
+    explicit Nest(Parser& parser) : p(parser) {}
+    Nest(const Nest&) = delete;
+    Nest& operator=(const Nest&) = delete;
+    ~Nest() { p.depth_ -= levels; }
+    void deeper(size_t pos) {
+      ++levels;
+      if (++p.depth_ > kMaxNesting) p.fail(pos, "nested too deeply (more than " + std::to_string(kMaxNesting) + " levels)");
+    }
+    Parser& p;
+    int levels = 0;
+  };
   const Token& peek(size_t k = 0) const { return t_[std::min(i_ + k, t_.size() - 1)]; }
   const Token& next() {
     const Token& t = peek();
@@ -1738,6 +1756,8 @@ class Parser {
 
   // Statements until a block tag whose keyword is in `ends` (left unconsumed after its '{%').
   Body parse_body(const std::vector<std::string>& ends, size_t open_pos) {
+    Nest nest(*this);
+    nest.deeper(open_pos);
     Body body;
     while (true) {
       const Token& t = peek();
@@ -1956,8 +1976,10 @@ class Parser {
   }
 
   ExprPtr parse_expression() {
+    Nest nest(*this);
     ExprPtr e = parse_or();
     while (is_name("if")) {
+      nest.deeper(peek().pos);
       auto c = make<CondExpr>(next().pos);
       c->then = std::move(e);
       c->cond = parse_or();
@@ -1976,18 +1998,22 @@ class Parser {
   }
 
   ExprPtr parse_or() {
+    Nest nest(*this);
     ExprPtr e = parse_and();
     while (is_name("or")) {
       const size_t pos = next().pos;
+      nest.deeper(pos);
       e = binary("or", pos, std::move(e), parse_and());
     }
     return e;
   }
 
   ExprPtr parse_and() {
+    Nest nest(*this);
     ExprPtr e = parse_not();
     while (is_name("and")) {
       const size_t pos = next().pos;
+      nest.deeper(pos);
       e = binary("and", pos, std::move(e), parse_not());
     }
     return e;
@@ -1995,6 +2021,8 @@ class Parser {
 
   ExprPtr parse_not() {
     if (is_name("not")) {
+      Nest nest(*this);
+      nest.deeper(peek().pos);
       auto u = make<Unary>(next().pos);
       u->op = "not";
       u->operand = parse_not();
@@ -2032,42 +2060,52 @@ class Parser {
   }
 
   ExprPtr parse_math1() {
+    Nest nest(*this);
     ExprPtr e = parse_concat();
     while (is_op("+") || is_op("-")) {
       const Token& t = next();
+      nest.deeper(t.pos);
       e = binary(t.text, t.pos, std::move(e), parse_concat());
     }
     return e;
   }
 
   ExprPtr parse_concat() {
+    Nest nest(*this);
     ExprPtr e = parse_math2();
     while (is_op("~")) {
       const size_t pos = next().pos;
+      nest.deeper(pos);
       e = binary("~", pos, std::move(e), parse_math2());
     }
     return e;
   }
 
   ExprPtr parse_math2() {
+    Nest nest(*this);
     ExprPtr e = parse_pow();
     while (is_op("*") || is_op("/") || is_op("//") || is_op("%")) {
       const Token& t = next();
+      nest.deeper(t.pos);
       e = binary(t.text, t.pos, std::move(e), parse_pow());
     }
     return e;
   }
 
   ExprPtr parse_pow() {
+    Nest nest(*this);
     ExprPtr e = parse_unary(true);
     while (is_op("**")) {
       const size_t pos = next().pos;
+      nest.deeper(pos);
       e = binary("**", pos, std::move(e), parse_unary(true));
     }
     return e;
   }
 
   ExprPtr parse_unary(bool with_filter) {
+    Nest nest(*this);
+    nest.deeper(peek().pos);
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
       auto u = make<Unary>(peek().pos);
@@ -2170,7 +2208,9 @@ class Parser {
   }
 
   ExprPtr parse_postfix(ExprPtr e) {
+    Nest nest(*this);
     while (true) {
+      if (is_op(".") || is_op("[") || is_op("(")) nest.deeper(peek().pos);
       if (is_op(".")) {
         const size_t pos = next().pos;
         if (peek().type == Tok::Int) {  // foo.0 is foo[0]
@@ -2225,7 +2265,9 @@ class Parser {
   }
 
   ExprPtr parse_filters(ExprPtr e) {
+    Nest nest(*this);
     while (true) {
+      if (is_op("|") || is_name("is") || is_op("(")) nest.deeper(peek().pos);
       if (is_op("|")) {
         const size_t pos = next().pos;
         auto f = make<FilterExpr>(pos);

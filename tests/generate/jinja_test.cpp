@@ -17,6 +17,12 @@ std::string error_of(const std::string& source, const std::string& context_json 
   return testing::error_of([&] { render(source, context_json); });
 }
 
+std::string repeated(const std::string& s, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += s;
+  return out;
+}
+
 TEST(Jinja, Output) {
   EXPECT_EQ(render("Hello {{ name }}!",
                    R"({"name": "world"})"),
@@ -264,6 +270,13 @@ TEST(Jinja, RunawayTemplatesAreErrorsNotHangsOrOutOfMemory) {
   EXPECT_EQ(error_of("{{ ['x' * 10000000] * 100 }}"), "template:1:21: '*' would make a value of more than 256 MiB");
   EXPECT_EQ(error_of("{% set s = 'x' * 10000000 %}{% for i in range(30) %}{{ s }}{% endfor %}"),
             "template:1:46: the output would be longer than 256 MiB");
+  // Parsing, rendering and freeing recurse per level: deep nesting overflowed the stack (a segfault).
+  for (const std::string& deep : {"{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}",
+                                  "{{ 1" + repeated(" + 1", 100000) + " }}", "{{ 1" + repeated("|string", 100000) + " }}",
+                                  "{{ x" + repeated(".a", 100000) + " }}", "{{ " + std::string(100000, '-') + "1 }}",
+                                  repeated("{% if 1 %}", 20000) + repeated("{% endif %}", 20000)})
+    EXPECT_NE(error_of(deep).find("nested too deeply (more than 500 levels)"), std::string::npos) << deep.substr(0, 40);
+  EXPECT_EQ(render("{{ " + std::string(100, '(') + "1" + std::string(100, ')') + repeated(" + 1", 300) + " }}"), "301");
   // Within the bounds all of it works.
   EXPECT_EQ(render("{% for i in range(100) %}{% for j in range(100) %}{% endfor %}{% endfor %}{{ ('ab' ~ 'c') * 2 }}"), "abcabc");
 }
