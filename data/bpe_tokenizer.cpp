@@ -162,10 +162,16 @@ class BpeTokenizer final : public Tokenizer {
         }
         raw += static_cast<char>(it->second);
       }
+      // Two tokens sharing an id would decode one of them as the other: a corrupt vocabulary.
+      LLM_CHECK(!valid_[id], origin, ": token id ", id, " is given to two tokens, '", text, "' and another");
       bytes_[id] = mapped ? raw : text;  // tokens outside the byte alphabet decode as written
       valid_[id] = true;
     }
     for (const auto& [text, id] : specials) {
+      // An added token usually repeats its vocabulary entry (same text and id); another text is a clash.
+      const auto entry = vocab_.find(text);
+      LLM_CHECK(!valid_[id] || bytes_[id] == text || (entry != vocab_.end() && entry->second == id), origin, ": added token '",
+                text, "' has id ", id, ", which another token has");
       bytes_[id] = text;
       valid_[id] = true;
       specials_[text] = id;

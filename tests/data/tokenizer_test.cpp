@@ -209,6 +209,9 @@ TEST(HfTokenizerJson, BadValuesNameTheFileAndKey) {
       {replaced("\"content\":\"<|endoftext|>\"", "\"content\":7"), "added_tokens[0].content: expected a string"},
       {replaced("\"added_tokens\":[", "\"added_tokens\":5,\"x\":["), "added_tokens: expected a list, got 5"},
       {replaced("\"abc\":257", "\"abc\":-257"), "model.vocab['abc']: expected a token id"},
+      // Two tokens with one id: one of them decoded as the other, silently.
+      {replaced("\"abc\":257", "\"abc\":256"), "token id 256 is given to two tokens"},
+      {replaced("\"id\":258", "\"id\":256"), "added token '<|endoftext|>' has id 256, which another token has"},
       {replaced("{\"type\":\"ByteLevel\",\"add_prefix_space\":false}",
                 "{\"type\":\"Sequence\",\"pretokenizers\":{\"type\":\"ByteLevel\"}}"),
        "pre_tokenizer.pretokenizers: expected a list"},
