@@ -8,10 +8,10 @@
 #include <array>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <unordered_map>
 
 #include "data/tokenizer.h"
@@ -365,8 +365,7 @@ std::unique_ptr<Tokenizer> load_gpt2_bpe(const std::string& encoder_json, const 
   for (auto it = enc.begin(); it != enc.end(); ++it) {
     vocab.emplace_back(it.key(), token_id(it.value(), encoder_json + ": token '" + it.key() + "'"));
   }
-  std::ifstream f(vocab_bpe);
-  LLM_CHECK(f.good(), vocab_bpe, ": cannot open merges file");
+  std::istringstream f(read_file(vocab_bpe));  // a directory read as no merges: a silently different tokenizer
   std::vector<std::pair<std::string, std::string>> merges;
   std::string line;
   int lineno = 0;

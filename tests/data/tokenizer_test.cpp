@@ -143,6 +143,10 @@ TEST(Gpt2Bpe, BadIdsAndFilesGiveClearErrors) {
     EXPECT_NE(std::string(e.what()).find("Unigram"), std::string::npos) << e.what();
   }
   EXPECT_THROW(data::load_tokenizer(dir / "missing"), Error);
+  // vocab.bpe as a directory read as no merges at all: a different tokenizer, silently.
+  std::filesystem::create_directories(dir / "bpe/vocab.bpe");
+  std::filesystem::copy_file(std::string(LLM_SOURCE_DIR) + "/data/assets/gpt2/encoder.json", dir / "bpe/encoder.json");
+  EXPECT_EQ(testing::error_of([&] { data::load_tokenizer(dir / "bpe"); }), dir / "bpe/vocab.bpe" + ": a directory, not a file");
   EXPECT_THROW(data::load_tokenizer(dir.str()), Error);  // a directory without tokenizer files
 }
 
