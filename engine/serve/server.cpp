@@ -245,7 +245,9 @@ std::shared_ptr<Job> Server::Impl::submit(const httplib::Request& req, bool chat
                             std::to_string(context), "invalid_request_error", chat ? "messages" : "prompt", "context_length_exceeded");
   job->header = {std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(n), options.model_name,
                  std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(), chat};
-  job->deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(options.request_timeout_s));
+  // At most ~30 years: a larger --timeout (1e18) overflowed the clock, and every request timed out at once.
+  const double timeout_s = std::min(options.request_timeout_s, 1e9);
+  job->deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(timeout_s));
   {
     std::lock_guard<std::mutex> lk(mu);
     if (stopping) throw shutdown_error();

@@ -308,6 +308,15 @@ TEST(Server, FullQueueGets429AndTimeoutGets504) {
   expect_error(slow.post("/v1/completions", completion_body("hi", 50)), 504, "timed out");
 }
 
+TEST(Server, HugeTimeoutMeansNoTimeout) {
+  ServerOptions o;
+  o.request_timeout_s = 1e18;  // the deadline overflowed the clock: every request got 504 at once
+  Running s(o);
+  const auto r = s.post("/v1/completions", completion_body("Once", 3));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+}
+
 TEST(Server, ClientThatDisconnectsMidStreamFreesItsSlot) {
   ServerOptions o;
   o.max_batch = 2;
