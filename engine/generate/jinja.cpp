@@ -41,6 +41,21 @@ double footprint(const Value& v) {
   return n;
 }
 
+// Printing, comparing and serializing recurse once per level of a value: a deeper one (built in a loop,
+// or a namespace holding itself) is an error instead of a stack overflow.
+constexpr int kMaxValueNesting = 1000;
+thread_local int value_nesting = 0;
+struct NestingGuard {
+  NestingGuard() {
+    if (++value_nesting <= kMaxValueNesting) return;
+    --value_nesting;
+    throw Fail("a value nested more than 1000 levels deep (or holding itself)");
+  }
+  ~NestingGuard() { --value_nesting; }
+  NestingGuard(const NestingGuard&) = delete;
+  NestingGuard& operator=(const NestingGuard&) = delete;
+};
+
 void check_size(double bytes, const std::string& op) {
   if (bytes > kMaxBytes) throw Fail("'" + op + "' would make a value of more than 256 MiB");
 }
@@ -157,6 +172,30 @@ void Value::Dict::set(const std::string& key, Value v) {
   items.emplace_back(key, std::move(v));
 }
 
+Value::~Value() {
+  // Moves the items of the containers this value alone owns to a work list, so that each value is
+  // destroyed with its containers already emptied: one level of destructor calls at a time.
+  std::vector<Value> work;
+  auto release = [&work](Value& v) {
+    if (v.list_ && v.list_.use_count() == 1) {
+      for (Value& x : *v.list_)
+        if (x.list_ || x.dict_) work.push_back(std::move(x));
+      v.list_->clear();
+    }
+    if (v.dict_ && v.dict_.use_count() == 1) {
+      for (auto& kv : v.dict_->items)
+        if (kv.second.list_ || kv.second.dict_) work.push_back(std::move(kv.second));
+      v.dict_->items.clear();
+    }
+  };
+  release(*this);
+  while (!work.empty()) {
+    Value v = std::move(work.back());
+    work.pop_back();
+    release(v);
+  }
+}
+
 Value Value::tuple(List l) {
   Value v(std::move(l));
   v.tuple_ = true;
@@ -222,11 +261,13 @@ std::string Value::repr() const {
     case Kind::Float: return float_repr(float_);
     case Kind::String: return py_quote(str_);
     case Kind::List: {
+      const NestingGuard guard;
       std::string s = tuple_ ? "(" : "[";
       for (size_t i = 0; i < list_->size(); ++i) s += (i ? ", " : "") + (*list_)[i].repr();
       return s + (tuple_ ? (list_->size() == 1 ? ",)" : ")") : "]");
     }
     case Kind::Dict: {
+      const NestingGuard guard;
       std::string s = "{";
       for (size_t i = 0; i < dict_->items.size(); ++i)
         s += (i ? ", " : "") + py_quote(dict_->items[i].first) + ": " + dict_->items[i].second.repr();
@@ -258,6 +299,7 @@ static void dump_json(const Value& v, int indent, int depth, std::string& out) {
         out += "[]";
         return;
       }
+      const NestingGuard guard;
       out += '[';
       for (size_t i = 0; i < v.list().size(); ++i) {
         if (i) out += pretty ? "," : ", ";
@@ -273,6 +315,7 @@ static void dump_json(const Value& v, int indent, int depth, std::string& out) {
         out += "{}";
         return;
       }
+      const NestingGuard guard;
       out += '{';
       for (size_t i = 0; i < v.dict().items.size(); ++i) {
         if (i) out += pretty ? "," : ", ";
@@ -308,8 +351,12 @@ bool Value::operator==(const Value& o) const {
     case Kind::Undefined:
     case Kind::None: return true;
     case Kind::String: return str_ == o.str_;
-    case Kind::List: return *list_ == *o.list_;
+    case Kind::List: {
+      const NestingGuard guard;
+      return *list_ == *o.list_;
+    }
     case Kind::Dict: {
+      const NestingGuard guard;
       if (dict_->items.size() != o.dict_->items.size()) return false;
       for (const auto& [k, v] : dict_->items) {
         const Value* w = o.dict_->find(k);
@@ -727,6 +774,7 @@ int compare(const Value& a, const Value& b) {
   }
   if (a.is_string() && b.is_string()) return a.as_string().compare(b.as_string()) < 0 ? -1 : a.as_string() == b.as_string() ? 0 : 1;
   if (a.is_list() && b.is_list()) {
+    const NestingGuard guard;
     const auto &x = a.list(), &y = b.list();
     for (size_t i = 0; i < x.size() && i < y.size(); ++i)
       if (int c = compare(x[i], y[i])) return c;

@@ -45,6 +45,13 @@ class Value {
   using Function = std::function<Value(const CallArgs&)>;
 
   Value() = default;  // undefined
+  // Frees nested lists and dicts iteratively: a value nested ~1e5 deep (built in a template loop) freed
+  // recursively overflowed the stack.
+  ~Value();
+  Value(const Value&) = default;
+  Value(Value&&) noexcept = default;
+  Value& operator=(const Value&) = default;
+  Value& operator=(Value&&) noexcept = default;
   Value(std::nullptr_t) : kind_(Kind::None) {}
   Value(bool b) : kind_(Kind::Bool), int_(b) {}
   Value(int i) : kind_(Kind::Int), int_(i) {}

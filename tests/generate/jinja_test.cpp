@@ -277,6 +277,13 @@ TEST(Jinja, RunawayTemplatesAreErrorsNotHangsOrOutOfMemory) {
                                   repeated("{% if 1 %}", 20000) + repeated("{% endif %}", 20000)})
     EXPECT_NE(error_of(deep).find("nested too deeply (more than 500 levels)"), std::string::npos) << deep.substr(0, 40);
   EXPECT_EQ(render("{{ " + std::string(100, '(') + "1" + std::string(100, ')') + repeated(" + 1", 300) + " }}"), "301");
+  // A value nested deeply in a loop, or a namespace holding itself: printing, comparing or freeing it
+  // recursed per level and overflowed the stack.
+  const std::string nest = "{% set ns = namespace(l=[]) %}{% for i in range(300000) %}{% set ns.l = [ns.l] %}{% endfor %}";
+  EXPECT_EQ(render(nest + "{{ ns.l | length }}"), "1");
+  for (const char* use : {"{{ ns.l }}", "{{ ns.l | tojson }}", "{{ ns.l == ns.l }}"})
+    EXPECT_NE(error_of(nest + use).find("a value nested more than 1000 levels deep (or holding itself)"), std::string::npos) << use;
+  EXPECT_NE(error_of("{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}").find("(or holding itself)"), std::string::npos);
   // Within the bounds all of it works.
   EXPECT_EQ(render("{% for i in range(100) %}{% for j in range(100) %}{% endfor %}{% endfor %}{{ ('ab' ~ 'c') * 2 }}"), "abcabc");
 }
