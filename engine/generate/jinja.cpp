@@ -10,6 +10,7 @@
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <set>
 #include <stdexcept>
 
 #include "data/tokenizer.h"
@@ -1630,6 +1631,29 @@ struct ForNode : Node {
   }
 };
 
+// Why `v` may not become an attribute of `target`: reference counting never frees a cycle, so a
+// namespace may not come to hold itself, directly or through the lists and dicts inside `v`; and a
+// function's closure can hold anything, so none is stored. "" when it may. Iterative, each container
+// visited once: values can be nested deeply and share parts.
+std::string cannot_hold(const Value& v, const Value::Dict& target) {
+  std::vector<const Value*> todo = {&v};
+  std::set<const void*> seen;
+  while (!todo.empty()) {
+    const Value* x = todo.back();
+    todo.pop_back();
+    if (x->kind() == Value::Kind::Function) return "a function";
+    if (x->is_dict()) {
+      if (&x->dict() == &target) return "a value holding the namespace itself";
+      if (!seen.insert(&x->dict()).second) continue;
+      for (const auto& kv : x->dict().items) todo.push_back(&kv.second);
+    } else if (x->is_list() && x->holds_dicts_or_functions()) {
+      if (!seen.insert(&x->list()).second) continue;
+      for (const Value& y : x->list()) todo.push_back(&y);
+    }
+  }
+  return "";
+}
+
 struct SetNode : Node {
   std::vector<std::string> targets;
   std::string attr;  // set ns.attr = ...: targets[0] is the namespace
@@ -1641,6 +1665,8 @@ struct SetNode : Node {
     if (!attr.empty()) {
       const Value ns = ctx.lookup(targets[0]);
       if (!ns.is_dict()) throw Fail("cannot set attribute '" + attr + "' of '" + targets[0] + "' (a " + kind_name(ns.kind()) + ", not a namespace)");
+      const std::string refused = cannot_hold(v, ns.dict());
+      if (!refused.empty()) throw Fail("cannot set '" + targets[0] + "." + attr + "' to " + refused);
       ns.dict().set(attr, v);
     } else {
       assign(ctx, targets, v);
