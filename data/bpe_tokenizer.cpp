@@ -8,10 +8,10 @@
 #include <array>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <unordered_map>
 
 #include "data/tokenizer.h"
@@ -162,10 +162,16 @@ class BpeTokenizer final : public Tokenizer {
         }
         raw += static_cast<char>(it->second);
       }
+      // Two tokens sharing an id would decode one of them as the other: a corrupt vocabulary.
+      LLM_CHECK(!valid_[id], origin, ": token id ", id, " is given to two tokens, '", text, "' and another");
       bytes_[id] = mapped ? raw : text;  // tokens outside the byte alphabet decode as written
       valid_[id] = true;
     }
     for (const auto& [text, id] : specials) {
+      // An added token usually repeats its vocabulary entry (same text and id); another text is a clash.
+      const auto entry = vocab_.find(text);
+      LLM_CHECK(!valid_[id] || bytes_[id] == text || (entry != vocab_.end() && entry->second == id), origin, ": added token '",
+                text, "' has id ", id, ", which another token has");
       bytes_[id] = text;
       valid_[id] = true;
       specials_[text] = id;
@@ -359,8 +365,7 @@ std::unique_ptr<Tokenizer> load_gpt2_bpe(const std::string& encoder_json, const 
   for (auto it = enc.begin(); it != enc.end(); ++it) {
     vocab.emplace_back(it.key(), token_id(it.value(), encoder_json + ": token '" + it.key() + "'"));
   }
-  std::ifstream f(vocab_bpe);
-  LLM_CHECK(f.good(), vocab_bpe, ": cannot open merges file");
+  std::istringstream f(read_file(vocab_bpe));  // a directory read as no merges: a silently different tokenizer
   std::vector<std::pair<std::string, std::string>> merges;
   std::string line;
   int lineno = 0;

@@ -63,7 +63,10 @@ Args parse(int argc, char** argv) {
     else if (f == "--repeat-last-n") a.gen.sampling.repeat_last_n = number<int64_t>(f, value());
     else if (f == "--seed" || f == "-s") a.gen.sampling.seed = number<uint64_t>(f, value());
     else if (f == "--threads" || f == "-t") a.threads = llm::cli::threads(f, value());
-    else if (f == "--stop") a.stop.push_back(value());
+    else if (f == "--stop") {
+      a.stop.push_back(value());
+      if (a.stop.back().empty()) fail("--stop: must not be empty");
+    }
     else if (f == "--ignore-eos") a.ignore_eos = true;
     else if (f == "--quantize") a.q8 = llm::cli::quantize_q8(value());
     else if (f == "--device") a.device = value();
@@ -130,7 +133,11 @@ int main(int argc, char** argv) {
 
     if (!a.prompt_file.empty()) a.prompts = {data::read_file(a.prompt_file)};
     std::vector<std::vector<int32_t>> ids;
-    for (const std::string& p : a.prompts) ids.push_back(generate::encode_prompt(*tokenizer, p));
+    for (const std::string& p : a.prompts) {
+      ids.push_back(generate::encode_prompt(*tokenizer, p));
+      // Checked before the prompt is echoed, so a prompt past the context is an error line of its own.
+      generate::validate_prompt(model->config(), ids.back(), a.prompts.size() == 1 ? "the prompt" : "prompt " + std::to_string(ids.size()));
+    }
     generate::GenerateStats stats;
     if (ids.size() == 1) {
       std::fwrite(a.prompts[0].data(), 1, a.prompts[0].size(), stdout);

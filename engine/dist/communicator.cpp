@@ -109,6 +109,7 @@ void abort_world(int) {}
 
 std::unique_ptr<Communicator> make_communicator(const std::string& backend, double timeout_s) {
   LLM_CHECK(timeout_s > 0, "dist.timeout_s: must be positive, got ", timeout_s);
+  LLM_CHECK(timeout_s <= 1e9, "dist.timeout_s: at most 1e9 seconds, got ", timeout_s);  // deadlines in ns overflowed past it
   std::string b = backend;
   if (b == "auto") {
     const LaunchInfo launch = detect_launch();

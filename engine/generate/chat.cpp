@@ -98,7 +98,10 @@ std::string ChatTemplate::render(const std::vector<Message>& messages, bool add_
 
 std::vector<int32_t> ChatTemplate::encode(const data::Tokenizer& tokenizer, const std::vector<Message>& messages,
                                           bool add_generation_prompt) const {
-  return tokenizer.encode_with_special(render(messages, add_generation_prompt));
+  std::vector<int32_t> ids = tokenizer.encode_with_special(render(messages, add_generation_prompt));
+  // Said here, where the template is known: the generator's "prompt has no tokens" names neither it nor its file.
+  LLM_CHECK(!ids.empty(), origin_, ": the template rendered nothing for a conversation of ", messages.size(), " message(s)");
+  return ids;
 }
 
 ChatTemplate::Masked ChatTemplate::encode_with_mask(const data::Tokenizer& tokenizer,

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <set>
 #include <stdexcept>
 
 #include "data/tokenizer.h"
@@ -23,6 +24,42 @@ namespace {
 struct Fail : std::runtime_error {
   explicit Fail(const std::string& what) : std::runtime_error(what) {}
 };
+
+// Bounds that make a runaway template an error instead of a hang or an out-of-memory kill: loop
+// iterations and macro calls per render (nested loops over range() or a macro calling itself twice
+// per level are exponential), and the memory of a string or list built by +, ~ and * (doubling one in
+// a loop) and of the output.
+constexpr int64_t kMaxSteps = 1000000;
+constexpr double kMaxBytes = 256.0 * (1 << 20);
+
+// The memory a value built from others holds: a string's bytes; a list's items and the bytes of its
+// strings (strings are held by value, so each copy in a list costs memory).
+double footprint(const Value& v) {
+  if (v.is_string()) return static_cast<double>(v.as_string().size());
+  if (!v.is_list()) return 0;
+  double n = static_cast<double>(v.list().size() * sizeof(Value));
+  for (const Value& x : v.list()) n += x.is_string() ? static_cast<double>(x.as_string().size()) : 0;
+  return n;
+}
+
+// Printing, comparing and serializing recurse once per level of a value: a deeper one (built in a loop,
+// or a namespace holding itself) is an error instead of a stack overflow.
+constexpr int kMaxValueNesting = 1000;
+thread_local int value_nesting = 0;
+struct NestingGuard {
+  NestingGuard() {
+    if (++value_nesting <= kMaxValueNesting) return;
+    --value_nesting;
+    throw Fail("a value nested more than 1000 levels deep (or holding itself)");
+  }
+  ~NestingGuard() { --value_nesting; }
+  NestingGuard(const NestingGuard&) = delete;
+  NestingGuard& operator=(const NestingGuard&) = delete;
+};
+
+void check_size(double bytes, const std::string& op) {
+  if (bytes > kMaxBytes) throw Fail("'" + op + "' would make a value of more than 256 MiB");
+}
 
 const char* kind_name(Value::Kind k) {
   switch (k) {
@@ -136,6 +173,30 @@ void Value::Dict::set(const std::string& key, Value v) {
   items.emplace_back(key, std::move(v));
 }
 
+Value::~Value() {
+  // Moves the items of the containers this value alone owns to a work list, so that each value is
+  // destroyed with its containers already emptied: one level of destructor calls at a time.
+  std::vector<Value> work;
+  auto release = [&work](Value& v) {
+    if (v.list_ && v.list_.use_count() == 1) {
+      for (Value& x : *v.list_)
+        if (x.list_ || x.dict_) work.push_back(std::move(x));
+      v.list_->clear();
+    }
+    if (v.dict_ && v.dict_.use_count() == 1) {
+      for (auto& kv : v.dict_->items)
+        if (kv.second.list_ || kv.second.dict_) work.push_back(std::move(kv.second));
+      v.dict_->items.clear();
+    }
+  };
+  release(*this);
+  while (!work.empty()) {
+    Value v = std::move(work.back());
+    work.pop_back();
+    release(v);
+  }
+}
+
 Value Value::tuple(List l) {
   Value v(std::move(l));
   v.tuple_ = true;
@@ -201,11 +262,13 @@ std::string Value::repr() const {
     case Kind::Float: return float_repr(float_);
     case Kind::String: return py_quote(str_);
     case Kind::List: {
+      const NestingGuard guard;
       std::string s = tuple_ ? "(" : "[";
       for (size_t i = 0; i < list_->size(); ++i) s += (i ? ", " : "") + (*list_)[i].repr();
       return s + (tuple_ ? (list_->size() == 1 ? ",)" : ")") : "]");
     }
     case Kind::Dict: {
+      const NestingGuard guard;
       std::string s = "{";
       for (size_t i = 0; i < dict_->items.size(); ++i)
         s += (i ? ", " : "") + py_quote(dict_->items[i].first) + ": " + dict_->items[i].second.repr();
@@ -237,6 +300,7 @@ static void dump_json(const Value& v, int indent, int depth, std::string& out) {
         out += "[]";
         return;
       }
+      const NestingGuard guard;
       out += '[';
       for (size_t i = 0; i < v.list().size(); ++i) {
         if (i) out += pretty ? "," : ", ";
@@ -252,6 +316,7 @@ static void dump_json(const Value& v, int indent, int depth, std::string& out) {
         out += "{}";
         return;
       }
+      const NestingGuard guard;
       out += '{';
       for (size_t i = 0; i < v.dict().items.size(); ++i) {
         if (i) out += pretty ? "," : ", ";
@@ -287,8 +352,12 @@ bool Value::operator==(const Value& o) const {
     case Kind::Undefined:
     case Kind::None: return true;
     case Kind::String: return str_ == o.str_;
-    case Kind::List: return *list_ == *o.list_;
+    case Kind::List: {
+      const NestingGuard guard;
+      return *list_ == *o.list_;
+    }
     case Kind::Dict: {
+      const NestingGuard guard;
       if (dict_->items.size() != o.dict_->items.size()) return false;
       for (const auto& [k, v] : dict_->items) {
         const Value* w = o.dict_->find(k);
@@ -563,8 +632,15 @@ struct Scope {
 };
 
 struct RenderState {
-  size_t pos = 0;  // the construct being evaluated, for error positions
-  int depth = 0;   // macro call depth, bounded so runaway recursion is an error, not a crash
+  size_t pos = 0;     // the construct being evaluated, for error positions
+  int depth = 0;      // macro call depth, bounded so runaway recursion is an error, not a crash
+  int64_t steps = 0;  // loop iterations and macro calls so far, bounded by kMaxSteps
+
+  void step(size_t at) {
+    if (++steps <= kMaxSteps) return;
+    pos = at;
+    throw Fail("the template ran more than 1000000 loop iterations and macro calls (an endless loop?)");
+  }
 };
 
 struct Context {
@@ -603,6 +679,7 @@ using Body = std::vector<NodePtr>;
 Flow exec_body(const Body& body, Context& ctx) {
   for (const NodePtr& n : body) {
     const Flow f = n->exec(ctx);
+    if (ctx.out && static_cast<double>(ctx.out->size()) > kMaxBytes) throw Fail("the output would be longer than 256 MiB");
     if (f != Flow::Normal) return f;
   }
   return Flow::Normal;
@@ -698,6 +775,7 @@ int compare(const Value& a, const Value& b) {
   }
   if (a.is_string() && b.is_string()) return a.as_string().compare(b.as_string()) < 0 ? -1 : a.as_string() == b.as_string() ? 0 : 1;
   if (a.is_list() && b.is_list()) {
+    const NestingGuard guard;
     const auto &x = a.list(), &y = b.list();
     for (size_t i = 0; i < x.size() && i < y.size(); ++i)
       if (int c = compare(x[i], y[i])) return c;
@@ -946,21 +1024,19 @@ Value subscript(const Value& obj, const Value& key) {
 
 Value arithmetic(const std::string& op, const Value& a, const Value& b) {
   if (a.is_undefined() || b.is_undefined()) throw Fail("undefined value in '" + op + "'");
-  if (op == "+") {
-    if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
-    if (a.is_list() && b.is_list()) {
-      Value::List l = a.list();
-      l.insert(l.end(), b.list().begin(), b.list().end());
-      return Value(l);
-    }
+  if (op == "+" && ((a.is_string() && b.is_string()) || (a.is_list() && b.is_list()))) {
+    check_size(footprint(a) + footprint(b), op);
+    if (a.is_string()) return Value(a.as_string() + b.as_string());
+    Value::List l = a.list();
+    l.insert(l.end(), b.list().begin(), b.list().end());
+    return Value(l);
   }
   if (op == "*") {
     const Value* seq = a.is_string() || a.is_list() ? &a : b.is_string() || b.is_list() ? &b : nullptr;
     const Value& times = seq == &a ? b : a;
     if (seq && (times.kind() == Value::Kind::Int || times.kind() == Value::Kind::Bool)) {
       const int64_t n = std::max<int64_t>(0, times.as_int());
-      const double size = static_cast<double>(seq->is_string() ? seq->as_string().size() : seq->list().size());
-      if (size * static_cast<double>(n) > 1e8) throw Fail("'*' would make a sequence of more than 1e8 items");
+      check_size(footprint(*seq) * static_cast<double>(n), op);
       if (seq->is_string()) {
         std::string out;
         for (int64_t i = 0; i < n; ++i) out += seq->as_string();
@@ -1416,7 +1492,11 @@ struct Binary : Expr {
     }
     const Value l = left->eval(ctx), r = right->eval(ctx);
     ctx.at(pos);
-    if (op == "~") return Value(l.str() + r.str());
+    if (op == "~") {
+      std::string a = l.str(), b = r.str();
+      check_size(static_cast<double>(a.size() + b.size()), op);
+      return Value(a + b);
+    }
     return arithmetic(op, l, r);
   }
 };
@@ -1515,6 +1595,7 @@ struct ForNode : Node {
     Value::List items;
     if (filter) {
       for (const Value& x : all) {
+        ctx.state->step(pos);
         assign(ctx, targets, x);
         if (filter->eval(ctx).truthy()) items.push_back(x);
       }
@@ -1523,6 +1604,7 @@ struct ForNode : Node {
     }
     const int64_t n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      ctx.state->step(pos);
       Value::Dict loop;
       loop.items = {{"index", Value(i + 1)},
                     {"index0", Value(i)},
@@ -1549,6 +1631,29 @@ struct ForNode : Node {
   }
 };
 
+// Why `v` may not become an attribute of `target`: reference counting never frees a cycle, so a
+// namespace may not come to hold itself, directly or through the lists and dicts inside `v`; and a
+// function's closure can hold anything, so none is stored. "" when it may. Iterative, each container
+// visited once: values can be nested deeply and share parts.
+std::string cannot_hold(const Value& v, const Value::Dict& target) {
+  std::vector<const Value*> todo = {&v};
+  std::set<const void*> seen;
+  while (!todo.empty()) {
+    const Value* x = todo.back();
+    todo.pop_back();
+    if (x->kind() == Value::Kind::Function) return "a function";
+    if (x->is_dict()) {
+      if (&x->dict() == &target) return "a value holding the namespace itself";
+      if (!seen.insert(&x->dict()).second) continue;
+      for (const auto& kv : x->dict().items) todo.push_back(&kv.second);
+    } else if (x->is_list() && x->holds_dicts_or_functions()) {
+      if (!seen.insert(&x->list()).second) continue;
+      for (const Value& y : x->list()) todo.push_back(&y);
+    }
+  }
+  return "";
+}
+
 struct SetNode : Node {
   std::vector<std::string> targets;
   std::string attr;  // set ns.attr = ...: targets[0] is the namespace
@@ -1560,6 +1665,8 @@ struct SetNode : Node {
     if (!attr.empty()) {
       const Value ns = ctx.lookup(targets[0]);
       if (!ns.is_dict()) throw Fail("cannot set attribute '" + attr + "' of '" + targets[0] + "' (a " + kind_name(ns.kind()) + ", not a namespace)");
+      const std::string refused = cannot_hold(v, ns.dict());
+      if (!refused.empty()) throw Fail("cannot set '" + targets[0] + "." + attr + "' to " + refused);
       ns.dict().set(attr, v);
     } else {
       assign(ctx, targets, v);
@@ -1602,6 +1709,7 @@ struct MacroNode : Node {
     ast::RenderState* state = ctx.state;
     ctx.set(name, Value::function([self, globals, state](const CallArgs& a) {
       if (state->depth >= 100) throw Fail("macro '" + self->name + "' nested too deep (recursion?)");
+      state->step(state->pos);
       Context inner{{globals.lock(), std::make_shared<ast::Scope>()}, nullptr, state};
       if (a.positional.size() > self->params.size())
         throw Fail("macro '" + self->name + "' takes " + std::to_string(self->params.size()) + " arguments, got " +
@@ -1662,6 +1770,24 @@ class Parser {
 
  private:
   [[noreturn]] void fail(size_t pos, const std::string& msg) const { throw Error(located(name_, src_, pos, msg)); }
+
+  // Parsing, rendering and freeing the tree recurse once per level of nesting (blocks, brackets,
+  // operator and filter chains), so a deep one overflowed the stack: the depth is bounded. A Nest
+  // counts the levels one parsing function opens and gives them back when it returns.
+  static constexpr int kMaxNesting = 500;
+  int depth_ = 0;
+  struct Nest {
+    explicit Nest(Parser& parser) : p(parser) {}
+    Nest(const Nest&) = delete;
+    Nest& operator=(const Nest&) = delete;
+    ~Nest() { p.depth_ -= levels; }
+    void deeper(size_t pos) {
+      ++levels;
+      if (++p.depth_ > kMaxNesting) p.fail(pos, "nested too deeply (more than " + std::to_string(kMaxNesting) + " levels)");
+    }
+    Parser& p;
+    int levels = 0;
+  };
   const Token& peek(size_t k = 0) const { return t_[std::min(i_ + k, t_.size() - 1)]; }
   const Token& next() {
     const Token& t = peek();
@@ -1704,6 +1830,8 @@ class Parser {
 
   // Statements until a block tag whose keyword is in `ends` (left unconsumed after its '{%').
   Body parse_body(const std::vector<std::string>& ends, size_t open_pos) {
+    Nest nest(*this);
+    nest.deeper(open_pos);
     Body body;
     while (true) {
       const Token& t = peek();
@@ -1922,8 +2050,10 @@ class Parser {
   }
 
   ExprPtr parse_expression() {
+    Nest nest(*this);
     ExprPtr e = parse_or();
     while (is_name("if")) {
+      nest.deeper(peek().pos);
       auto c = make<CondExpr>(next().pos);
       c->then = std::move(e);
       c->cond = parse_or();
@@ -1942,18 +2072,22 @@ class Parser {
   }
 
   ExprPtr parse_or() {
+    Nest nest(*this);
     ExprPtr e = parse_and();
     while (is_name("or")) {
       const size_t pos = next().pos;
+      nest.deeper(pos);
       e = binary("or", pos, std::move(e), parse_and());
     }
     return e;
   }
 
   ExprPtr parse_and() {
+    Nest nest(*this);
     ExprPtr e = parse_not();
     while (is_name("and")) {
       const size_t pos = next().pos;
+      nest.deeper(pos);
       e = binary("and", pos, std::move(e), parse_not());
     }
     return e;
@@ -1961,6 +2095,8 @@ class Parser {
 
   ExprPtr parse_not() {
     if (is_name("not")) {
+      Nest nest(*this);
+      nest.deeper(peek().pos);
       auto u = make<Unary>(next().pos);
       u->op = "not";
       u->operand = parse_not();
@@ -1998,42 +2134,52 @@ class Parser {
   }
 
   ExprPtr parse_math1() {
+    Nest nest(*this);
     ExprPtr e = parse_concat();
     while (is_op("+") || is_op("-")) {
       const Token& t = next();
+      nest.deeper(t.pos);
       e = binary(t.text, t.pos, std::move(e), parse_concat());
     }
     return e;
   }
 
   ExprPtr parse_concat() {
+    Nest nest(*this);
     ExprPtr e = parse_math2();
     while (is_op("~")) {
       const size_t pos = next().pos;
+      nest.deeper(pos);
       e = binary("~", pos, std::move(e), parse_math2());
     }
     return e;
   }
 
   ExprPtr parse_math2() {
+    Nest nest(*this);
     ExprPtr e = parse_pow();
     while (is_op("*") || is_op("/") || is_op("//") || is_op("%")) {
       const Token& t = next();
+      nest.deeper(t.pos);
       e = binary(t.text, t.pos, std::move(e), parse_pow());
     }
     return e;
   }
 
   ExprPtr parse_pow() {
+    Nest nest(*this);
     ExprPtr e = parse_unary(true);
     while (is_op("**")) {
       const size_t pos = next().pos;
+      nest.deeper(pos);
       e = binary("**", pos, std::move(e), parse_unary(true));
     }
     return e;
   }
 
   ExprPtr parse_unary(bool with_filter) {
+    Nest nest(*this);
+    nest.deeper(peek().pos);
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
       auto u = make<Unary>(peek().pos);
@@ -2136,7 +2282,9 @@ class Parser {
   }
 
   ExprPtr parse_postfix(ExprPtr e) {
+    Nest nest(*this);
     while (true) {
+      if (is_op(".") || is_op("[") || is_op("(")) nest.deeper(peek().pos);
       if (is_op(".")) {
         const size_t pos = next().pos;
         if (peek().type == Tok::Int) {  // foo.0 is foo[0]
@@ -2191,7 +2339,9 @@ class Parser {
   }
 
   ExprPtr parse_filters(ExprPtr e) {
+    Nest nest(*this);
     while (true) {
+      if (is_op("|") || is_name("is") || is_op("(")) nest.deeper(peek().pos);
       if (is_op("|")) {
         const size_t pos = next().pos;
         auto f = make<FilterExpr>(pos);

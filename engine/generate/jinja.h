@@ -45,6 +45,13 @@ class Value {
   using Function = std::function<Value(const CallArgs&)>;
 
   Value() = default;  // undefined
+  // Frees nested lists and dicts iteratively: a value nested ~1e5 deep (built in a template loop) freed
+  // recursively overflowed the stack.
+  ~Value();
+  Value(const Value&) = default;
+  Value(Value&&) noexcept = default;
+  Value& operator=(const Value&) = default;
+  Value& operator=(Value&&) noexcept = default;
   Value(std::nullptr_t) : kind_(Kind::None) {}
   Value(bool b) : kind_(Kind::Bool), int_(b) {}
   Value(int i) : kind_(Kind::Int), int_(i) {}
@@ -52,7 +59,9 @@ class Value {
   Value(double f) : kind_(Kind::Float), float_(f) {}
   Value(const char* s) : kind_(Kind::String), str_(s) {}
   Value(std::string s) : kind_(Kind::String), str_(std::move(s)) {}
-  Value(List l) : kind_(Kind::List), list_(std::make_shared<List>(std::move(l))) {}
+  Value(List l) : kind_(Kind::List), list_(std::make_shared<List>(std::move(l))) {
+    for (const Value& x : *list_) holds_refs_ = holds_refs_ || x.is_dict() || x.kind_ == Kind::Function || x.holds_refs_;
+  }
   Value(Dict d) : kind_(Kind::Dict), dict_(std::make_shared<Dict>(std::move(d))) {}
   static Value function(Function f);
   static Value tuple(List l);  // a list that prints as Python's tuple: ('a', 1)
@@ -66,6 +75,9 @@ class Value {
   bool is_number() const { return kind_ == Kind::Int || kind_ == Kind::Float; }
   bool is_list() const { return kind_ == Kind::List; }
   bool is_dict() const { return kind_ == Kind::Dict; }
+  // A list with a dict or a function somewhere inside (lists do not change once built), so that a
+  // search for what a value refers to can skip plain data.
+  bool holds_dicts_or_functions() const { return holds_refs_; }
 
   bool as_bool() const { return int_ != 0; }
   int64_t as_int() const { return int_; }
@@ -91,6 +103,7 @@ class Value {
   double float_ = 0;
   std::string str_;
   bool tuple_ = false;
+  bool holds_refs_ = false;
   std::shared_ptr<List> list_;
   std::shared_ptr<Dict> dict_;
   std::shared_ptr<Function> fn_;

@@ -111,7 +111,12 @@ Header parse_header(const std::string& path, const std::string& bytes) {
   }
   LLM_CHECK(bytes.size() >= prefix + header_len, path, ": truncated .npy header (", header_len, " bytes announced, ",
             bytes.size() - prefix, " present)");
-  const std::string text = bytes.substr(prefix, header_len);
+  // Without numpy's padding and newline, which would end the error messages quoting it; other control
+  // bytes (a corrupt header) become spaces so that an error stays one line.
+  std::string text = bytes.substr(prefix, header_len);
+  text.erase(text.find_last_not_of(" \t\r\n") + 1);
+  for (char& c : text)
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
   HeaderParser p(path, text);
   Header h;
   bool have_descr = false, have_fortran = false, have_shape = false;
@@ -146,9 +151,14 @@ Tensor read_npy(const std::string& path) {
                                "' (expected little-endian float32/float64/int32/int64: <f4 <f8 <i4 <i8)"));
   LLM_CHECK(static_cast<int>(h.shape.size()) <= kMaxDims, path, ": .npy array has ", h.shape.size(),
             " dimensions; at most ", kMaxDims, " are supported");
+  // The byte count, checked for overflow: a corrupt shape ((2**40, 2**40)) wrapped around to a small one.
+  size_t want = item;
+  for (int64_t d : h.shape)
+    LLM_CHECK(!__builtin_mul_overflow(want, static_cast<size_t>(d), &want), path, ": .npy shape ", Shape(h.shape).str(),
+              " is too large (corrupt header?)");
   const Shape shape(h.shape);
   const int64_t n = shape.numel();
-  const size_t want = static_cast<size_t>(n) * item, have = bytes.size() - h.data_offset;
+  const size_t have = bytes.size() - h.data_offset;
   LLM_CHECK(have >= want, path, ": truncated .npy data: shape ", shape.str(), " needs ", want, " bytes, the file has ", have);
   LLM_CHECK(have == want, path, ": .npy data longer than its shape ", shape.str(), " (", have, " bytes, expected ", want, ")");
   const char* src = bytes.data() + h.data_offset;

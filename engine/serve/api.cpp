@@ -7,11 +7,13 @@ namespace llm::serve {
 using nlohmann::json;
 
 std::string error_body(const ApiError& e) {
+  // Messages quote the request (a JSON parse error shows the bytes it stopped at), which need not be
+  // UTF-8: those bytes are replaced, so the error is always sent rather than becoming a 500.
   const json err = {{"message", e.what()},
                     {"type", e.type},
                     {"param", e.param.empty() ? json(nullptr) : json(e.param)},
                     {"code", e.code.empty() ? json(nullptr) : json(e.code)}};
-  return json{{"error", err}}.dump();
+  return json{{"error", err}}.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 namespace {
@@ -156,7 +158,7 @@ CompletionRequest parse_completion_request(const std::string& body, bool chat, c
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number past double (1e400)
     throw ApiError(400, std::string("the request body is not valid JSON: ") + e.what());
   }
   if (!j.is_object()) throw ApiError(400, std::string("the request body must be a JSON object, got ") + type_name(j));

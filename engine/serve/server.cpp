@@ -33,16 +33,30 @@ void send_error(httplib::Response& res, const ApiError& e) {
   res.set_content(error_body(e), "application/json");
 }
 
-// The error for a status httplib itself produced (unknown route, oversize body).
+// The error for a status httplib itself produced (malformed request, unknown route, oversize body).
 ApiError error_for_status(const httplib::Request& req, int status) {
   switch (status) {
+    // httplib answers 400 itself when the request line does not parse (path still empty), or when the
+    // headers or the body cannot be read.
+    case 400:
+      if (req.path.empty())
+        return ApiError(400, "malformed HTTP request line (expected e.g. \"POST /v1/completions HTTP/1.1\" with a known method)",
+                        "invalid_request_error", "", "bad_request");
+      return ApiError(400, "cannot read the request's headers or body: a header line too long, a body shorter than its "
+                           "Content-Length, a malformed chunked body, or a body with neither Content-Length nor chunked encoding",
+                      "invalid_request_error", "", "bad_request");
     case 404: return ApiError(404, "Unknown request URL: " + req.method + " " + req.path, "invalid_request_error", "", "unknown_url");
     case 413: {
       // cpp-httplib caps form-encoded bodies (curl -d's default type) at 8 KiB, whatever the limit.
       const bool form = req.get_header_value("Content-Type").find("x-www-form-urlencoded") != std::string::npos;
+      // httplib reads a Content-Length it cannot parse ("-5") as too large; say what was wrong.
+      const std::string length = req.get_header_value("Content-Length");
+      if (!length.empty() && length.find_first_not_of("0123456789") != std::string::npos)
+        return ApiError(400, "Content-Length: expected a number of bytes, got \"" + length + "\"", "invalid_request_error", "", "bad_request");
       return ApiError(413, std::string("the request body is too large") + (form ? " for a form-encoded body; send it as Content-Type: application/json" : ""),
                       "invalid_request_error", "", "request_too_large");
     }
+    case 414: return ApiError(414, "the request URL is too long", "invalid_request_error", "", "request_too_large");
     default: return ApiError(status, "request failed with HTTP status " + std::to_string(status), status >= 500 ? "server_error" : "invalid_request_error");
   }
 }
@@ -231,7 +245,9 @@ std::shared_ptr<Job> Server::Impl::submit(const httplib::Request& req, bool chat
                             std::to_string(context), "invalid_request_error", chat ? "messages" : "prompt", "context_length_exceeded");
   job->header = {std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(n), options.model_name,
                  std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(), chat};
-  job->deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(options.request_timeout_s));
+  // At most ~30 years: a larger --timeout (1e18) overflowed the clock, and every request timed out at once.
+  const double timeout_s = std::min(options.request_timeout_s, 1e9);
+  job->deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(timeout_s));
   {
     std::lock_guard<std::mutex> lk(mu);
     if (stopping) throw shutdown_error();

@@ -304,6 +304,8 @@ void check_values(const TrainConfig& c) {
   LLM_CHECK(c.zero == 0 || c.zero == 1, src, ": dist.zero: expected 0 or 1, got ", c.zero);
   LLM_CHECK(c.bucket_mb > 0, src, ": dist.bucket_mb: must be positive, got ", c.bucket_mb);
   LLM_CHECK(c.timeout_s > 0, src, ": dist.timeout_s: must be positive, got ", c.timeout_s);
+  // Deadlines are clock ticks (ns): far past 1e9 s (~30 years) they overflowed, and every collective timed out at once.
+  LLM_CHECK(c.timeout_s <= 1e9, src, ": dist.timeout_s: at most 1e9 seconds, got ", c.timeout_s);
   LLM_CHECK(c.peak_tflops >= 0, src, ": train.peak_tflops: must be 0 (the default) or positive, got ", c.peak_tflops);
   LLM_CHECK(!(c.device == "cpu" && c.precision == "bf16"), src, ": train.precision: bf16 needs train.device: cuda "
             "(the CPU computes in fp32)");

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
-#include <fstream>
+#include <sstream>
 
 #include "engine/core/error.h"
 
@@ -11,8 +11,7 @@ namespace llm::train {
 using nlohmann::json;
 
 std::vector<Record> read_records(const std::string& path) {
-  std::ifstream in(path);
-  LLM_CHECK(in.good(), path, ": cannot read the data file");
+  std::istringstream in(data::read_file(path));  // names the file when it is missing or a directory
   std::vector<Record> records;
   std::string line;
   // A .json file may hold one array of objects (ShareGPT dumps); anything else is one object per line.

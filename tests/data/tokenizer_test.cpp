@@ -143,6 +143,10 @@ TEST(Gpt2Bpe, BadIdsAndFilesGiveClearErrors) {
     EXPECT_NE(std::string(e.what()).find("Unigram"), std::string::npos) << e.what();
   }
   EXPECT_THROW(data::load_tokenizer(dir / "missing"), Error);
+  // vocab.bpe as a directory read as no merges at all: a different tokenizer, silently.
+  std::filesystem::create_directories(dir / "bpe/vocab.bpe");
+  std::filesystem::copy_file(std::string(LLM_SOURCE_DIR) + "/data/assets/gpt2/encoder.json", dir / "bpe/encoder.json");
+  EXPECT_EQ(testing::error_of([&] { data::load_tokenizer(dir / "bpe"); }), dir / "bpe/vocab.bpe" + ": a directory, not a file");
   EXPECT_THROW(data::load_tokenizer(dir.str()), Error);  // a directory without tokenizer files
 }
 
@@ -209,6 +213,9 @@ TEST(HfTokenizerJson, BadValuesNameTheFileAndKey) {
       {replaced("\"content\":\"<|endoftext|>\"", "\"content\":7"), "added_tokens[0].content: expected a string"},
       {replaced("\"added_tokens\":[", "\"added_tokens\":5,\"x\":["), "added_tokens: expected a list, got 5"},
       {replaced("\"abc\":257", "\"abc\":-257"), "model.vocab['abc']: expected a token id"},
+      // Two tokens with one id: one of them decoded as the other, silently.
+      {replaced("\"abc\":257", "\"abc\":256"), "token id 256 is given to two tokens"},
+      {replaced("\"id\":258", "\"id\":256"), "added token '<|endoftext|>' has id 256, which another token has"},
       {replaced("{\"type\":\"ByteLevel\",\"add_prefix_space\":false}",
                 "{\"type\":\"Sequence\",\"pretokenizers\":{\"type\":\"ByteLevel\"}}"),
        "pre_tokenizer.pretokenizers: expected a list"},

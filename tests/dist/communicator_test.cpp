@@ -214,6 +214,7 @@ TEST(MakeCommunicator, NamesWhatIsWrong) {
             "unknown communicator backend 'carrier-pigeon' (expected auto, single, mpi or nccl)");
   EXPECT_NE(testing::error_of([] { make_communicator("auto", 0); }).find("dist.timeout_s: must be positive"),
             std::string::npos);
+  EXPECT_EQ(testing::error_of([] { make_communicator("auto", 1e18); }), "dist.timeout_s: at most 1e9 seconds, got 1e+18");
 #ifndef LLM_HAVE_NCCL
   EXPECT_NE(testing::error_of([] { make_communicator("nccl"); }).find("the nccl communicator is not built in"),
             std::string::npos);

@@ -370,6 +370,11 @@ TEST(ChatTemplate, FromModelDirectory) {
   dir.write("tokenizer_config.json", config.dump());
   EXPECT_EQ(testing::error_of([&] { ChatTemplate::from_model_dir(dir.str()); }),
             dir.str() + "/tokenizer_config.json: chat_template:2:7: expected an expression, got '%}'");
+  // A template that renders nothing is an error naming it (it was the generator's "prompt has no tokens").
+  config["chat_template"] = "{% if false %}x{% endif %}";
+  dir.write("tokenizer_config.json", config.dump());
+  EXPECT_EQ(testing::error_of([&] { ChatTemplate::from_model_dir(dir.str()).encode(*data::make_byte_tokenizer(), {{"user", "x"}}, true); }),
+            dir.str() + "/tokenizer_config.json: chat_template: the template rendered nothing for a conversation of 1 message(s)");
   dir.write("tokenizer_config.json", "{not json");
   EXPECT_NE(testing::error_of([&] { ChatTemplate::from_model_dir(dir.str()); }).find("not a JSON object"), std::string::npos);
 }

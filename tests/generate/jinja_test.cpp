@@ -17,6 +17,12 @@ std::string error_of(const std::string& source, const std::string& context_json 
   return testing::error_of([&] { render(source, context_json); });
 }
 
+std::string repeated(const std::string& s, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += s;
+  return out;
+}
+
 TEST(Jinja, Output) {
   EXPECT_EQ(render("Hello {{ name }}!",
                    R"({"name": "world"})"),
@@ -239,12 +245,55 @@ TEST(Jinja, RuntimeErrorsNameLineAndColumn) {
   EXPECT_EQ(error_of("{{ 2 ** 63 }}"), "template:1:6: integer overflow in '**'");
   EXPECT_EQ(error_of("{{ 9223372036854775807 + 1 }}"), "template:1:24: integer overflow in '+'");
   EXPECT_EQ(error_of("{{ 1e300 | int }}"), "template:1:10: cannot convert 1e+300 to an integer");
-  EXPECT_EQ(error_of("{{ 'ab' * 100000000 }}"), "template:1:9: '*' would make a sequence of more than 1e8 items");
+  EXPECT_EQ(error_of("{{ 'ab' * 200000000 }}"), "template:1:9: '*' would make a value of more than 256 MiB");
   EXPECT_EQ(error_of("{% for x in 3 %}{% endfor %}"), "template:1:13: a int value is not iterable");
   EXPECT_EQ(error_of("{% set x = 1 %}{% set x.a = 2 %}"), "template:1:19: cannot set attribute 'a' of 'x' (a int, not a namespace)");
   EXPECT_EQ(error_of("{{ {'a': x} | tojson }}"), "template:1:13: tojson: a undefined value is not JSON serializable");
   EXPECT_EQ(error_of("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}"),
             "template:1:21: macro 'f' nested too deep (recursion?)");
+}
+
+TEST(Jinja, RunawayTemplatesAreErrorsNotHangsOrOutOfMemory) {
+  // Nested loops over big ranges, and a macro calling itself twice per level, ran for hours.
+  EXPECT_EQ(error_of("{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}"),
+            "template:1:33: the template ran more than 1000000 loop iterations and macro calls (an endless loop?)");
+  EXPECT_NE(error_of("{% macro f(n) %}{% if n < 90 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}{{ f(0) }}")
+                .find("more than 1000000 loop iterations and macro calls"),
+            std::string::npos);
+  // Doubling a string or a list in a loop, or copying a long string into a list, exhausted memory.
+  EXPECT_EQ(error_of("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"),
+            "template:1:75: '~' would make a value of more than 256 MiB");
+  EXPECT_EQ(error_of("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}"),
+            "template:1:75: '+' would make a value of more than 256 MiB");
+  EXPECT_EQ(error_of("{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}"),
+            "template:1:75: '+' would make a value of more than 256 MiB");
+  EXPECT_EQ(error_of("{{ ['x' * 10000000] * 100 }}"), "template:1:21: '*' would make a value of more than 256 MiB");
+  EXPECT_EQ(error_of("{% set s = 'x' * 10000000 %}{% for i in range(30) %}{{ s }}{% endfor %}"),
+            "template:1:46: the output would be longer than 256 MiB");
+  // Parsing, rendering and freeing recurse per level: deep nesting overflowed the stack (a segfault).
+  for (const std::string& deep : {"{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}",
+                                  "{{ 1" + repeated(" + 1", 100000) + " }}", "{{ 1" + repeated("|string", 100000) + " }}",
+                                  "{{ x" + repeated(".a", 100000) + " }}", "{{ " + std::string(100000, '-') + "1 }}",
+                                  repeated("{% if 1 %}", 20000) + repeated("{% endif %}", 20000)})
+    EXPECT_NE(error_of(deep).find("nested too deeply (more than 500 levels)"), std::string::npos) << deep.substr(0, 40);
+  EXPECT_EQ(render("{{ " + std::string(100, '(') + "1" + std::string(100, ')') + repeated(" + 1", 300) + " }}"), "301");
+  // A value nested deeply in a loop, or a namespace holding itself: printing, comparing or freeing it
+  // recursed per level and overflowed the stack.
+  const std::string nest = "{% set ns = namespace(l=[]) %}{% for i in range(300000) %}{% set ns.l = [ns.l] %}{% endfor %}";
+  EXPECT_EQ(render(nest + "{{ ns.l | length }}"), "1");
+  for (const char* use : {"{{ ns.l }}", "{{ ns.l | tojson }}", "{{ ns.l == ns.l }}"})
+    EXPECT_NE(error_of(nest + use).find("a value nested more than 1000 levels deep (or holding itself)"), std::string::npos) << use;
+  // A namespace holding itself is refused: it overflowed the stack when printed, and leaked.
+  EXPECT_EQ(error_of("{% set ns = namespace() %}{% set ns.me = ns %}"), "template:1:30: cannot set 'ns.me' to a value holding the namespace itself");
+  EXPECT_EQ(error_of("{% set a = namespace() %}{% set b = namespace(a=[a]) %}{% set a.b = {'x': b} %}"),
+            "template:1:59: cannot set 'a.b' to a value holding the namespace itself");
+  EXPECT_EQ(error_of("{% set ns = namespace() %}{% set ns.f = range %}"), "template:1:30: cannot set 'ns.f' to a function");
+  // Shared parts are no cycle.
+  EXPECT_EQ(render("{% set c = namespace(n=1) %}{% set b = namespace(x=c) %}{% set l = [b, b] %}{% set a = namespace() %}"
+                   "{% set a.l = [l, l] %}{% set a.m = a.l %}{{ a.m[0][1].x.n }}"),
+            "1");
+  // Within the bounds all of it works.
+  EXPECT_EQ(render("{% for i in range(100) %}{% for j in range(100) %}{% endfor %}{% endfor %}{{ ('ab' ~ 'c') * 2 }}"), "abcabc");
 }
 
 TEST(Jinja, RaiseExceptionCarriesTheTemplatesMessage) {

@@ -126,6 +126,13 @@ TEST(Npy, ErrorsNameTheFileAndTheProblem) {
   check("header.npy", npy_file(dict, data).substr(0, 40), {"truncated .npy header"});
   check("noshape.npy", npy_file("{'descr': '<f4', 'fortran_order': False, }", data), {"needs descr, fortran_order and shape"});
   check("badshape.npy", npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }", data), {"bad shape"});
+  // The quoted header stops at the dict: its padding and newline made a two-line error.
+  write_bytes(dir / "pad.npy", npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 2), }", data));
+  EXPECT_EQ(error_of([&] { io::read_npy(dir / "pad.npy"); }),
+            dir / "pad.npy" + ": malformed .npy header: bad shape in {'descr': '<f4', 'fortran_order': False, 'shape': (-1, 2), }");
+  // A shape whose size overflows wrapped around to a small one ("data longer than its shape").
+  check("huge.npy", npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 1099511627776), }", data),
+        {"shape [1099511627776, 1099511627776] is too large"});
   check("int64.npy", npy_file("{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", raw(std::vector<int64_t>{1LL << 40})),
         {"does not fit in int32"});
   expect_error([&] { io::read_npy(dir / "missing.npy"); }, {"missing.npy", "cannot open"});

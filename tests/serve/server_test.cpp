@@ -6,7 +6,13 @@
 
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -198,7 +204,65 @@ TEST(Server, BadRequestsGetOpenAIErrors) {
   expect_error(s.post("/v1/completions", completion_body(std::string(5000, 'a'), 3)), 413, "too large");
   expect_error(s.client().Get("/v1/nothing"), 404, "Unknown request URL");
   expect_error(s.post("/v1/completions", completion_body(std::string(200, '!'), 3)), 400, "context", "prompt");
+  // A number past double's range and bytes that are not UTF-8 are bad JSON too (both were a 500: the
+  // first escaped as out_of_range, the second broke the error body quoting the bytes).
+  expect_error(s.post("/v1/completions", R"({"prompt": "hi", "temperature": 1e400})"), 400, "not valid JSON");
+  expect_error(s.post("/v1/completions", "{\"prompt\": \"\xff\xfe\"}"), 400, "not valid JSON");
   EXPECT_EQ(s.health()["status"], "ok");  // still serving
+}
+
+// Sends raw bytes (what no HTTP client library would send) and returns the answer, read up to the end
+// of its Content-Length body: the server must answer every malformation with a status and an error body.
+std::string raw_exchange(int port, const std::string& bytes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval timeout{30, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size())) {
+    char buf[4096];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) {
+      out.append(buf, static_cast<size_t>(n));
+      const size_t head = out.find("\r\n\r\n"), length = out.find("Content-Length: ");
+      if (head != std::string::npos && length != std::string::npos && length < head &&
+          out.size() >= head + 4 + std::stoul(out.substr(length + 16)))
+        break;
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+void expect_raw_error(int port, const std::string& request, const std::string& status_line, const std::string& message_part) {
+  const std::string answer = raw_exchange(port, request);
+  EXPECT_EQ(answer.rfind(status_line, 0), 0u) << answer;
+  const size_t body = answer.find("\r\n\r\n");
+  ASSERT_NE(body, std::string::npos) << answer;
+  const json j = json::parse(answer.substr(body + 4), nullptr, false);
+  ASSERT_TRUE(j.is_object() && j.contains("error")) << answer;
+  EXPECT_NE(j["error"]["message"].get<std::string>().find(message_part), std::string::npos) << answer;
+}
+
+TEST(Server, MalformedHttpGetsErrorsThatSayWhatIsWrong) {
+  Running s;
+  const std::string post = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+  expect_raw_error(s.port, "GARBAGE\r\n\r\n", "HTTP/1.1 400", "malformed HTTP request line");
+  expect_raw_error(s.port, "BREW /health HTTP/1.1\r\n\r\n", "HTTP/1.1 400", "malformed HTTP request line");
+  expect_raw_error(s.port, post + "Content-Length: -5\r\n\r\n{}", "HTTP/1.1 400", "Content-Length: expected a number of bytes, got \"-5\"");
+  expect_raw_error(s.port, post + "Content-Length: 100\r\n\r\n{\"prompt\"", "HTTP/1.1 400", "shorter than its Content-Length");
+  expect_raw_error(s.port, post + "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", "HTTP/1.1 400", "malformed chunked body");
+  expect_raw_error(s.port, "GET /" + std::string(10000, 'a') + " HTTP/1.1\r\n\r\n", "HTTP/1.1 414", "URL is too long");
+  // A well-formed chunked body is read like any other.
+  const std::string body = completion_body("Once", 2);
+  char size[32];
+  std::snprintf(size, sizeof(size), "%zx", body.size());
+  const std::string answer = raw_exchange(s.port, post + "Transfer-Encoding: chunked\r\n\r\n" + size + "\r\n" + body + "\r\n0\r\n\r\n");
+  EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
+  EXPECT_EQ(s.health()["status"], "ok");
 }
 
 TEST(Server, ApiKeyIsRequiredWhenSet) {
@@ -242,6 +306,15 @@ TEST(Server, FullQueueGets429AndTimeoutGets504) {
   t.request_timeout_s = 1e-6;  // expires before the request reaches the decoder
   Running slow(t);
   expect_error(slow.post("/v1/completions", completion_body("hi", 50)), 504, "timed out");
+}
+
+TEST(Server, HugeTimeoutMeansNoTimeout) {
+  ServerOptions o;
+  o.request_timeout_s = 1e18;  // the deadline overflowed the clock: every request got 504 at once
+  Running s(o);
+  const auto r = s.post("/v1/completions", completion_body("Once", 3));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
 }
 
 TEST(Server, ClientThatDisconnectsMidStreamFreesItsSlot) {

@@ -36,6 +36,7 @@ TEST(DistConfig, BadValuesNameTheKey) {
   EXPECT_EQ(parse("{zero: yes}"), "x.yaml: dist.zero: expected an integer, got \"yes\"");
   EXPECT_EQ(parse("{bucket_mb: 0}"), "x.yaml: dist.bucket_mb: must be positive, got 0");
   EXPECT_EQ(parse("{timeout_s: -1}"), "x.yaml: dist.timeout_s: must be positive, got -1");
+  EXPECT_EQ(parse("{timeout_s: 1e18}"), "x.yaml: dist.timeout_s: at most 1e9 seconds, got 1e+18");
   EXPECT_EQ(parse("{ranks: 4}"), "x.yaml: dist.ranks: unknown key");
 }
 

@@ -68,7 +68,11 @@ TEST(SftData, ErrorsNameTheFileAndLine) {
   EXPECT_NE(error_of([&] { to_conversation(r[1], f); }).find(":2: messages[0]: unknown role \"robot\""), std::string::npos);
   EXPECT_NE(error_of([&] { to_conversation(r[2], f); }).find(":3: no assistant message to train on"), std::string::npos);
   EXPECT_NE(error_of([&] { to_conversation(r[3], f); }).find(":4: \"completion\": expected a string"), std::string::npos);
-  EXPECT_EQ(error_of([] { read_records("/nonexistent/x.jsonl"); }), "/nonexistent/x.jsonl: cannot read the data file");
+  EXPECT_EQ(error_of([] { read_records("/nonexistent/x.jsonl"); }), "/nonexistent/x.jsonl: cannot open file");
+  // A directory opened as an empty stream: "no records", as if the file were empty.
+  const std::string dir = fs::path(write_temp("x", "")).parent_path() / "dir.jsonl";
+  fs::create_directories(dir);
+  EXPECT_EQ(error_of([&] { read_records(dir); }), dir + ": a directory, not a file");
 }
 
 TEST(SftData, ChatTemplateMasksExactlyTheAssistantTurns) {
