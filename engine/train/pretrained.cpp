@@ -117,7 +117,7 @@ InferenceModel load_inference_model(const std::string& path, const std::string& 
                                     const std::string& missing_tokenizer_hint, const Placement& where) {
   check_placement(where, quantize_q8);  // before any loading time is spent
   InferenceModel m;
-  auto load_tokenizer = [&](const std::string& bundled, const models::ModelConfig& config) {
+  auto attach_tokenizer = [&](const std::string& bundled, const models::ModelConfig& config) {
     const std::string spec = !tokenizer_spec.empty() ? tokenizer_spec : bundled;
     LLM_CHECK(!spec.empty(), path, ": no tokenizer came with the model; ", missing_tokenizer_hint);
     m.tokenizer = data::load_tokenizer(spec);
@@ -126,12 +126,12 @@ InferenceModel load_inference_model(const std::string& path, const std::string& 
   std::error_code ec;
   if (quantize_q8 && where.device.is_cpu() && fs::is_directory(path, ec)) {
     const io::HfDirectory hf(path);
-    load_tokenizer(hf.tokenizer(), hf.config());
+    attach_tokenizer(hf.tokenizer(), hf.config());
     m.model = load_q8_streaming(hf);
     return m;
   }
   io::LoadedModel loaded = load_pretrained(path);
-  load_tokenizer(loaded.tokenizer, loaded.config);
+  attach_tokenizer(loaded.tokenizer, loaded.config);
   m.model = make_loaded_model(std::move(loaded));
   place(*m.model, where, quantize_q8);
   if (quantize_q8) {

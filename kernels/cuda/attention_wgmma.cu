@@ -1055,13 +1055,21 @@ void flash_forward_wgmma(const Params& p, cudaStream_t stream) {
 
 }  // namespace attention_impl
 
-bool attention_wgmma_available() { return wgmma_supported() && !kernel_excluded("attention_wgmma"); }
-
-bool attention_tma_available() {
-  return attention_wgmma_available() && !kernel_excluded("attention_tma") && detail::tensor_maps_available();
+// These run on every launch: the exclusions (read from the environment once anyway) are kept.
+bool attention_wgmma_available() {
+  static const bool excluded = kernel_excluded("attention_wgmma");
+  return wgmma_supported() && !excluded;
 }
 
-bool attention_backward_wgmma_available() { return wgmma_supported() && !kernel_excluded("attention_bwd_wgmma"); }
+bool attention_tma_available() {
+  static const bool excluded = kernel_excluded("attention_tma");
+  return attention_wgmma_available() && !excluded && detail::tensor_maps_available();
+}
+
+bool attention_backward_wgmma_available() {
+  static const bool excluded = kernel_excluded("attention_bwd_wgmma");
+  return wgmma_supported() && !excluded;
+}
 
 bool attention_backward_wgmma_in_use(int64_t D) {
   const attention_impl::BackwardKernels kernels = attention_impl::backward_wgmma_usable(D);

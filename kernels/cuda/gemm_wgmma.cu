@@ -384,10 +384,15 @@ bool wgmma_supported() {
 #endif
 }
 
-bool gemm_wgmma_available() { return wgmma_supported() && !kernel_excluded("gemm_wgmma"); }
+// These run on every product: the exclusions (read from the environment once anyway) are kept.
+bool gemm_wgmma_available() {
+  static const bool excluded = kernel_excluded("gemm_wgmma");
+  return wgmma_supported() && !excluded;
+}
 
 bool gemm_tma_available() {
-  return gemm_wgmma_available() && !kernel_excluded("gemm_tma") && detail::tensor_maps_available();
+  static const bool excluded = kernel_excluded("gemm_tma");
+  return gemm_wgmma_available() && !excluded && detail::tensor_maps_available();
 }
 
 }  // namespace llm::cuda
